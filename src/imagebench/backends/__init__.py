@@ -1,0 +1,29 @@
+"""Framework backends, imported lazily so the CLI, grid and leaderboard never load TF or torch.
+
+Each backend module provides the same functions (see ``keras_backend`` and ``torch_backend``):
+
+- ``configure(params)``: seed every RNG, set threads; called before anything else.
+- ``build_model(params, num_classes) -> model``: from the registry, preprocessing included, so
+  the model takes uint8 RGB pixels (N, H, W, 3) and returns class probabilities.
+- ``fit(model, params, data, monitor)``: train on ``data.train`` (augmented per the preset),
+  evaluate ``data.val`` each epoch (never augmented), report each epoch to ``monitor`` and leave
+  the model holding the weights of ``monitor``'s best epoch.
+- ``predict_proba(model, images, batch_size) -> (N, K) float probabilities``.
+- ``count_params(model) -> (total, trainable)``.
+- ``latency_ms(model, image) -> median ms for one image (batch of 1) after warm-up``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+_MODULES = {"keras": "imagebench.backends.keras_backend", "torch": "imagebench.backends.torch_backend"}
+
+
+def get_backend(framework: str) -> ModuleType:
+    try:
+        module_name = _MODULES[framework]
+    except KeyError:
+        raise ValueError(f"unknown framework '{framework}'; known: {', '.join(_MODULES)}") from None
+    return importlib.import_module(module_name)

@@ -1,0 +1,69 @@
+"""The Keras/TensorFlow backend: the function contract of ``imagebench.backends``.
+
+Builders live in ``keras_models``, the training loop in ``keras_training``; this module is the
+public surface the notebook and CLI call.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import time  # noqa: E402
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from imagebench.backends.keras_models import build_model  # noqa: E402
+from imagebench.backends.keras_training import compile_model, fit, make_optimizer, predict_proba  # noqa: E402
+from imagebench.params import TrialParams  # noqa: E402
+
+FRAMEWORK = "keras"
+LATENCY_WARMUP = 3
+LATENCY_RUNS = 20
+
+
+def configure(params: TrialParams) -> None:
+    """Seed Python, NumPy and TensorFlow from params.seed (Keras draws initialisers and dropout from it)."""
+    keras.utils.set_random_seed(params.seed)
+
+
+def count_params(model: keras.Model) -> tuple[int, int]:
+    trainable = sum(int(np.prod(weight.shape)) for weight in model.trainable_weights)
+    return int(model.count_params()), trainable
+
+
+def latency_ms(model: keras.Model, image: np.ndarray) -> float:
+    """Median wall time in ms of one forward pass on a (1, S, S, 3) batch, after warm-up calls."""
+    x = tf.convert_to_tensor(image, tf.float32)
+    for _ in range(LATENCY_WARMUP):
+        model(x, training=False).numpy()
+    timings = []
+    for _ in range(LATENCY_RUNS):
+        start = time.perf_counter()
+        model(x, training=False).numpy()  # .numpy() waits for the result, so the timing is complete
+        timings.append((time.perf_counter() - start) * 1000.0)
+    return float(np.median(timings))
+
+
+def preprocess_output(model: keras.Model, images: np.ndarray) -> np.ndarray:
+    """What the body/backbone receives: the output of the model's ``preprocess`` layer."""
+    probe = keras.Model(model.inputs, model.get_layer("preprocess").output)
+    return np.asarray(probe(tf.convert_to_tensor(images, tf.float32), training=False))
+
+
+__all__ = [
+    "FRAMEWORK",
+    "build_model",
+    "compile_model",
+    "configure",
+    "count_params",
+    "fit",
+    "latency_ms",
+    "make_optimizer",
+    "predict_proba",
+    "preprocess_output",
+]

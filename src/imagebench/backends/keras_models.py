@@ -1,0 +1,162 @@
+"""Keras model builders for every registry entry: preprocessing, body, attention, pooling, head.
+
+Each model takes raw 0..255 RGB pixels and does its own preprocessing inside, so a backbone can
+never receive the wrong pixel scale (seeds.md failure 1).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+from typing import Optional  # noqa: E402
+
+import keras  # noqa: E402
+from keras import layers, ops  # noqa: E402
+
+from imagebench.models.registry import ATTENTION_REDUCTION, CNN_FILTERS, ModelSpec, model_spec  # noqa: E402
+from imagebench.params import TrialParams  # noqa: E402
+
+# Preprocess mode of the plain CNN; backbones use their keras.applications module name instead.
+UNIT_SCALE = "unit"
+
+
+def _l2(l2: float) -> Optional[keras.regularizers.Regularizer]:
+    # L2(l2) adds l2 * sum(w^2), the same definition the torch backend uses; None keeps l2=0 free.
+    return keras.regularizers.L2(l2) if l2 > 0 else None
+
+
+@keras.saving.register_keras_serializable(package="imagebench")
+class BackbonePreprocess(layers.Layer):
+    """Cast pixels to float32 and apply the entry's preprocessing.
+
+    ``mode`` is ``"unit"`` (x / 255, the plain CNN) or a ``keras.applications`` module name whose
+    ``preprocess_input`` the backbone was trained with (vgg16/resnet50: caffe BGR minus mean;
+    efficientnet: identity, the model rescales inside).
+    """
+
+    def __init__(self, mode: str, **kwargs):
+        super().__init__(**kwargs)
+        self.mode = mode
+
+    def call(self, inputs):
+        x = ops.cast(inputs, "float32")
+        if self.mode == UNIT_SCALE:
+            return x / 255.0
+        return getattr(keras.applications, self.mode).preprocess_input(x)
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode}
+
+
+@keras.saving.register_keras_serializable(package="imagebench")
+class SqueezeExcite(layers.Layer):
+    """SE block: global-average 'squeeze', C -> C/r -> C sigmoid gate, channel-wise rescale."""
+
+    def __init__(self, channels: int, reduction: int = ATTENTION_REDUCTION, l2: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.channels, self.reduction, self.l2 = channels, reduction, l2
+        hidden = max(channels // reduction, 1)
+        self.squeeze = layers.Dense(hidden, activation="relu", kernel_regularizer=_l2(l2), name="squeeze")
+        self.excite = layers.Dense(channels, activation="sigmoid", kernel_regularizer=_l2(l2), name="excite")
+
+    def call(self, inputs):
+        gate = self.excite(self.squeeze(ops.mean(inputs, axis=(1, 2))))
+        return inputs * gate[:, None, None, :]
+
+    def get_config(self):
+        return {**super().get_config(), "channels": self.channels, "reduction": self.reduction, "l2": self.l2}
+
+
+@keras.saving.register_keras_serializable(package="imagebench")
+class CBAM(layers.Layer):
+    """CBAM: channel attention (shared MLP over avg- and max-pooled vectors), then spatial attention."""
+
+    def __init__(self, channels: int, reduction: int = ATTENTION_REDUCTION, l2: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.channels, self.reduction, self.l2 = channels, reduction, l2
+        hidden = max(channels // reduction, 1)
+        self.mlp_hidden = layers.Dense(hidden, activation="relu", kernel_regularizer=_l2(l2), name="mlp_hidden")
+        self.mlp_out = layers.Dense(channels, kernel_regularizer=_l2(l2), name="mlp_out")
+        self.spatial = layers.Conv2D(
+            1, 7, padding="same", activation="sigmoid", kernel_regularizer=_l2(l2), name="spatial"
+        )
+
+    def call(self, inputs):
+        # The MLP is shared: the same two Dense layers see both pooled vectors before the sum.
+        avg = self.mlp_out(self.mlp_hidden(ops.mean(inputs, axis=(1, 2))))
+        peak = self.mlp_out(self.mlp_hidden(ops.max(inputs, axis=(1, 2))))
+        x = inputs * ops.sigmoid(avg + peak)[:, None, None, :]
+        maps = ops.concatenate([ops.mean(x, axis=-1, keepdims=True), ops.max(x, axis=-1, keepdims=True)], axis=-1)
+        return x * self.spatial(maps)
+
+    def get_config(self):
+        return {**super().get_config(), "channels": self.channels, "reduction": self.reduction, "l2": self.l2}
+
+
+def _backbone_weights(params: TrialParams) -> Optional[str]:
+    # 'none' -> random init, 'imagenet' -> keras download/cache, anything else is a weights file path.
+    return None if params.weights == "none" else params.weights
+
+
+def freeze_backbone(backbone: keras.Model, train_bn: bool) -> None:
+    """Make every backbone layer non-trainable, BatchNormalization excepted when ``train_bn``.
+
+    Keras 3: a layer with ``trainable=False`` reports no trainable weights at all, even for
+    sub-layers flipped back to trainable, so "frozen but BN trainable" must be set per layer with
+    the backbone itself left trainable (the applications models are flat, one level of layers).
+    """
+    if not train_bn:
+        backbone.trainable = False
+        return
+    for layer in backbone.layers:
+        layer.trainable = isinstance(layer, layers.BatchNormalization)
+
+
+def _cnn_body(x, params: TrialParams):
+    for index, filters in enumerate(CNN_FILTERS, start=1):
+        x = layers.Conv2D(
+            filters, 3, padding="same", activation=params.activation, kernel_regularizer=_l2(params.l2), name=f"conv{index}"
+        )(x)
+        x = layers.MaxPooling2D(2, name=f"pool{index}")(x)
+    return x
+
+
+def _backbone_body(x, spec: ModelSpec, params: TrialParams):
+    size = params.image_size
+    constructor = getattr(keras.applications, spec.backbone.keras_class)
+    backbone = constructor(
+        include_top=False, weights=_backbone_weights(params), input_shape=(size, size, 3), name="backbone"
+    )
+    if params.freeze_backbone:
+        freeze_backbone(backbone, params.train_bn)
+    return backbone(x)
+
+
+def _attention(x, params: TrialParams):
+    block = SqueezeExcite if params.attention == "se" else CBAM
+    return block(int(x.shape[-1]), ATTENTION_REDUCTION, params.l2, name="attention")(x)
+
+
+def _head(x, params: TrialParams, num_classes: int):
+    for index, units in enumerate(params.resolved_head_units, start=1):
+        x = layers.Dense(units, activation=params.activation, kernel_regularizer=_l2(params.l2), name=f"head_dense{index}")(x)
+        x = layers.Dropout(params.dropout, name=f"head_dropout{index}")(x)
+    return layers.Dense(num_classes, activation="softmax", kernel_regularizer=_l2(params.l2), name="classifier")(x)
+
+
+def build_model(params: TrialParams, num_classes: int) -> keras.Model:
+    """The registry entry ``params.model`` as a functional model: 0..255 RGB in, probabilities out."""
+    spec = model_spec(params.model)
+    size = params.image_size
+    inputs = keras.Input((size, size, 3), dtype="float32", name="pixels")
+    mode = UNIT_SCALE if spec.backbone is None else spec.backbone.keras_module
+    x = BackbonePreprocess(mode, name="preprocess")(inputs)
+    x = _cnn_body(x, params) if spec.backbone is None else _backbone_body(x, spec, params)
+    if spec.attention:
+        x = _attention(x, params)
+    x = layers.Flatten(name="flatten")(x) if params.resolved_pooling == "flatten" else layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    outputs = _head(x, params, num_classes)
+    return keras.Model(inputs, outputs, name=f"{params.model}_keras")

@@ -1,0 +1,151 @@
+"""Keras training loop pieces: optimizer, augmented training batches, the per-epoch monitor callback."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import time  # noqa: E402
+from typing import Optional  # noqa: E402
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from imagebench import augment  # noqa: E402
+from imagebench.data.arrays import Split, TrialData  # noqa: E402
+from imagebench.evaluation import loss_and_accuracy  # noqa: E402
+from imagebench.monitor import EpochMonitor, EpochRecord  # noqa: E402
+from imagebench.params import TrialParams  # noqa: E402
+
+
+def make_optimizer(params: TrialParams) -> keras.optimizers.Optimizer:
+    # Keras' epsilon defaults are kept on purpose: the torch backend sets its epsilons to match.
+    lr = params.learning_rate
+    if params.optimizer == "rmsprop":
+        return keras.optimizers.RMSprop(learning_rate=lr, rho=0.9)
+    if params.optimizer == "adamw":
+        return keras.optimizers.AdamW(learning_rate=lr, weight_decay=params.weight_decay)
+    if params.optimizer == "sgd":
+        return keras.optimizers.SGD(learning_rate=lr, momentum=params.momentum)
+    return keras.optimizers.Adam(learning_rate=lr)
+
+
+def compile_model(model: keras.Model, params: TrialParams) -> None:
+    # from_logits=False: the classifier already ends in softmax.
+    model.compile(
+        optimizer=make_optimizer(params),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=False),
+        metrics=["accuracy"],
+    )
+
+
+def predict_proba(model: keras.Model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Class probabilities (N, K); direct calls avoid model.predict's per-call setup on small data."""
+    chunks = [
+        np.asarray(model(tf.convert_to_tensor(images[start : start + batch_size], tf.float32), training=False))
+        for start in range(0, len(images), batch_size)
+    ]
+    return np.concatenate(chunks, axis=0)
+
+
+def _warp(images: np.ndarray, theta: np.ndarray) -> np.ndarray:
+    """Warp float images (N, H, W, C) by normalised output->input ``theta`` (N, 2, 3), bilinear, edge fill."""
+    height, width = images.shape[1:3]
+    warped = tf.raw_ops.ImageProjectiveTransformV3(
+        images=tf.convert_to_tensor(images, tf.float32),
+        transforms=tf.convert_to_tensor(augment.theta_to_pixel_projective(theta, height, width)),
+        output_shape=tf.constant([height, width], tf.int32),
+        fill_value=tf.constant(0.0, tf.float32),
+        interpolation="BILINEAR",
+        fill_mode="NEAREST",
+    )
+    return warped.numpy()
+
+
+def _augment_batch(images: np.ndarray, theta: np.ndarray, brightness: np.ndarray) -> np.ndarray:
+    warped = _warp(images, theta) * brightness[:, None, None, None]
+    return np.clip(warped, 0.0, 255.0).astype(np.float32)
+
+
+class TrainBatches(keras.utils.PyDataset):
+    """Shuffled, optionally augmented float32 training batches.
+
+    Keras calls ``__getitem__`` in its own order (twice for index 0 and 1 while inferring the
+    tensor spec), so each epoch's order and augmentation draws are made up front in ``_new_epoch``
+    and ``__getitem__`` only looks them up: the result depends on the seed alone.
+    """
+
+    def __init__(self, split: Split, batch_size: int, spec: augment.AugmentSpec, rng: np.random.Generator):
+        super().__init__(workers=1, use_multiprocessing=False)
+        self.split, self.batch_size, self.spec, self.rng = split, batch_size, spec, rng
+        self._new_epoch()
+
+    def _new_epoch(self) -> None:
+        self.order = self.rng.permutation(len(self.split))
+        self.draws: list[Optional[tuple[np.ndarray, np.ndarray]]] = [None] * len(self)
+        if not self.spec.is_identity:
+            # Drawn batch by batch, in order: the same stream as a per-batch sampling loop.
+            self.draws = [augment.sample(len(self._indices(i)), self.spec, self.rng) for i in range(len(self))]
+
+    def _indices(self, index: int) -> np.ndarray:
+        return self.order[index * self.batch_size : (index + 1) * self.batch_size]
+
+    def __len__(self) -> int:
+        return -(-len(self.split) // self.batch_size)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        indices = self._indices(index)
+        images = self.split.images[indices].astype(np.float32)  # fancy indexing copies: data untouched
+        if self.draws[index] is not None:
+            images = _augment_batch(images, *self.draws[index])
+        return images, self.split.labels[indices].astype(np.int64)
+
+    def on_epoch_end(self) -> None:
+        self._new_epoch()
+
+
+class MonitorCallback(keras.callbacks.Callback):
+    """Bridges Keras' epoch loop to EpochMonitor: lr per epoch, unaugmented val, best weights, stop."""
+
+    def __init__(self, val: Split, monitor: EpochMonitor):
+        super().__init__()
+        self.val, self.monitor = val, monitor
+        self.best_weights: Optional[list[np.ndarray]] = None
+        self._lr = 0.0
+        self._started = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._started = time.perf_counter()
+        self._lr = float(self.monitor.lr_for_epoch(epoch + 1))
+        self.model.optimizer.learning_rate = self._lr
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        val_loss, val_accuracy = loss_and_accuracy(predict_proba(self.model, self.val.images), self.val.labels)
+        record = EpochRecord(
+            epoch=epoch + 1,
+            train_loss=float(logs["loss"]),  # Keras' loss includes the l2 penalty
+            train_accuracy=float(logs["accuracy"]),
+            val_loss=val_loss,
+            val_accuracy=val_accuracy,
+            lr=self._lr,
+            seconds=time.perf_counter() - self._started,
+        )
+        if self.monitor.end_epoch(record):
+            self.best_weights = self.model.get_weights()
+        if self.monitor.should_stop:
+            self.model.stop_training = True
+
+
+def fit(model: keras.Model, params: TrialParams, data: TrialData, monitor: EpochMonitor) -> None:
+    """Train on data.train, validate on raw data.val each epoch, end holding the best epoch's weights."""
+    compile_model(model, params)
+    rng = np.random.default_rng(params.seed)  # one stream for shuffling and augmentation, whole fit
+    batches = TrainBatches(data.train, params.batch_size, augment.preset(params.augment), rng)
+    callback = MonitorCallback(data.val, monitor)
+    model.fit(batches, epochs=params.epochs, verbose=0, callbacks=[callback])
+    if callback.best_weights is not None:
+        model.set_weights(callback.best_weights)

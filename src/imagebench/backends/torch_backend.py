@@ -1,0 +1,81 @@
+"""PyTorch/timm backend: the functions listed in ``imagebench.backends`` (same contract as Keras).
+
+Models are built in ``torch_models`` and trained in ``torch_training``; this module is the
+public surface. Never import TensorFlow/Keras here: TF and timm in one process crash.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from imagebench.backends.torch_models import ImageClassifier, build_model, l2_penalty, regularized_weights
+from imagebench.backends.torch_training import augment_batch, device_for, fit, make_optimizer, predict_proba, warp
+from imagebench.params import TrialParams
+
+__all__ = [
+    "ImageClassifier",
+    "augment_batch",
+    "build_model",
+    "configure",
+    "count_params",
+    "device_for",
+    "fit",
+    "l2_penalty",
+    "latency_ms",
+    "make_optimizer",
+    "predict_proba",
+    "preprocess_output",
+    "regularized_weights",
+    "warp",
+]
+
+
+def configure(params: TrialParams) -> None:
+    """Seed every RNG a trial touches (torch.manual_seed also seeds CUDA)."""
+    random.seed(params.seed)
+    np.random.seed(params.seed)
+    torch.manual_seed(params.seed)
+
+
+def count_params(model: nn.Module) -> tuple[int, int]:
+    """(total, trainable) parameters. BatchNorm running statistics are buffers, not counted
+    (Keras counts them as non-trainable weights, so its totals are ~0.3-1% higher for the backbones)."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return int(total), int(trainable)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # CUDA calls are asynchronous; time the finished work
+
+
+def latency_ms(model: nn.Module, image: np.ndarray) -> float:
+    """Median milliseconds for one (1, S, S, 3) uint8 image, after 3 warm-up calls (20 timed)."""
+    model.eval()
+    device = next(model.parameters()).device
+    batch = torch.as_tensor(image, device=device)
+    timings = []
+    with torch.inference_mode():
+        for call in range(3 + 20):
+            _sync(device)
+            started = time.perf_counter()
+            model(batch)
+            _sync(device)
+            if call >= 3:
+                timings.append((time.perf_counter() - started) * 1000.0)
+    return float(statistics.median(timings))
+
+
+def preprocess_output(model: ImageClassifier, images: np.ndarray) -> np.ndarray:
+    """What the CNN body / timm backbone receives: NCHW float after the entry's preprocessing."""
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        return model.preprocess(torch.as_tensor(images, device=device)).cpu().numpy()
+

@@ -1,0 +1,135 @@
+"""Training and inference for the PyTorch backend: optimisers, augmentation warp, fit, predict."""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from imagebench import augment
+from imagebench.backends.torch_models import l2_penalty
+from imagebench.data.arrays import Split, TrialData
+from imagebench.evaluation import loss_and_accuracy
+from imagebench.monitor import EpochMonitor, EpochRecord
+from imagebench.params import TrialParams
+
+
+def device_for() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def make_optimizer(params: TrialParams, model: nn.Module) -> torch.optim.Optimizer:
+    """Keras' defaults in torch terms (frozen parameters are left out)."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    lr = params.learning_rate
+    if params.optimizer == "rmsprop":
+        # Keras RMSprop(rho=0.9, epsilon=1e-7). Keras adds eps inside the sqrt, torch outside;
+        # only matters while the squared-gradient average is below ~1e-7.
+        return torch.optim.RMSprop(trainable, lr=lr, alpha=0.9, eps=1e-7)
+    if params.optimizer == "adam":
+        # Keras Adam(epsilon=1e-7): same betas (0.9, 0.999); torch's default eps is 1e-8.
+        return torch.optim.Adam(trainable, lr=lr, eps=1e-7)
+    if params.optimizer == "adamw":
+        # Keras AdamW decays decoupled (w -= lr * wd * w) on every variable, like torch's AdamW.
+        return torch.optim.AdamW(trainable, lr=lr, weight_decay=params.weight_decay, eps=1e-7)
+    # Keras SGD(momentum=m): same update as torch's for a constant learning rate.
+    return torch.optim.SGD(trainable, lr=lr, momentum=params.momentum)
+
+
+def warp(images: torch.Tensor, theta: torch.Tensor, brightness: torch.Tensor) -> torch.Tensor:
+    """Apply augment's output->input affine ``theta`` to NHWC float pixels, then brightness.
+
+    Border padding repeats edge pixels (Keras' fill_mode='nearest' look); the result stays in
+    0..255 because the model's own preprocessing runs afterwards.
+    """
+    n, height, width, _ = images.shape
+    nchw = images.permute(0, 3, 1, 2)
+    grid = F.affine_grid(theta, [n, 3, height, width], align_corners=False)
+    warped = F.grid_sample(nchw, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    warped = warped * brightness.view(n, 1, 1, 1)
+    return warped.clamp(0.0, 255.0).permute(0, 2, 3, 1)
+
+
+def augment_batch(images: torch.Tensor, spec: augment.AugmentSpec, rng: np.random.Generator) -> torch.Tensor:
+    theta, brightness = augment.sample(len(images), spec, rng)
+    device = images.device
+    return warp(images, torch.from_numpy(theta).to(device), torch.from_numpy(brightness).to(device))
+
+
+def batch_slices(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Index batches; a trailing single image joins the previous batch because torch's
+    BatchNorm cannot train on one value per channel (a 1x1 feature map at small image sizes)."""
+    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        batches[-2] = np.concatenate([batches[-2], batches.pop()])
+    return batches
+
+
+def predict_proba(model: nn.Module, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    model.eval()
+    device = next(model.parameters()).device
+    chunks = []
+    with torch.inference_mode():
+        for start in range(0, len(images), batch_size):
+            batch = torch.as_tensor(images[start : start + batch_size], device=device)
+            chunks.append(torch.softmax(model(batch).float(), dim=1).cpu().numpy())
+    return np.concatenate(chunks) if chunks else np.zeros((0, model.classifier.out_features), np.float32)
+
+
+def _train_epoch(model, optimizer, params, images, labels, order, spec, rng) -> tuple[float, float]:
+    """One pass over the shuffled train set; returns sample-weighted mean loss and accuracy."""
+    model.train()
+    total_loss, correct, seen = 0.0, 0, 0
+    for index in batch_slices(order, params.batch_size):
+        key = torch.as_tensor(index, device=images.device)
+        x = images[key].float()
+        y = labels[key]
+        if not spec.is_identity:
+            x = augment_batch(x, spec, rng)
+        logits = model(x)
+        # Keras reports the loss with the regulariser in it; so do we.
+        loss = F.cross_entropy(logits, y) + l2_penalty(model, params.l2)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total_loss += loss.item() * len(index)
+        correct += (logits.argmax(dim=1) == y).sum().item()
+        seen += len(index)
+    return total_loss / seen, correct / seen
+
+
+def fit(model: nn.Module, params: TrialParams, data: TrialData, monitor: EpochMonitor) -> nn.Module:
+    """Train on data.train (augmented per preset), validate each epoch, keep the best epoch's weights."""
+    device = device_for()
+    model.to(device)
+    optimizer = make_optimizer(params, model)
+    spec = augment.preset(params.augment)
+    rng = np.random.default_rng(params.seed)  # one stream: shuffles and augmentation draws
+    # uint8 stays uint8 on the device (4x less memory); batches become float when indexed.
+    images = torch.as_tensor(data.train.images, device=device)
+    labels = torch.as_tensor(data.train.labels, dtype=torch.long, device=device)
+    best_state = copy.deepcopy(model.state_dict())
+    for epoch in range(1, params.epochs + 1):
+        started = time.perf_counter()
+        lr = monitor.lr_for_epoch(epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        order = rng.permutation(len(data.train))
+        train_loss, train_accuracy = _train_epoch(model, optimizer, params, images, labels, order, spec, rng)
+        val_loss, val_accuracy = _validate(model, data.val)
+        record = EpochRecord(epoch, train_loss, train_accuracy, val_loss, val_accuracy, lr, time.perf_counter() - started)
+        if monitor.end_epoch(record):
+            best_state = copy.deepcopy(model.state_dict())
+        if monitor.should_stop:
+            break
+    model.load_state_dict(best_state)  # test numbers come from the val-best weights
+    return model
+
+
+def _validate(model: nn.Module, split: Split) -> tuple[float, float]:
+    # Validation images go in as they are: never augmented (seeds.md failure 4).
+    return loss_and_accuracy(predict_proba(model, split.images), split.labels)

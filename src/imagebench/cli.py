@@ -1,0 +1,186 @@
+"""``imagebench sweep | leaderboard | trial | check-data | models``.
+
+Imports stay light here: TensorFlow and torch load only in a trial (its own kernel/process) or in
+``models`` for the one framework asked for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+from imagebench.params import ParamsError
+
+EXIT_OK, EXIT_TRIALS_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def _add_set(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE", help="override a parameter (repeatable)"
+    )
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from imagebench import grid, sweep
+    from imagebench.params import parse_assignments
+
+    plan = grid.plan_sweep(args.file, parse_assignments(args.assignments), experiment=args.experiment)
+    if args.dry_run:
+        import pandas as pd
+
+        with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 200):
+            print(plan.table().to_string(index=False))
+        print(f"\n{len(plan.trials)} trials in experiment '{plan.experiment}' (dry run: nothing executed)")
+        return EXIT_OK
+    summary = sweep.run_sweep(plan, show_progress=not args.quiet)
+    print(summary.text())
+    if not args.no_leaderboard:
+        _write_leaderboard(plan.experiment, None)
+    return EXIT_TRIALS_FAILED if summary.failed else EXIT_OK
+
+
+def _write_leaderboard(experiment: str, out: Optional[str]) -> None:
+    from imagebench import leaderboard, sweep
+
+    board = leaderboard.build(experiment)
+    out_dir = Path(out) if out else sweep.results_dir(experiment)
+    leaderboard.write(board, out_dir)
+    print(leaderboard._rounded(board.leaders.drop(columns=["run_id"])).to_markdown(index=False))
+    print(f"\nleaderboard written to {out_dir}/leaderboard.md|.csv|.html (+ PNG plots)")
+
+
+def _cmd_leaderboard(args: argparse.Namespace) -> int:
+    from imagebench.leaderboard import LeaderboardError
+
+    try:
+        _write_leaderboard(args.experiment, args.out)
+    except LeaderboardError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return EXIT_OK
+
+
+def _trial_values(args: argparse.Namespace) -> dict:
+    import yaml
+
+    from imagebench.params import parse_assignments
+
+    values = {}
+    for path in args.file or []:
+        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        if not isinstance(loaded, dict):
+            raise ParamsError(f"{path}: expected a mapping of parameter: value")
+        values.update(loaded)
+    values.update(parse_assignments(args.assignments))
+    return values
+
+
+def _cmd_trial(args: argparse.Namespace) -> int:
+    from imagebench.params import make_params
+    from imagebench.trial import run_trial
+
+    params = make_params(_trial_values(args), where=" ".join(args.file or []) or "--set")
+    result = run_trial(params)
+    print(json.dumps(result.summary(), indent=2, default=float))
+    return EXIT_OK
+
+
+def _cmd_check_data(args: argparse.Namespace) -> int:
+    from imagebench.data.load import load_trial_data
+    from imagebench.params import make_params
+
+    data = load_trial_data(make_params(dataset=args.path, image_size=args.image_size, seed=args.seed))
+    counts = data.class_counts().sum(axis=1).astype(int).to_dict()
+    report = {
+        "dataset": data.source,
+        "fingerprint": data.fingerprint,
+        "classes": data.num_classes,
+        "images_per_class": counts,
+        "splits": data.split_sizes(),
+        "skipped_files": data.skipped_files,
+    }
+    if args.json:
+        print(json.dumps(report, ensure_ascii=False, indent=2))
+    else:
+        for name, count in counts.items():
+            print(f"  {name:<30} {count:>6}")
+        print(f"{data.source}: {data.num_classes} classes, splits {data.split_sizes()}, {len(data.skipped_files)} unreadable file(s) skipped")
+        for line in data.skipped_files:
+            print(f"  skipped: {line}")
+    return EXIT_OK
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from imagebench.backends import get_backend
+    from imagebench.models.registry import MODEL_NAMES
+    from imagebench.params import make_params
+
+    backend = get_backend(args.framework)
+    rows = []
+    for name in MODEL_NAMES:
+        params = make_params(framework=args.framework, model=name, image_size=args.image_size)
+        total, trainable = backend.count_params(backend.build_model(params, args.classes))
+        rows.append({"model": name, "framework": args.framework, "params": total, "trainable": trainable})
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        for row in rows:
+            print(f"{row['model']:<28} {row['params']:>12,} params  {row['trainable']:>12,} trainable")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imagebench", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    sweep = commands.add_parser("sweep", help="run every trial of a sweep file through papermill")
+    sweep.add_argument("file", help="sweep YAML, e.g. params/demo.yaml")
+    sweep.add_argument("--dry-run", action="store_true", help="print the expanded trial table and count, run nothing")
+    sweep.add_argument("--experiment", help="override the experiment (sweep) name")
+    sweep.add_argument("--no-leaderboard", action="store_true", help="do not write the leaderboard afterwards")
+    sweep.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_set(sweep)
+    sweep.set_defaults(func=_cmd_sweep)
+
+    board = commands.add_parser("leaderboard", help="build the leaderboard of an experiment from MLflow")
+    board.add_argument("--experiment", required=True)
+    board.add_argument("--out", help="output folder (default results/<experiment>)")
+    board.set_defaults(func=_cmd_leaderboard)
+
+    trial = commands.add_parser("trial", help="run one trial in this process")
+    trial.add_argument("-f", "--file", action="append", help="YAML of parameters (repeatable, later wins)")
+    _add_set(trial)
+    trial.set_defaults(func=_cmd_trial)
+
+    check = commands.add_parser("check-data", help="summarise a dataset folder: classes, counts, splits, unreadable files")
+    check.add_argument("path")
+    check.add_argument("--image-size", type=int, default=32, help="decode size used for the check (default 32)")
+    check.add_argument("--seed", type=int, default=42)
+    check.add_argument("--json", action="store_true")
+    check.set_defaults(func=_cmd_check_data)
+
+    models = commands.add_parser("models", help="list the registry with parameter counts for one framework")
+    models.add_argument("--framework", choices=("keras", "torch"), required=True)
+    models.add_argument("--image-size", type=int, default=32)
+    models.add_argument("--classes", type=int, default=10)
+    models.add_argument("--json", action="store_true")
+    models.set_defaults(func=_cmd_models)
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    from imagebench.data.folders import DatasetError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ParamsError, DatasetError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,192 @@
+"""Dataset → decoded uint8 arrays → seeded stratified splits → TrialData.
+
+The user's files are only ever opened for reading.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+from sklearn.model_selection import train_test_split
+
+from imagebench.data.arrays import Split, TrialData
+from imagebench.data.folders import (
+    BUILTIN_DATASETS,
+    DatasetError,
+    ImageList,
+    find_split_folders,
+    folder_fingerprint,
+    resolve_dataset_path,
+    scan_class_folders,
+)
+from imagebench.params import TrialParams
+
+MIN_CLASSES = 2
+
+
+# --- decoding
+def decode_image(path: Path, size: int) -> np.ndarray:
+    """Read any Pillow-readable image as (size, size, 3) uint8 RGB, EXIF rotation applied."""
+    with Image.open(path) as image:
+        image.draft("RGB", (size, size))  # JPEG: decode at reduced scale, so huge photos stay cheap
+        image = ImageOps.exif_transpose(image)
+        if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+            # 16-bit greyscale: scale to 8 bits instead of letting convert() clip at 255
+            array = np.asarray(image, dtype=np.float64)
+            image = Image.fromarray((array / max(array.max(), 1) * 255).astype(np.uint8))
+        if image.mode in ("RGBA", "LA", "P", "PA"):
+            image = image.convert("RGBA")
+            background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+            image = Image.alpha_composite(background, image)  # transparency becomes white, not black
+        image = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+        return np.asarray(image, dtype=np.uint8)
+
+
+def decode_all(files: list[Path], size: int) -> tuple[np.ndarray, list[int], list[str]]:
+    """Decode every file; unreadable ones are skipped and returned by name, never fatal."""
+    images, kept, skipped = [], [], []
+    for index, path in enumerate(files):
+        try:
+            images.append(decode_image(path, size))
+            kept.append(index)
+        except (OSError, ValueError, SyntaxError) as exc:
+            skipped.append(f"{path}: {exc}")
+    if skipped:
+        warnings.warn(f"skipped {len(skipped)} unreadable image(s), first: {skipped[0]}", stacklevel=2)
+    stacked = np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)
+    return stacked, kept, skipped
+
+
+# --- built-in data
+def load_digits_images(size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """scikit-learn's 8x8 digits (shipped with scikit-learn), upscaled to RGB ``size`` px."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    pixels = (digits.images / 16.0 * 255).astype(np.uint8)
+    resized = np.stack([np.asarray(Image.fromarray(p).resize((size, size), Image.Resampling.BILINEAR)) for p in pixels])
+    rgb = np.repeat(resized[..., None], 3, axis=-1)
+    return rgb, digits.target.astype(np.int64), [str(name) for name in digits.target_names]
+
+
+# --- splitting
+def cap_per_class(labels: np.ndarray, max_per_class: int | None, seed: int) -> np.ndarray:
+    """Indices keeping at most ``max_per_class`` of each class, chosen reproducibly."""
+    indices = np.arange(len(labels))
+    if max_per_class is None:
+        return indices
+    rng = np.random.default_rng(seed)
+    keep = [rng.permutation(indices[labels == c])[:max_per_class] for c in np.unique(labels)]
+    return np.sort(np.concatenate(keep))
+
+
+def stratified_split(labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int) -> dict[str, np.ndarray]:
+    indices = np.arange(len(labels))
+    try:
+        rest, test = train_test_split(indices, test_size=test_fraction, stratify=labels, random_state=seed)
+        train, val = train_test_split(
+            rest, test_size=val_fraction / (1 - test_fraction), stratify=labels[rest], random_state=seed
+        )
+    except ValueError as exc:
+        counts = dict(zip(*np.unique(labels, return_counts=True)))
+        smallest = min(counts, key=counts.get)
+        raise DatasetError(
+            f"cannot split stratified (val {val_fraction}, test {test_fraction}): {exc}. The smallest class "
+            f"(index {smallest}) has {counts[smallest]} images; add images or lower the fractions"
+        ) from None
+    return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
+
+
+def _subset(images: np.ndarray, labels: np.ndarray, indices: np.ndarray) -> Split:
+    return Split(images=images[indices], labels=labels[indices])
+
+
+def _check_classes(class_names: list[str], where: str) -> None:
+    if len(class_names) < MIN_CLASSES:
+        raise DatasetError(f"{where}: found {len(class_names)} class folder(s) {class_names}; need at least {MIN_CLASSES}")
+
+
+# --- the two kinds of dataset
+def _load_builtin(params: TrialParams) -> TrialData:
+    images, labels, class_names = load_digits_images(params.image_size)
+    kept = cap_per_class(labels, params.max_per_class, params.seed)
+    images, labels = images[kept], labels[kept]
+    splits = stratified_split(labels, params.val_fraction, params.test_fraction, params.seed)
+    parts = {name: _subset(images, labels, idx) for name, idx in splits.items()}
+    return TrialData(class_names=class_names, fingerprint=dataset_fingerprint(params.dataset), source=params.dataset, **parts)
+
+
+def _decode_split(listing: ImageList, class_names: list[str], size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    index_of = {name: i for i, name in enumerate(class_names)}
+    images, kept, skipped = decode_all(listing.files, size)
+    labels = np.array([index_of[listing.labels[i]] for i in kept], dtype=np.int64)
+    return images, labels, skipped
+
+
+def _load_presplit(root: Path, folders: dict[str, Path], params: TrialParams) -> TrialData:
+    listings = {split: scan_class_folders(folder) for split, folder in folders.items()}
+    class_names = sorted(set(listings["train"].labels))
+    _check_classes(class_names, str(folders["train"]))
+    for split, listing in listings.items():
+        extra = sorted(set(listing.labels) - set(class_names))
+        if extra:
+            raise DatasetError(f"{folders[split]}: classes {extra} are not in {folders['train']}; add them there or remove them")
+    decoded = {split: _decode_split(listing, class_names, params.image_size) for split, listing in listings.items()}
+    parts = {split: Split(images=d[0], labels=d[1]) for split, d in decoded.items()}
+    if "val" not in parts or "test" not in parts:
+        parts = _split_missing(parts, params)
+    all_files = [f for listing in listings.values() for f in listing.files]
+    skipped = [s for d in decoded.values() for s in d[2]]
+    return TrialData(
+        class_names=class_names, fingerprint=folder_fingerprint(all_files, root), source=str(root), skipped_files=skipped, **parts
+    )
+
+
+def _split_missing(parts: dict[str, Split], params: TrialParams) -> dict[str, Split]:
+    """A dataset with only train/ (and maybe one of val/test): carve the missing split(s) from train."""
+    train = parts["train"]
+    missing = [name for name in ("val", "test") if name not in parts]
+    fraction = params.val_fraction if missing == ["val"] else params.test_fraction
+    if len(missing) == 1:
+        keep, carved = train_test_split(
+            np.arange(len(train)), test_size=fraction, stratify=train.labels, random_state=params.seed
+        )
+        return {**parts, "train": _subset(train.images, train.labels, keep), missing[0]: _subset(train.images, train.labels, carved)}
+    splits = stratified_split(train.labels, params.val_fraction, params.test_fraction, params.seed)
+    return {name: _subset(train.images, train.labels, idx) for name, idx in splits.items()}
+
+
+def _load_class_folders(root: Path, params: TrialParams) -> TrialData:
+    listing = scan_class_folders(root)
+    class_names = sorted(set(listing.labels))
+    _check_classes(class_names, str(root))
+    images, labels, skipped = _decode_split(listing, class_names, params.image_size)
+    kept = cap_per_class(labels, params.max_per_class, params.seed)
+    splits = stratified_split(labels[kept], params.val_fraction, params.test_fraction, params.seed)
+    parts = {name: _subset(images[kept], labels[kept], idx) for name, idx in splits.items()}
+    return TrialData(
+        class_names=class_names, fingerprint=folder_fingerprint(listing.files, root), source=str(root), skipped_files=skipped, **parts
+    )
+
+
+def dataset_fingerprint(dataset: str) -> str:
+    """Cheap content identity (no decoding): used by sweep planning and resume."""
+    if dataset in BUILTIN_DATASETS:
+        import sklearn
+
+        return f"{dataset}-sklearn{sklearn.__version__}"
+    root = resolve_dataset_path(dataset)
+    folders = find_split_folders(root) or {"all": root}
+    files = [f for folder in folders.values() for f in scan_class_folders(folder).files]
+    return folder_fingerprint(files, root)
+
+
+def load_trial_data(params: TrialParams) -> TrialData:
+    if params.dataset in BUILTIN_DATASETS:
+        return _load_builtin(params)
+    root = resolve_dataset_path(params.dataset)
+    folders = find_split_folders(root)
+    return _load_presplit(root, folders, params) if folders else _load_class_folders(root, params)

@@ -1,0 +1,44 @@
+"""Metrics from predicted probabilities, identical for both frameworks (scikit-learn does the math)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score, log_loss, top_k_accuracy_score
+
+TOP_K = 5
+
+
+def loss_and_accuracy(probabilities: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """Cross-entropy (no regulariser) and accuracy; used for val each epoch in both backends."""
+    num_classes = probabilities.shape[1]
+    loss = log_loss(labels, np.clip(probabilities, 1e-7, 1.0), labels=list(range(num_classes)))
+    return float(loss), float(accuracy_score(labels, probabilities.argmax(axis=1)))
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, float]
+    confusion: np.ndarray
+    report: str
+
+
+def evaluate(probabilities: np.ndarray, labels: np.ndarray, class_names: list[str]) -> Evaluation:
+    num_classes = len(class_names)
+    predictions = probabilities.argmax(axis=1)
+    loss, accuracy = loss_and_accuracy(probabilities, labels)
+    metrics = {
+        "test/accuracy": accuracy,
+        "test/loss": loss,
+        "test/macro_f1": float(f1_score(labels, predictions, average="macro", labels=list(range(num_classes)), zero_division=0)),
+    }
+    if num_classes > TOP_K:
+        metrics["test/top5_accuracy"] = float(
+            top_k_accuracy_score(labels, probabilities, k=TOP_K, labels=list(range(num_classes)))
+        )
+    matrix = confusion_matrix(labels, predictions, labels=list(range(num_classes)))
+    report = classification_report(
+        labels, predictions, labels=list(range(num_classes)), target_names=class_names, digits=4, zero_division=0
+    )
+    return Evaluation(metrics=metrics, confusion=matrix, report=report)

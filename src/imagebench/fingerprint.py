@@ -1,0 +1,30 @@
+"""Stable identity of a trial: resolved parameters + dataset content.
+
+Two spellings of the same trial (key order, ``1e-3`` vs ``0.001``, ``./data`` vs ``/abs/data``)
+give the same fingerprint; any change of a value or of the data gives a different one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from imagebench.data.folders import BUILTIN_DATASETS
+from imagebench.params import TrialParams
+
+# The experiment names where a trial is filed, not what it is.
+NOT_IDENTITY = ("experiment",)
+
+
+def _canonical(params: TrialParams) -> dict[str, Any]:
+    values = {key: value for key, value in params.tracked().items() if key not in NOT_IDENTITY}
+    if values["dataset"] not in BUILTIN_DATASETS and Path(values["dataset"]).expanduser().exists():
+        values["dataset"] = str(Path(values["dataset"]).expanduser().resolve())
+    return values
+
+
+def trial_fingerprint(params: TrialParams, dataset_fingerprint: str) -> str:
+    payload = json.dumps({"params": _canonical(params), "data": dataset_fingerprint}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]

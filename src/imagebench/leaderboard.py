@@ -1,0 +1,227 @@
+"""Leaderboard from MLflow alone: one row per (model, framework), chosen on validation, never on test.
+
+Selection: the FINISHED trial with the highest ``best/val_accuracy``; ties go to the lower
+``best/val_loss``. Its test metrics, hyperparameters and costs are reported, with how many trials
+of that (model, framework) finished and failed.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+from imagebench import plots, tracking
+
+SELECT_ON = ("best/val_accuracy", "best/val_loss")
+HYPERPARAMETERS = (
+    "optimizer", "learning_rate", "l2", "batch_size", "epochs", "augment", "weights", "freeze_backbone",
+    "head_units", "dropout", "lr_schedule", "image_size", "seed",
+)  # fmt: skip
+LEADER_COLUMNS = {
+    "model": "model",
+    "framework": "framework",
+    "metrics.test/accuracy": "test_accuracy",
+    "metrics.test/loss": "test_loss",
+    "metrics.test/macro_f1": "test_macro_f1",
+    "metrics.test/top5_accuracy": "test_top5_accuracy",
+    "metrics.best/val_accuracy": "val_accuracy",
+    "metrics.best/val_loss": "val_loss",
+    "metrics.best_epoch": "best_epoch",
+    "metrics.cost/params": "params",
+    "metrics.cost/trainable_params": "trainable_params",
+    "metrics.cost/train_seconds": "train_seconds",
+    "metrics.cost/latency_ms": "latency_ms",
+}
+
+
+class LeaderboardError(LookupError):
+    pass
+
+
+def _flatten(run) -> dict:
+    row = {"run_id": run.info.run_id, "status": run.info.status, "start_time": run.info.start_time}
+    row.update({f"params.{key}": value for key, value in run.data.params.items()})
+    row.update({f"metrics.{key}": value for key, value in run.data.metrics.items()})
+    row.update({f"tags.{key}": value for key, value in run.data.tags.items()})
+    return row
+
+
+def trial_runs(experiment: str) -> pd.DataFrame:
+    """Every trial run of the experiment, one row each (params.*, metrics.*, tags.* columns)."""
+    mlflow_client = tracking.client()
+    found = mlflow_client.get_experiment_by_name(experiment)
+    if found is None:
+        raise LeaderboardError(f"no MLflow experiment '{experiment}' in {tracking.tracking_uri()}; run a sweep first")
+    rows, token = [], None
+    while True:
+        page = mlflow_client.search_runs(
+            [found.experiment_id], filter_string=f"tags.`{tracking.TAG_ROLE}` = 'trial'", max_results=1000, page_token=token
+        )
+        rows.extend(_flatten(run) for run in page)
+        token = page.token
+        if not token:
+            break
+    if not rows:
+        raise LeaderboardError(f"experiment '{experiment}' has no trial runs yet")
+    table = pd.DataFrame(rows)
+    table["model"] = table[f"tags.{tracking.TAG_MODEL}"]
+    table["framework"] = table[f"tags.{tracking.TAG_FRAMEWORK}"]
+    table["trial"] = table.get(f"tags.{tracking.TAG_TRIAL}", table["run_id"])
+    return table
+
+
+def select_leaders(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per (model, framework): best validation accuracy, ties to lower validation loss."""
+    for column in (f"metrics.{name}" for name in SELECT_ON):
+        if column not in runs:
+            runs = runs.assign(**{column: np.nan})
+    counts = runs.assign(finished=runs["status"].eq("FINISHED"), failed=~runs["status"].isin(["FINISHED", "RUNNING"]))
+    counts = counts.groupby(["model", "framework"])[["finished", "failed"]].sum().astype(int)
+    finished = runs[runs["status"].eq("FINISHED")].dropna(subset=[f"metrics.{SELECT_ON[0]}"])
+    ordered = finished.sort_values(
+        [f"metrics.{SELECT_ON[0]}", f"metrics.{SELECT_ON[1]}", "start_time"], ascending=[False, True, True]
+    )
+    leaders = ordered.groupby(["model", "framework"], as_index=False).head(1)
+    leaders = leaders.merge(counts.reset_index(), on=["model", "framework"], how="right")
+    return leaders.sort_values([f"metrics.{SELECT_ON[0]}", f"metrics.{SELECT_ON[1]}"], ascending=[False, True]).reset_index(drop=True)
+
+
+def leader_table(leaders: pd.DataFrame) -> pd.DataFrame:
+    """The readable leaderboard: test metrics, the chosen trial's hyperparameters, costs, counts."""
+    columns = {key: name for key, name in LEADER_COLUMNS.items() if key in leaders}
+    table = leaders[list(columns)].rename(columns=columns)
+    for name in HYPERPARAMETERS:
+        if f"params.{name}" in leaders:
+            table[name] = leaders[f"params.{name}"]
+    table["finished"] = leaders["finished"]
+    table["failed"] = leaders["failed"]
+    table["run_id"] = leaders["run_id"]
+    table.insert(0, "rank", range(1, len(table) + 1))
+    return table
+
+
+def trial_table(runs: pd.DataFrame) -> pd.DataFrame:
+    columns = ["trial", "model", "framework", "status"] + [c for c in LEADER_COLUMNS if c.startswith("metrics.") and c in runs]
+    columns += [f"params.{name}" for name in HYPERPARAMETERS if f"params.{name}" in runs]
+    error_column = f"tags.{tracking.TAG_ERROR}"
+    table = runs[columns + ([error_column] if error_column in runs else [])].copy()
+    table.columns = [c.split(".", 1)[1] if c.startswith(("metrics.", "params.")) else c for c in table.columns]
+    return table.rename(columns={error_column: "error"}).sort_values("trial").reset_index(drop=True)
+
+
+def metric_history(run_id: str, keys=("val/accuracy", "val/loss", "train/accuracy", "train/loss")) -> dict[str, list[float]]:
+    mlflow_client = tracking.client()
+    return {key: [m.value for m in sorted(mlflow_client.get_metric_history(run_id, key), key=lambda m: m.step)] for key in keys}
+
+
+def confusion_of(run_id: str) -> tuple[np.ndarray, list[str]]:
+    import json
+
+    path = tracking.client().download_artifacts(run_id, tracking.ARTIFACT_CONFUSION_JSON)
+    content = json.loads(Path(path).read_text(encoding="utf-8"))
+    return np.array(content["matrix"]), content["labels"]
+
+
+@dataclass
+class Leaderboard:
+    experiment: str
+    leaders: pd.DataFrame  # readable table (leader_table)
+    trials: pd.DataFrame  # every trial
+    figures: dict = field(default_factory=dict)  # name -> matplotlib Figure
+
+    @property
+    def winner(self) -> Optional[pd.Series]:
+        ranked = self.leaders.dropna(subset=["val_accuracy"]) if "val_accuracy" in self.leaders else self.leaders.iloc[0:0]
+        return ranked.iloc[0] if len(ranked) else None
+
+
+def _figures(table: pd.DataFrame) -> dict:
+    chosen = table.dropna(subset=["test_accuracy"]) if "test_accuracy" in table else table.iloc[0:0]
+    if chosen.empty:
+        return {}
+    figures = {
+        "test_accuracy_by_model": plots.accuracy_by_model(chosen),
+        "accuracy_vs_params": plots.accuracy_vs_cost(chosen, "params", "parameters (log)"),
+        "accuracy_vs_latency": plots.accuracy_vs_cost(chosen, "latency_ms", "latency ms / image (log)"),
+    }
+    curves = {f"{row.framework}/{row.model}": metric_history(row.run_id) for row in chosen.itertuples()}
+    figures["leader_learning_curves"] = plots.leader_curves(curves, "val/accuracy")
+    winner = chosen.iloc[0]
+    matrix, labels = confusion_of(winner["run_id"])
+    figures["winner_confusion_matrix"] = plots.confusion_matrix(
+        matrix, labels, f"winner on validation: {winner['framework']}/{winner['model']} (test set)"
+    )
+    return figures
+
+
+def build(experiment: str, with_figures: bool = True) -> Leaderboard:
+    runs = trial_runs(experiment)
+    leaders = leader_table(select_leaders(runs))
+    return Leaderboard(experiment, leaders, trial_table(runs), _figures(leaders) if with_figures else {})
+
+
+def _png_bytes(figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    return buffer.getvalue()
+
+
+def _rounded(table: pd.DataFrame) -> pd.DataFrame:
+    return table.round(4)
+
+
+def _html(board: Leaderboard, images: dict[str, bytes]) -> str:
+    pictures = "".join(
+        f'<figure><img src="data:image/png;base64,{base64.b64encode(data).decode()}" alt="{name}"><figcaption>{name}</figcaption></figure>'
+        for name, data in images.items()
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>imagebench leaderboard: {board.experiment}</title>"
+        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:13px}"
+        "td,th{border:1px solid #ccc;padding:3px 6px}img{max-width:900px}</style></head><body>"
+        f"<h1>Leaderboard: {board.experiment}</h1><p>One row per model and framework: the trial with the best "
+        "validation accuracy (ties: lower validation loss); test metrics of that trial.</p>"
+        f"{_rounded(board.leaders).to_html(index=False)}{pictures}<h2>All trials</h2>"
+        f"{_rounded(board.trials).to_html(index=False)}</body></html>"
+    )
+
+
+def _markdown(board: Leaderboard, image_names: list[str]) -> str:
+    lines = [
+        f"# Leaderboard: {board.experiment}",
+        "",
+        "One row per (model, framework): the trial with the best validation accuracy (ties: lower",
+        "validation loss). Test metrics are those of that trial; the test set never chooses.",
+        "",
+        _rounded(board.leaders.drop(columns=["run_id"])).to_markdown(index=False),
+        "",
+        *[f"![{name}]({name}.png)" for name in image_names],
+        "",
+        f"All {len(board.trials)} trials: `trials.csv`.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write(board: Leaderboard, out_dir: Path) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    images = {name: _png_bytes(figure) for name, figure in board.figures.items()}
+    written = []
+    for name, data in images.items():
+        (out_dir / f"{name}.png").write_bytes(data)
+        written.append(out_dir / f"{name}.png")
+    outputs = {
+        "leaderboard.md": _markdown(board, list(images)),
+        "leaderboard.html": _html(board, images),
+    }
+    for name, text in outputs.items():
+        (out_dir / name).write_text(text, encoding="utf-8")
+        written.append(out_dir / name)
+    board.leaders.to_csv(out_dir / "leaderboard.csv", index=False)
+    board.trials.to_csv(out_dir / "trials.csv", index=False)
+    return written + [out_dir / "leaderboard.csv", out_dir / "trials.csv"]

@@ -1,0 +1,124 @@
+"""Figures for trials and leaderboards. Pure matplotlib ``Figure`` objects (no pyplot state), so the
+same code draws into a notebook cell, an MLflow artifact and a PNG under results/."""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+CURVE_PAIRS = (("loss", "train/loss", "val/loss"), ("accuracy", "train/accuracy", "val/accuracy"))
+
+
+def learning_curves(history: Mapping[str, Sequence[float]], title: str = "", best_epoch: int | None = None) -> Figure:
+    """``history`` maps metric names (train/loss, val/accuracy, ...) to per-epoch values."""
+    figure = Figure(figsize=(10, 3.6), layout="constrained")
+    for axis, (label, train_key, val_key) in zip(figure.subplots(1, 2), CURVE_PAIRS):
+        for key, style in ((train_key, "-"), (val_key, "--")):
+            values = history.get(key, [])
+            axis.plot(range(1, len(values) + 1), values, style, marker="o", markersize=3, label=key)
+        if best_epoch:
+            axis.axvline(best_epoch, color="grey", linewidth=0.8, linestyle=":", label=f"best epoch {best_epoch}")
+        axis.set_xlabel("epoch")
+        axis.set_ylabel(label)
+        axis.legend(fontsize=8)
+        axis.grid(alpha=0.3)
+    figure.suptitle(title)
+    return figure
+
+
+def confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], title: str = "") -> Figure:
+    size = max(4.0, 0.45 * len(class_names) + 2)
+    figure = Figure(figsize=(size, size), layout="constrained")
+    axis = figure.subplots()
+    image = axis.imshow(matrix, cmap="Blues")
+    axis.set_xticks(range(len(class_names)), class_names, rotation=90, fontsize=8)
+    axis.set_yticks(range(len(class_names)), class_names, fontsize=8)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true")
+    if len(class_names) <= 30:  # numbers stay readable up to about this many classes
+        threshold = matrix.max() / 2 if matrix.size else 0
+        for (row, col), count in np.ndenumerate(matrix):
+            axis.text(col, row, str(count), ha="center", va="center", fontsize=7, color="white" if count > threshold else "black")
+    figure.colorbar(image, ax=axis, shrink=0.7)
+    axis.set_title(title)
+    return figure
+
+
+def accuracy_by_model(table: pd.DataFrame) -> Figure:
+    """Grouped bars: test accuracy of each model's chosen trial, one bar per framework."""
+    pivot = table.pivot(index="model", columns="framework", values="test_accuracy")
+    figure = Figure(figsize=(max(6, 0.9 * len(pivot) + 2), 4), layout="constrained")
+    axis = figure.subplots()
+    width = 0.8 / max(len(pivot.columns), 1)
+    for i, framework in enumerate(pivot.columns):
+        positions = np.arange(len(pivot)) + i * width
+        bars = axis.bar(positions, pivot[framework], width, label=framework)
+        axis.bar_label(bars, fmt="%.3f", fontsize=7, rotation=90, padding=2)
+    axis.set_xticks(np.arange(len(pivot)) + width * (len(pivot.columns) - 1) / 2, pivot.index, rotation=30, ha="right")
+    axis.set_ylabel("test accuracy (trial chosen on validation)")
+    axis.set_ylim(0, 1.12)
+    axis.legend()
+    axis.grid(axis="y", alpha=0.3)
+    return figure
+
+
+def accuracy_vs_cost(table: pd.DataFrame, cost_column: str, label: str) -> Figure:
+    figure = Figure(figsize=(6.5, 4.5), layout="constrained")
+    axis = figure.subplots()
+    for framework, rows in table.groupby("framework"):
+        axis.scatter(rows[cost_column], rows["test_accuracy"], label=framework, s=40)
+        for _, row in rows.iterrows():
+            axis.annotate(row["model"], (row[cost_column], row["test_accuracy"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    axis.set_xscale("log")
+    axis.set_xlabel(label)
+    axis.set_ylabel("test accuracy")
+    axis.legend()
+    axis.grid(alpha=0.3)
+    return figure
+
+
+def leader_curves(curves: Mapping[str, Mapping[str, Sequence[float]]], metric: str = "val/accuracy") -> Figure:
+    """One line per leader (label -> history) for ``metric``."""
+    figure = Figure(figsize=(7, 4.5), layout="constrained")
+    axis = figure.subplots()
+    for label, history in curves.items():
+        values = history.get(metric, [])
+        axis.plot(range(1, len(values) + 1), values, marker="o", markersize=3, label=label)
+    axis.set_xlabel("epoch")
+    axis.set_ylabel(metric)
+    axis.legend(fontsize=7, ncol=2)
+    axis.grid(alpha=0.3)
+    return figure
+
+
+def class_counts(counts: pd.DataFrame) -> Figure:
+    """Stacked bars of images per class and split (``counts``: index classes, columns splits)."""
+    figure = Figure(figsize=(max(6, 0.35 * len(counts) + 2), 4), layout="constrained")
+    axis = figure.subplots()
+    bottom = np.zeros(len(counts))
+    for split in counts.columns:
+        axis.bar(counts.index.astype(str), counts[split], bottom=bottom, label=split)
+        bottom += counts[split].to_numpy()
+    axis.set_ylabel("images")
+    axis.tick_params(axis="x", rotation=90)
+    axis.legend()
+    return figure
+
+
+def sample_grid(images: np.ndarray, labels: np.ndarray, class_names: Sequence[str], per_class: int = 6, max_classes: int = 20) -> Figure:
+    """A row of example images for each class (first ``max_classes`` classes)."""
+    shown = list(range(min(len(class_names), max_classes)))
+    figure = Figure(figsize=(1.3 * per_class, 1.3 * len(shown)), layout="constrained")
+    axes = np.atleast_2d(figure.subplots(len(shown), per_class, squeeze=False))
+    for row, class_index in enumerate(shown):
+        examples = np.flatnonzero(labels == class_index)[:per_class]
+        for col in range(per_class):
+            axis = axes[row, col]
+            axis.axis("off")
+            if col < len(examples):
+                axis.imshow(images[examples[col]])
+        axes[row, 0].set_title(class_names[class_index], fontsize=8, loc="left")
+    return figure

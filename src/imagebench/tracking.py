@@ -1,0 +1,189 @@
+"""The MLflow record: where it lives, what each run holds, and the names the leaderboard reads.
+
+Experiment = sweep name; one parent run per sweep; one child run per trial. All names of tags,
+params, metrics and artifacts are defined here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Optional
+
+ENV_RUN_ID = "IMAGEBENCH_RUN_ID"  # set by the sweep so a notebook trial fills the child run it created
+ENV_ROOT = "IMAGEBENCH_ROOT"
+
+TAG_ROLE = "imagebench.role"  # "sweep" (parent) or "trial" (child)
+TAG_SWEEP = "imagebench.sweep"
+TAG_TRIAL = "imagebench.trial"
+TAG_MODEL = "imagebench.model"
+TAG_FRAMEWORK = "imagebench.framework"
+TAG_FINGERPRINT = "imagebench.fingerprint"
+TAG_DATASET_FINGERPRINT = "imagebench.dataset_fingerprint"
+TAG_GIT_COMMIT = "imagebench.git_commit"
+TAG_VERSIONS = "imagebench.versions"
+TAG_ERROR = "imagebench.error"
+TAG_NOTEBOOK = "imagebench.notebook"
+TAG_PARENT = "mlflow.parentRunId"
+TAG_RUN_NAME = "mlflow.runName"
+
+EPOCH_METRICS = ("train/loss", "train/accuracy", "val/loss", "val/accuracy", "lr")
+FINAL_METRICS = (
+    "test/accuracy",
+    "test/loss",
+    "test/macro_f1",
+    "test/top5_accuracy",  # only with more than 5 classes
+    "best_epoch",
+    "best/val_accuracy",
+    "best/val_loss",
+    "epochs_run",
+    "cost/params",
+    "cost/trainable_params",
+    "cost/train_seconds",
+    "cost/latency_ms",
+)
+ARTIFACT_CONFUSION_PNG = "confusion_matrix.png"
+ARTIFACT_CONFUSION_JSON = "confusion_matrix.json"
+ARTIFACT_CURVES_PNG = "learning_curves.png"
+ARTIFACT_REPORT = "classification_report.txt"
+ARTIFACT_CLASS_MAP = "class_map.json"
+ARTIFACT_SKIPPED = "skipped_files.txt"
+ARTIFACT_NOTEBOOK_DIR = "notebook"
+
+MARKERS = ("params", "notebooks")  # a folder holding both is an imagebench project root
+
+
+def project_root() -> Path:
+    """``$IMAGEBENCH_ROOT``, else the nearest folder above the cwd with params/ and notebooks/, else the cwd.
+
+    JupyterLab starts kernels in notebooks/, papermill wherever it is typed; both must find the same store.
+    """
+    if os.environ.get(ENV_ROOT):
+        return Path(os.environ[ENV_ROOT]).resolve()
+    cwd = Path.cwd().resolve()
+    for folder in (cwd, *cwd.parents):
+        if all((folder / marker).is_dir() for marker in MARKERS):
+            return folder
+    return cwd
+
+
+def default_tracking_uri() -> str:
+    return f"sqlite:///{project_root() / 'mlflow.db'}"
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+
+
+@lru_cache(maxsize=4)
+def _client_for(uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def client():
+    return _client_for(tracking_uri())
+
+
+def _artifact_location(name: str) -> Optional[str]:
+    """Keep the embedded store's artifacts beside mlflow.db rather than wherever the cwd happens to be."""
+    if tracking_uri() != default_tracking_uri():
+        return None  # a tracking server decides for itself
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+    return (project_root() / "mlartifacts" / safe).as_uri()
+
+
+def experiment_id(name: str) -> str:
+    mlflow_client = client()
+    experiment = mlflow_client.get_experiment_by_name(name)
+    if experiment is not None:
+        if experiment.lifecycle_stage == "deleted":
+            mlflow_client.restore_experiment(experiment.experiment_id)
+        return experiment.experiment_id
+    try:
+        return mlflow_client.create_experiment(name, artifact_location=_artifact_location(name))
+    except Exception:  # another process created it between our look-up and create
+        experiment = mlflow_client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=project_root(), capture_output=True, text=True, timeout=5
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def find_sweep_run(experiment: str) -> Optional[str]:
+    runs = client().search_runs(
+        [experiment_id(experiment)], filter_string=f"tags.`{TAG_ROLE}` = 'sweep'", max_results=1, order_by=["attributes.start_time DESC"]
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def start_sweep_run(experiment: str, source: str) -> str:
+    """The sweep's parent run: reused when the same sweep is run again, so resumes stay together."""
+    existing = find_sweep_run(experiment)
+    if existing:
+        client().update_run(existing, status="RUNNING")
+        return existing
+    run = client().create_run(
+        experiment_id(experiment),
+        run_name=f"sweep-{experiment}",
+        tags={TAG_ROLE: "sweep", TAG_SWEEP: experiment, TAG_GIT_COMMIT: git_commit(), "imagebench.sweep_file": source},
+    )
+    return run.info.run_id
+
+
+def create_trial_run(experiment: str, trial_name: str, tags: dict[str, str], parent_run_id: Optional[str]) -> str:
+    all_tags = {TAG_ROLE: "trial", TAG_TRIAL: trial_name, TAG_SWEEP: experiment, TAG_GIT_COMMIT: git_commit(), **tags}
+    if parent_run_id:
+        all_tags[TAG_PARENT] = parent_run_id
+    run = client().create_run(experiment_id(experiment), run_name=trial_name, tags=all_tags)
+    return run.info.run_id
+
+
+def end_run(run_id: str, status: str, error: Optional[str] = None) -> None:
+    if error:
+        client().set_tag(run_id, TAG_ERROR, error[:5000])
+    client().set_terminated(run_id, status=status, end_time=int(time.time() * 1000))
+
+
+def run_status(run_id: str) -> str:
+    return client().get_run(run_id).info.status
+
+
+def log_params(run_id: str, values: dict[str, Any]) -> None:
+    from mlflow.entities import Param
+
+    client().log_batch(run_id, params=[Param(key, _param_text(value)) for key, value in values.items()])
+
+
+def _param_text(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(str(item) for item in value)
+    return str(value)
+
+
+def log_metrics(run_id: str, values: dict[str, float], step: int = 0) -> None:
+    from mlflow.entities import Metric
+
+    timestamp = int(time.time() * 1000)
+    metrics = [Metric(key, float(value), timestamp, step) for key, value in values.items()]
+    client().log_batch(run_id, metrics=metrics)
+
+
+def set_tags(run_id: str, tags: dict[str, str]) -> None:
+    from mlflow.entities import RunTag
+
+    client().log_batch(run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])

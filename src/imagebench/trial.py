@@ -1,0 +1,172 @@
+"""One trial: params → data → model → fit (best weights) → test → MLflow child run → result."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+
+from imagebench import plots, tracking
+from imagebench.backends import get_backend
+from imagebench.data.arrays import TrialData
+from imagebench.data.load import load_trial_data
+from imagebench.evaluation import Evaluation, evaluate
+from imagebench.fingerprint import trial_fingerprint
+from imagebench.monitor import EpochMonitor, EpochRecord
+from imagebench.params import TrialParams, make_params
+
+PREDICT_BATCH = 256
+
+
+@dataclass
+class TrialResult:
+    run_id: str
+    params: TrialParams
+    metrics: dict[str, float]
+    history: list[EpochRecord]
+    class_names: list[str]
+    confusion: np.ndarray
+    report: str
+    split_sizes: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def curves(self) -> dict[str, list[float]]:
+        return {key: [record.as_metrics()[key] for record in self.history] for key in tracking.EPOCH_METRICS}
+
+    def learning_curves_figure(self):
+        title = f"{self.params.framework} / {self.params.model}"
+        return plots.learning_curves(self.curves, title, int(self.metrics.get("best_epoch", 0)))
+
+    def confusion_figure(self):
+        return plots.confusion_matrix(self.confusion, self.class_names, f"test confusion matrix ({self.params.model})")
+
+    def summary(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "model": self.params.model, "framework": self.params.framework, **self.metrics}
+
+
+def _versions(framework: str) -> str:
+    import importlib.metadata as metadata
+
+    names = ["imagebench", "mlflow", "scikit-learn"] + (["tensorflow-cpu", "tensorflow", "keras"] if framework == "keras" else ["torch", "timm"])
+    found = {}
+    for name in names:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return json.dumps({"python": platform.python_version(), **found})
+
+
+def trial_tags(params: TrialParams, dataset_fingerprint: str) -> dict[str, str]:
+    return {
+        tracking.TAG_MODEL: params.model,
+        tracking.TAG_FRAMEWORK: params.framework,
+        tracking.TAG_FINGERPRINT: trial_fingerprint(params, dataset_fingerprint),
+        tracking.TAG_DATASET_FINGERPRINT: dataset_fingerprint,
+    }
+
+
+def _epoch_reporter(run_id: str, params: TrialParams, verbose: bool):
+    def report(record: EpochRecord) -> None:
+        tracking.log_metrics(run_id, record.as_metrics(), step=record.epoch)
+        if verbose:
+            # One plain line per epoch: readable in a notebook, a log file, and parsed by the sweep's progress bar.
+            print(
+                f"epoch {record.epoch}/{params.epochs}  train loss {record.train_loss:.4f} acc {record.train_accuracy:.4f}"
+                f"  | val loss {record.val_loss:.4f} acc {record.val_accuracy:.4f}  | lr {record.lr:.2e}  | {record.seconds:.1f}s",
+                flush=True,
+            )
+
+    return report
+
+
+def _log_data(run_id: str, data: TrialData) -> None:
+    client = tracking.client()
+    client.log_dict(run_id, data.class_map(), tracking.ARTIFACT_CLASS_MAP)
+    tracking.set_tags(run_id, {tracking.TAG_DATASET_FINGERPRINT: data.fingerprint, "imagebench.dataset_source": data.source})
+    sizes = {f"data/{split}_images": count for split, count in data.split_sizes().items()}
+    tracking.log_metrics(run_id, {**sizes, "data/classes": data.num_classes, "data/skipped_files": len(data.skipped_files)})
+    if data.skipped_files:
+        client.log_text(run_id, "\n".join(data.skipped_files), tracking.ARTIFACT_SKIPPED)
+
+
+def _log_results(run_id: str, result: TrialResult, evaluation: Evaluation) -> None:
+    client = tracking.client()
+    tracking.log_metrics(run_id, result.metrics)
+    client.log_text(run_id, evaluation.report, tracking.ARTIFACT_REPORT)
+    client.log_dict(
+        run_id, {"labels": result.class_names, "matrix": evaluation.confusion.tolist()}, tracking.ARTIFACT_CONFUSION_JSON
+    )
+    client.log_figure(run_id, result.confusion_figure(), tracking.ARTIFACT_CONFUSION_PNG)
+    client.log_figure(run_id, result.learning_curves_figure(), tracking.ARTIFACT_CURVES_PNG)
+
+
+def _open_run(params: TrialParams, run_id: Optional[str]) -> str:
+    """Fill the run the sweep created (``$IMAGEBENCH_RUN_ID``) or start a standalone one."""
+    from imagebench.data.load import dataset_fingerprint
+
+    run_id = run_id or os.environ.get(tracking.ENV_RUN_ID)
+    if not run_id:
+        name = f"{params.framework}-{params.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_id = tracking.create_trial_run(params.experiment, name, trial_tags(params, dataset_fingerprint(params.dataset)), None)
+    tracking.log_params(run_id, params.tracked())
+    tracking.set_tags(run_id, {tracking.TAG_VERSIONS: _versions(params.framework)})
+    return run_id
+
+
+def _train_and_test(run_id: str, params: TrialParams, verbose: bool) -> TrialResult:
+    data = load_trial_data(params)
+    _log_data(run_id, data)
+    backend = get_backend(params.framework)
+    backend.configure(params)
+    model = backend.build_model(params, data.num_classes)
+    total_params, trainable_params = backend.count_params(model)
+    if verbose:
+        print(f"{params.framework}/{params.model}: {total_params:,} params ({trainable_params:,} trainable); data {data.split_sizes()}")
+    monitor = EpochMonitor(params, on_epoch=_epoch_reporter(run_id, params, verbose))
+    started = time.perf_counter()
+    backend.fit(model, params, data, monitor)
+    train_seconds = time.perf_counter() - started
+    probabilities = backend.predict_proba(model, data.test.images, PREDICT_BATCH)  # val-best weights, restored by fit
+    evaluation = evaluate(probabilities, data.test.labels, data.class_names)
+    metrics = {
+        **evaluation.metrics,
+        "best_epoch": monitor.best_epoch,
+        "best/val_accuracy": monitor.best.val_accuracy,
+        "best/val_loss": monitor.best.val_loss,
+        "epochs_run": len(monitor.history),
+        "cost/params": total_params,
+        "cost/trainable_params": trainable_params,
+        "cost/train_seconds": train_seconds,
+        "cost/latency_ms": backend.latency_ms(model, data.test.images[:1]),
+    }
+    result = TrialResult(
+        run_id, params, metrics, monitor.history, data.class_names, evaluation.confusion, evaluation.report, data.split_sizes()
+    )
+    _log_results(run_id, result, evaluation)
+    return result
+
+
+def run_trial(params: TrialParams | dict[str, Any], run_id: Optional[str] = None, verbose: bool = True) -> TrialResult:
+    """Run one trial and record it in MLflow; the run ends FINISHED, FAILED (error tagged) or KILLED."""
+    params = params if isinstance(params, TrialParams) else make_params(params)
+    run_id = _open_run(params, run_id)
+    try:
+        result = _train_and_test(run_id, params, verbose)
+    except KeyboardInterrupt:
+        tracking.end_run(run_id, "KILLED", "interrupted (KeyboardInterrupt)")
+        raise
+    except BaseException as exc:
+        tracking.end_run(run_id, "FAILED", f"{type(exc).__name__}: {exc}")
+        raise
+    tracking.end_run(run_id, "FINISHED")
+    if verbose:
+        shown = {key: round(value, 4) for key, value in result.metrics.items() if key.startswith(("test/", "best"))}
+        print(f"finished run {run_id}: {shown}", file=sys.stdout, flush=True)
+    return result
