@@ -152,8 +152,8 @@ def test_l2_penalty_covers_our_kernels_only(name, attention):
         for m in part.modules()
         if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))
     ]
-    expected = 0.01 * sum(float((w.double() ** 2).sum()) for w in kernels)
-    assert float(tb.l2_penalty(model, 0.01)) == pytest.approx(expected, rel=1e-5)
+    expected = 0.01 * sum(float((w.detach().double() ** 2).sum()) for w in kernels)
+    assert tb.l2_penalty(model, 0.01).item() == pytest.approx(expected, rel=1e-5)
     assert float(tb.l2_penalty(model, 0.0)) == 0.0
     regularized = {id(w) for w in tb.regularized_weights(model)}
     assert regularized == {id(w) for w in kernels}
@@ -219,7 +219,7 @@ def test_registry_hub_id_is_timm_default(name):
 )
 def test_optimizers_use_keras_defaults(optimizer, kind):
     extra = {"weight_decay": 0.01} if optimizer == "adamw" else {}
-    params = _params(model="vgg16", freeze_backbone=True, optimizer=optimizer, **extra)
+    params = _params(model="efficientnet_b0", freeze_backbone=True, optimizer=optimizer, **extra)
     model = tb.build_model(params, 10)
     opt = tb.make_optimizer(params, model)
     assert type(opt) is kind
@@ -256,7 +256,7 @@ def _data() -> TrialData:
 
 
 def _fit(**values):
-    params = _params(model="cnn", batch_size=8, epochs=4, **values)
+    params = _params(**{"model": "cnn", "batch_size": 8, "epochs": 4, **values})
     tb.configure(params)
     data = _data()
     model = tb.build_model(params, data.num_classes)

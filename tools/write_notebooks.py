@@ -71,7 +71,7 @@ def leaderboard() -> nbformat.NotebookNode:
                 "%matplotlib inline\nimport pandas as pd\nfrom IPython.display import display\n\n"
                 "from imagebench import leaderboard, sweep"
             ),
-            tagged('experiment = "demo"  # MLflow experiment (= sweep name)\nwrite_files = True  # also write results/<experiment>/', "parameters"),
+            tagged('experiment = "demo"  # MLflow experiment: the sweep name\nwrite_files = True  # also write results/<experiment>/', "parameters"),
             new_code_cell("board = leaderboard.build(experiment)\nwith pd.option_context('display.max_columns', None):\n    display(board.leaders.round(4))"),
             new_code_cell("for name, figure in board.figures.items():\n    display(figure)"),
             new_code_cell("with pd.option_context('display.max_rows', 200, 'display.max_columns', None):\n    display(board.trials.round(4))"),

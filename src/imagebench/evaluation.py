@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,8 +11,17 @@ from sklearn.metrics import accuracy_score, classification_report, confusion_mat
 TOP_K = 5
 
 
+class DivergedError(ArithmeticError):
+    """The model produced NaN/inf outputs."""
+
+
 def loss_and_accuracy(probabilities: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
-    """Cross-entropy (no regulariser) and accuracy; used for val each epoch in both backends."""
+    """Cross-entropy (no regulariser) and accuracy; used for val each epoch in both backends.
+
+    A diverged model (NaN outputs) scores an infinite loss, so early stopping keeps the last good epoch.
+    """
+    if not np.isfinite(probabilities).all():
+        return math.inf, float(accuracy_score(labels, np.nan_to_num(probabilities, nan=-1.0).argmax(axis=1)))
     num_classes = probabilities.shape[1]
     loss = log_loss(labels, np.clip(probabilities, 1e-7, 1.0), labels=list(range(num_classes)))
     return float(loss), float(accuracy_score(labels, probabilities.argmax(axis=1)))
@@ -25,6 +35,8 @@ class Evaluation:
 
 
 def evaluate(probabilities: np.ndarray, labels: np.ndarray, class_names: list[str]) -> Evaluation:
+    if not np.isfinite(probabilities).all():
+        raise DivergedError("the model outputs NaN/inf on the test set: training diverged; lower learning_rate or add l2")
     num_classes = len(class_names)
     predictions = probabilities.argmax(axis=1)
     loss, accuracy = loss_and_accuracy(probabilities, labels)

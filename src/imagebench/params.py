@@ -7,6 +7,7 @@ trial means the same thing whether it comes from YAML, ``--set``, papermill ``-p
 from __future__ import annotations
 
 import difflib
+import re
 from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -34,7 +35,7 @@ class TrialParams(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
 
     # --- what to train
-    experiment: str = Field("default", min_length=1, description="MLflow experiment (= sweep name)")
+    experiment: str = Field("default", min_length=1, description="MLflow experiment: the sweep name")
     framework: Framework = "keras"
     model: ModelName = "cnn"
     attention: Literal["se", "cbam"] = Field("se", description="block used by *_attention models")
@@ -42,7 +43,7 @@ class TrialParams(BaseModel):
     freeze_backbone: bool = False
     train_bn: bool = Field(False, description="keep BatchNorm layers trainable when the backbone is frozen")
     pooling: Literal["auto", "avg", "flatten"] = Field("auto", description="auto: flatten for cnn, avg for backbones")
-    head_units: Optional[list[int]] = Field(None, description="hidden Dense sizes; None = the family's recipe")
+    head_units: Optional[list[int]] = Field(None, description="hidden Dense sizes; None: the family recipe")
     dropout: float = Field(0.5, ge=0.0, lt=1.0)
     activation: Literal["relu", "gelu", "swish", "elu", "tanh"] = "relu"
     # --- data
@@ -176,14 +177,20 @@ def make_params(values: dict[str, Any] | None = None, where: str = "", **overrid
         raise ParamsError("\n".join(problems)) from None
 
 
+_EXPONENT_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def coerce_text(value: str) -> Any:
     """Turn a ``--set key=value`` string into the YAML value it spells (3 -> int, true -> bool)."""
     import yaml
 
     try:
-        return yaml.safe_load(value)
+        parsed = yaml.safe_load(value)
     except yaml.YAMLError:
         return value
+    if isinstance(parsed, str) and _EXPONENT_NUMBER.fullmatch(parsed):
+        return float(parsed)  # YAML 1.1 reads "1e-3" as text
+    return parsed
 
 
 def parse_assignments(assignments: list[str], where: str = "--set") -> dict[str, Any]:

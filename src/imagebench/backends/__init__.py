@@ -2,9 +2,10 @@
 
 Each backend module provides the same functions (see ``keras_backend`` and ``torch_backend``):
 
-- ``configure(params)``: seed every RNG, set threads; called before anything else.
+- ``configure(params)``: seed every RNG; called before anything else.
 - ``build_model(params, num_classes) -> model``: from the registry, preprocessing included, so
-  the model takes uint8 RGB pixels (N, H, W, 3) and returns class probabilities.
+  the model takes uint8 RGB pixels (N, H, W, 3) (Keras returns probabilities, torch logits:
+  always go through ``predict_proba``).
 - ``fit(model, params, data, monitor)``: train on ``data.train`` (augmented per the preset),
   evaluate ``data.val`` each epoch (never augmented), report each epoch to ``monitor`` and leave
   the model holding the weights of ``monitor``'s best epoch.

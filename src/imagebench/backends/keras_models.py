@@ -118,7 +118,12 @@ def freeze_backbone(backbone: keras.Model, train_bn: bool) -> None:
 def _cnn_body(x, params: TrialParams):
     for index, filters in enumerate(CNN_FILTERS, start=1):
         x = layers.Conv2D(
-            filters, 3, padding="same", activation=params.activation, kernel_regularizer=_l2(params.l2), name=f"conv{index}"
+            filters,
+            3,
+            padding="same",
+            activation=params.activation,
+            kernel_regularizer=_l2(params.l2),
+            name=f"conv{index}",
         )(x)
         x = layers.MaxPooling2D(2, name=f"pool{index}")(x)
     return x
@@ -142,7 +147,8 @@ def _attention(x, params: TrialParams):
 
 def _head(x, params: TrialParams, num_classes: int):
     for index, units in enumerate(params.resolved_head_units, start=1):
-        x = layers.Dense(units, activation=params.activation, kernel_regularizer=_l2(params.l2), name=f"head_dense{index}")(x)
+        name = f"head_dense{index}"
+        x = layers.Dense(units, activation=params.activation, kernel_regularizer=_l2(params.l2), name=name)(x)
         x = layers.Dropout(params.dropout, name=f"head_dropout{index}")(x)
     return layers.Dense(num_classes, activation="softmax", kernel_regularizer=_l2(params.l2), name="classifier")(x)
 
@@ -157,6 +163,9 @@ def build_model(params: TrialParams, num_classes: int) -> keras.Model:
     x = _cnn_body(x, params) if spec.backbone is None else _backbone_body(x, spec, params)
     if spec.attention:
         x = _attention(x, params)
-    x = layers.Flatten(name="flatten")(x) if params.resolved_pooling == "flatten" else layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    if params.resolved_pooling == "flatten":
+        x = layers.Flatten(name="flatten")(x)
+    else:
+        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
     outputs = _head(x, params, num_classes)
     return keras.Model(inputs, outputs, name=f"{params.model}_keras")

@@ -70,6 +70,17 @@ def _augment_batch(images: np.ndarray, theta: np.ndarray, brightness: np.ndarray
     return np.clip(warped, 0.0, 255.0).astype(np.float32)
 
 
+def batch_slices(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Index batches; a trailing single image joins the previous batch, as in the torch backend
+    (BatchNorm cannot train on one value per channel), so both cut the same batches and draw the
+    same augmentation stream from the same seed."""
+    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        last = batches.pop()  # popped first: `b[-2] = f(b.pop())` would index the shortened list
+        batches[-1] = np.concatenate([batches[-1], last])
+    return batches
+
+
 class TrainBatches(keras.utils.PyDataset):
     """Shuffled, optionally augmented float32 training batches.
 
@@ -85,19 +96,17 @@ class TrainBatches(keras.utils.PyDataset):
 
     def _new_epoch(self) -> None:
         self.order = self.rng.permutation(len(self.split))
-        self.draws: list[Optional[tuple[np.ndarray, np.ndarray]]] = [None] * len(self)
+        self.batches = batch_slices(self.order, self.batch_size)
+        self.draws: list[Optional[tuple[np.ndarray, np.ndarray]]] = [None] * len(self.batches)
         if not self.spec.is_identity:
             # Drawn batch by batch, in order: the same stream as a per-batch sampling loop.
-            self.draws = [augment.sample(len(self._indices(i)), self.spec, self.rng) for i in range(len(self))]
-
-    def _indices(self, index: int) -> np.ndarray:
-        return self.order[index * self.batch_size : (index + 1) * self.batch_size]
+            self.draws = [augment.sample(len(batch), self.spec, self.rng) for batch in self.batches]
 
     def __len__(self) -> int:
-        return -(-len(self.split) // self.batch_size)
+        return len(self.batches)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        indices = self._indices(index)
+        indices = self.batches[index]
         images = self.split.images[indices].astype(np.float32)  # fancy indexing copies: data untouched
         if self.draws[index] is not None:
             images = _augment_batch(images, *self.draws[index])

@@ -82,12 +82,13 @@ def predict_proba(model: nn.Module, images: np.ndarray, batch_size: int = 256) -
 
 def _train_epoch(model, optimizer, params, images, labels, order, spec, rng) -> tuple[float, float]:
     """One pass over the shuffled train set; returns sample-weighted mean loss and accuracy."""
-    model.train()
+    model.train()  # predict_proba left it in eval mode; frozen BN stays eval (ImageClassifier.train)
+    device = next(model.parameters()).device
     total_loss, correct, seen = 0.0, 0, 0
     for index in batch_slices(order, params.batch_size):
-        key = torch.as_tensor(index, device=images.device)
-        x = images[key].float()
-        y = labels[key]
+        key = torch.as_tensor(index)
+        x = images[key].to(device).float()
+        y = labels[key].to(device)
         if not spec.is_identity:
             x = augment_batch(x, spec, rng)
         logits = model(x)
@@ -109,9 +110,10 @@ def fit(model: nn.Module, params: TrialParams, data: TrialData, monitor: EpochMo
     optimizer = make_optimizer(params, model)
     spec = augment.preset(params.augment)
     rng = np.random.default_rng(params.seed)  # one stream: shuffles and augmentation draws
-    # uint8 stays uint8 on the device (4x less memory); batches become float when indexed.
-    images = torch.as_tensor(data.train.images, device=device)
-    labels = torch.as_tensor(data.train.labels, dtype=torch.long, device=device)
+    # The train set stays a uint8 CPU tensor (no copy of the array, no GPU memory for big sets);
+    # each batch is indexed (a copy: data.train is never modified), moved, then made float.
+    images = torch.as_tensor(data.train.images)
+    labels = torch.as_tensor(data.train.labels, dtype=torch.long)
     best_state = copy.deepcopy(model.state_dict())
     for epoch in range(1, params.epochs + 1):
         started = time.perf_counter()

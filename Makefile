@@ -1,0 +1,41 @@
+# imagebench: `make demo` and `make test` on a fresh clone do everything (they create .venv first).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+# This machine's pip is capped at torch<=2.14.1 and torchvision only imports beside its own torch,
+# so the pair is pinned here; pyproject.toml keeps open ranges for users.
+TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
+PIP := $(PY) -m pip --disable-pip-version-check -q
+
+.PHONY: install demo test lab ui bench clean-results notebooks
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	$(PIP) install $(TORCH_PIN)
+	$(PIP) install -e ".[keras,torch,dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/imagebench sweep params/demo.yaml
+	$(VENV)/bin/papermill --no-progress-bar notebooks/leaderboard.ipynb results/demo/leaderboard.ipynb -p experiment demo
+
+# TensorFlow and torch never share a process (importing both can segfault), so the framework
+# tests run in their own pytest sessions.
+test: $(STAMP)
+	$(PY) -m pytest -m "not keras and not torch"
+	$(PY) -m pytest -m keras
+	$(PY) -m pytest -m torch
+
+lab: $(STAMP)
+	$(PIP) install -e ".[lab]"
+	$(VENV)/bin/jupyter lab notebooks/
+
+ui: $(STAMP)
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+
+notebooks: $(STAMP)
+	$(PY) tools/write_notebooks.py

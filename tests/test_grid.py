@@ -1,0 +1,82 @@
+import textwrap
+
+import pytest
+
+from imagebench.grid import expand, plan_sweep
+from imagebench.params import ParamsError
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return path
+
+
+def test_matrix_product_exclude_include():
+    content = {
+        "matrix": {"framework": ["keras", "torch"], "model": ["cnn", "vgg16"], "learning_rate": [0.1, 0.01]},
+        "exclude": [{"framework": "torch", "model": "vgg16"}, {"learning_rate": 0.1, "model": ["cnn"]}],
+        "include": [{"framework": "keras", "model": "resnet50", "learning_rate": 0.5}],
+    }
+    trials = expand(content)
+    assert len(trials) == 2 * 2 * 2 - 2 - 2 + 1  # two torch-vgg16 and two lr-0.1-cnn combos dropped (one overlap)
+    assert {"framework": "torch", "model": "vgg16", "learning_rate": 0.01} not in trials
+    assert not any(t["model"] == "cnn" and t["learning_rate"] == 0.1 for t in trials)
+    assert trials[-1] == {"framework": "keras", "model": "resnet50", "learning_rate": 0.5}
+
+
+def test_demo_plan_has_all_models_in_both_frameworks(tmp_path):
+    from conftest import REPO
+
+    plan = plan_sweep(REPO / "params" / "demo.yaml")
+    pairs = {(t.params.framework, t.params.model) for t in plan.trials}
+    assert len(plan.trials) == 16 and len(pairs) == 16
+    assert plan.experiment == "demo"
+    assert len({t.name for t in plan.trials}) == 16
+
+
+def test_overrides_apply_to_every_trial_and_change_fingerprints(tmp_path):
+    path = _write(tmp_path, """
+        experiment: t
+        base: {image_size: 32}
+        matrix: {model: [cnn, cnn_attention]}
+    """)
+    plain = plan_sweep(path)
+    overridden = plan_sweep(path, {"epochs": 3})
+    assert all(t.params.epochs == 3 for t in overridden.trials)
+    assert {t.fingerprint for t in plain.trials}.isdisjoint({t.fingerprint for t in overridden.trials})
+
+
+def test_fingerprint_ignores_spelling_but_not_values(tmp_path):
+    a = _write(tmp_path, "base: {learning_rate: 0.001, image_size: 32}\nmatrix: {model: [cnn]}\n")
+    first = plan_sweep(a).trials[0].fingerprint
+    b = _write(tmp_path, "matrix: {model: [cnn]}\nbase: {image_size: 32.0, learning_rate: 1.0e-3}\n")
+    assert plan_sweep(b).trials[0].fingerprint == first
+    c = _write(tmp_path, "base: {learning_rate: 0.002, image_size: 32}\nmatrix: {model: [cnn]}\n")
+    assert plan_sweep(c).trials[0].fingerprint != first
+
+
+def test_fingerprint_normalises_dataset_paths(tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    for name in ("a", "b"):
+        (data / name).mkdir(parents=True)
+        (data / name / "x.png").write_bytes(b"not really")
+    monkeypatch.chdir(tmp_path)
+    relative = plan_sweep(_write(tmp_path, "base: {dataset: ./data}\nmatrix: {model: [cnn]}\n")).trials[0]
+    absolute = plan_sweep(_write(tmp_path, f"base: {{dataset: '{data}'}}\nmatrix: {{model: [cnn]}}\n")).trials[0]
+    assert relative.fingerprint == absolute.fingerprint
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("matrix: {learning_rat: [0.1]}\n", "did you mean 'learning_rate'"),
+        ("base: {optimizer: adm}\nmatrix: {model: [cnn]}\n", "'optimizer' = 'adm'"),
+        ("matrix: {model: [cnn]}\nexclude: [{model: cnn}]\n", "expands to no trials"),
+        ("matrx: {model: [cnn]}\n", "unknown top-level key"),
+        ("matrix: {model: []}\n", "axis 'model' is empty"),
+    ],
+)
+def test_bad_sweep_files_fail_before_anything_runs(tmp_path, text, fragment):
+    with pytest.raises(ParamsError, match=fragment):
+        plan_sweep(_write(tmp_path, text))
