@@ -26,9 +26,9 @@ demo: $(STAMP)
 # TensorFlow and torch never share a process (importing both can segfault), so the framework
 # tests run in their own pytest sessions.
 test: $(STAMP)
-	$(PY) -m pytest -m "not keras and not torch"
-	$(PY) -m pytest -m keras
-	$(PY) -m pytest -m torch
+	$(PY) -m pytest tests --ignore=tests/keras --ignore=tests/torch
+	$(PY) -m pytest tests/keras
+	$(PY) -m pytest tests/torch
 
 lab: $(STAMP)
 	$(PIP) install -e ".[lab]"

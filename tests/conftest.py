@@ -1,5 +1,6 @@
-"""Shared fixtures. TensorFlow and torch never share a test process: `make test` runs the keras- and
-torch-marked tests in sessions of their own; a plain `pytest` that collects both skips torch's."""
+"""Shared fixtures. TensorFlow and torch never share a test process (importing both can segfault):
+tests/keras and tests/torch import their framework at collection, so `make test` runs them in
+pytest sessions of their own, and a plain `pytest` leaves tests/torch out unless it is named."""
 
 from __future__ import annotations
 
@@ -9,18 +10,21 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def pytest_collection_modifyitems(config, items):
-    has_keras = any(item.get_closest_marker("keras") for item in items)
-    has_torch = any(item.get_closest_marker("torch") for item in items)
-    if has_keras and has_torch:
-        skip = pytest.mark.skip(reason="TF and torch in one process can segfault: run `pytest -m torch` on its own (make test does)")
-        for item in items:
-            if item.get_closest_marker("torch"):
-                item.add_marker(skip)
+def _inside(arg: str, folder: Path) -> bool:
+    path = Path(arg.split("::")[0]).resolve()
+    return path == folder or folder in path.parents
+
+
+def pytest_ignore_collect(collection_path, config):
+    torch_tests = HERE / "torch"
+    if collection_path == torch_tests:
+        return not any(_inside(arg, torch_tests) for arg in config.args)
+    return None
 
 
 @pytest.fixture
@@ -41,3 +45,26 @@ def tiny_values(**overrides):
     values = dict(dataset="digits", image_size=32, epochs=1, batch_size=64, max_per_class=12, val_fraction=0.25, test_fraction=0.25)
     values.update(overrides)
     return values
+
+
+def assert_documented_record(run_id: str, num_classes: int) -> None:
+    """The child run holds exactly the MLflow record DESIGN.md documents (tracking.py names it)."""
+    from imagebench import tracking
+    from imagebench.params import FIELD_NAMES
+
+    client = tracking.client()
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert set(run.data.params) == set(FIELD_NAMES)
+    expected_final = set(tracking.FINAL_METRICS) - (set() if num_classes > 5 else {"test/top5_accuracy"})
+    data_metrics = {"data/train_images", "data/val_images", "data/test_images", "data/classes", "data/skipped_files"}
+    assert set(run.data.metrics) == set(tracking.EPOCH_METRICS) | expected_final | data_metrics
+    for key in tracking.EPOCH_METRICS:
+        history = client.get_metric_history(run_id, key)
+        assert [m.step for m in history] == list(range(1, len(history) + 1)) and history
+    for tag in (tracking.TAG_FINGERPRINT, tracking.TAG_MODEL, tracking.TAG_FRAMEWORK, tracking.TAG_SWEEP,
+                tracking.TAG_DATASET_FINGERPRINT, tracking.TAG_GIT_COMMIT, tracking.TAG_VERSIONS, tracking.TAG_ROLE):
+        assert run.data.tags.get(tag), tag
+    artifacts = {item.path for item in client.list_artifacts(run_id)}
+    assert artifacts >= {tracking.ARTIFACT_CONFUSION_PNG, tracking.ARTIFACT_CONFUSION_JSON, tracking.ARTIFACT_CURVES_PNG,
+                         tracking.ARTIFACT_REPORT, tracking.ARTIFACT_CLASS_MAP}

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from imagebench.data.arrays import batch_slices
 from imagebench.data.folders import DatasetError
 from imagebench.data.load import decode_image, load_trial_data
 from imagebench.params import make_params
@@ -122,3 +123,11 @@ def test_builtin_digits_are_upscaled_rgb():
     assert data.train.images.shape[1:] == (40, 40, 3)
     assert (data.train.images[..., 0] == data.train.images[..., 2]).all()
     assert sum(data.split_sizes().values()) == 200
+
+
+def test_trailing_single_image_joins_previous_batch():
+    batches = batch_slices(np.arange(9), 4)
+    assert [b.tolist() for b in batches] == [[0, 1, 2, 3], [4, 5, 6, 7, 8]]  # BatchNorm needs > 1 value
+    assert [b.tolist() for b in batch_slices(np.arange(5), 4)] == [[0, 1, 2, 3, 4]]
+    assert [len(b) for b in batch_slices(np.arange(10), 4)] == [4, 4, 2]
+    assert [len(b) for b in batch_slices(np.arange(1), 4)] == [1]

@@ -86,10 +86,10 @@ def _epoch_reporter(run_id: str, params: TrialParams, verbose: bool):
     return report
 
 
-def _log_data(run_id: str, data: TrialData) -> None:
+def _log_data(run_id: str, params: TrialParams, data: TrialData) -> None:
     client = tracking.client()
     client.log_dict(run_id, data.class_map(), tracking.ARTIFACT_CLASS_MAP)
-    tracking.set_tags(run_id, {tracking.TAG_DATASET_FINGERPRINT: data.fingerprint, "imagebench.dataset_source": data.source})
+    tracking.set_tags(run_id, {**trial_tags(params, data.fingerprint), "imagebench.dataset_source": data.source})
     sizes = {f"data/{split}_images": count for split, count in data.split_sizes().items()}
     tracking.log_metrics(run_id, {**sizes, "data/classes": data.num_classes, "data/skipped_files": len(data.skipped_files)})
     if data.skipped_files:
@@ -109,12 +109,12 @@ def _log_results(run_id: str, result: TrialResult, evaluation: Evaluation) -> No
 
 def _open_run(params: TrialParams, run_id: Optional[str]) -> str:
     """Fill the run the sweep created (``$IMAGEBENCH_RUN_ID``) or start a standalone one."""
-    from imagebench.data.load import dataset_fingerprint
-
     run_id = run_id or os.environ.get(tracking.ENV_RUN_ID)
     if not run_id:
+        # Tags that need the data are set once it loads, so a bad dataset still leaves a FAILED run.
         name = f"{params.framework}-{params.model}-{time.strftime('%Y%m%d-%H%M%S')}"
-        run_id = tracking.create_trial_run(params.experiment, name, trial_tags(params, dataset_fingerprint(params.dataset)), None)
+        tags = {tracking.TAG_MODEL: params.model, tracking.TAG_FRAMEWORK: params.framework}
+        run_id = tracking.create_trial_run(params.experiment, name, tags, None)
     tracking.log_params(run_id, params.tracked())
     tracking.set_tags(run_id, {tracking.TAG_VERSIONS: _versions(params.framework)})
     return run_id
@@ -122,7 +122,7 @@ def _open_run(params: TrialParams, run_id: Optional[str]) -> str:
 
 def _train_and_test(run_id: str, params: TrialParams, verbose: bool) -> TrialResult:
     data = load_trial_data(params)
-    _log_data(run_id, data)
+    _log_data(run_id, params, data)
     backend = get_backend(params.framework)
     backend.configure(params)
     model = backend.build_model(params, data.num_classes)

@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from imagebench import augment  # noqa: E402
-from imagebench.data.arrays import Split, TrialData  # noqa: E402
+from imagebench.data.arrays import Split, TrialData, batch_slices  # noqa: E402
 from imagebench.evaluation import loss_and_accuracy  # noqa: E402
 from imagebench.monitor import EpochMonitor, EpochRecord  # noqa: E402
 from imagebench.params import TrialParams  # noqa: E402
@@ -69,16 +69,6 @@ def _augment_batch(images: np.ndarray, theta: np.ndarray, brightness: np.ndarray
     warped = _warp(images, theta) * brightness[:, None, None, None]
     return np.clip(warped, 0.0, 255.0).astype(np.float32)
 
-
-def batch_slices(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
-    """Index batches; a trailing single image joins the previous batch, as in the torch backend
-    (BatchNorm cannot train on one value per channel), so both cut the same batches and draw the
-    same augmentation stream from the same seed."""
-    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
-    if len(batches) > 1 and len(batches[-1]) == 1:
-        last = batches.pop()  # popped first: `b[-2] = f(b.pop())` would index the shortened list
-        batches[-1] = np.concatenate([batches[-1], last])
-    return batches
 
 
 class TrainBatches(keras.utils.PyDataset):

@@ -12,7 +12,7 @@ from torch import nn
 
 from imagebench import augment
 from imagebench.backends.torch_models import l2_penalty
-from imagebench.data.arrays import Split, TrialData
+from imagebench.data.arrays import Split, TrialData, batch_slices
 from imagebench.evaluation import loss_and_accuracy
 from imagebench.monitor import EpochMonitor, EpochRecord
 from imagebench.params import TrialParams
@@ -59,14 +59,6 @@ def augment_batch(images: torch.Tensor, spec: augment.AugmentSpec, rng: np.rando
     device = images.device
     return warp(images, torch.from_numpy(theta).to(device), torch.from_numpy(brightness).to(device))
 
-
-def batch_slices(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
-    """Index batches; a trailing single image joins the previous batch because torch's
-    BatchNorm cannot train on one value per channel (a 1x1 feature map at small image sizes)."""
-    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
-    if len(batches) > 1 and len(batches[-1]) == 1:
-        batches[-2] = np.concatenate([batches[-2], batches.pop()])
-    return batches
 
 
 def predict_proba(model: nn.Module, images: np.ndarray, batch_size: int = 256) -> np.ndarray:

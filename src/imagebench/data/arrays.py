@@ -43,3 +43,14 @@ class TrialData:
         splits = {"train": self.train, "val": self.val, "test": self.test}
         counts = {name: np.bincount(split.labels, minlength=self.num_classes) for name, split in splits.items()}
         return pd.DataFrame(counts, index=pd.Index(self.class_names, name="class"))
+
+
+def batch_slices(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Training index batches, shared by both backends so they cut the same batches (and so draw
+    the same augmentation stream from one seed). A trailing single image joins the previous batch:
+    BatchNorm cannot train on one value per channel (a 1x1 feature map at small image sizes)."""
+    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        last = batches.pop()  # popped first: `b[-2] = f(b.pop())` would index the shortened list
+        batches[-1] = np.concatenate([batches[-1], last])
+    return batches

@@ -162,14 +162,6 @@ def test_shift_theta_samples_one_pixel_to_the_right():
     np.testing.assert_allclose(out[:, :, -1], image[:, :, -1], atol=1e-3)  # NEAREST edge fill
 
 
-def test_trailing_single_image_joins_previous_batch():
-    batches = keras_training.batch_slices(np.arange(9), 4)
-    assert [b.tolist() for b in batches] == [[0, 1, 2, 3], [4, 5, 6, 7, 8]]  # BatchNorm needs > 1 value
-    assert [b.tolist() for b in keras_training.batch_slices(np.arange(5), 4)] == [[0, 1, 2, 3, 4]]
-    assert [len(b) for b in keras_training.batch_slices(np.arange(10), 4)] == [4, 4, 2]
-    assert [len(b) for b in keras_training.batch_slices(np.arange(1), 4)] == [1]
-
-
 def test_train_batches_are_deterministic_and_augmented_only_when_asked():
     from imagebench import augment
 

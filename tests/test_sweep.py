@@ -1,0 +1,95 @@
+"""End to end through papermill kernels: the sweep, its MLflow record, failures, plain papermill."""
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conftest import assert_documented_record
+from imagebench import tracking
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+
+
+def _run(args, cwd, **kwargs):
+    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=600, **kwargs)
+
+
+def _one_class_dataset(root: Path) -> Path:
+    """Valid at planning time, fails inside the trial (a classifier needs two classes)."""
+    (root / "only").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(root / "only" / "0.png")
+    return root
+
+
+def test_sweep_runs_trials_in_papermill_and_survives_a_failing_trial(project):
+    bad = _one_class_dataset(project / "bad_data")
+    sweep_file = project / "params" / "e2e.yaml"
+    sweep_file.write_text(textwrap.dedent(f"""
+        experiment: e2e
+        base: {{dataset: digits, image_size: 32, epochs: 2, batch_size: 64, max_per_class: 12,
+                val_fraction: 0.25, test_fraction: 0.25}}
+        matrix: {{framework: [keras, torch], model: [cnn]}}
+        include:
+          - {{framework: keras, model: cnn, dataset: "{bad}"}}
+    """))
+    done = _run([str(BIN / "imagebench"), "sweep", str(sweep_file)], cwd=project)
+    assert done.returncode == 1, done.stderr[-3000:]  # one failed trial: the exit code says so
+    assert "2 finished, 1 failed of 3 trials" in done.stdout
+    assert "need at least 2" in done.stdout  # the closing summary names the reason
+
+    client = tracking.client()
+    parent = tracking.find_sweep_run("e2e")
+    children = client.search_runs([tracking.experiment_id("e2e")], filter_string=f"tags.`{tracking.TAG_ROLE}` = 'trial'")
+    assert len(children) == 3 and all(run.data.tags[tracking.TAG_PARENT] == parent for run in children)
+    by_status = {}
+    for run in children:
+        by_status.setdefault(run.info.status, []).append(run)
+        notebooks = [item.path for item in client.list_artifacts(run.info.run_id, tracking.ARTIFACT_NOTEBOOK_DIR)]
+        assert notebooks == [f"{tracking.ARTIFACT_NOTEBOOK_DIR}/{run.data.tags[tracking.TAG_TRIAL]}.ipynb"]
+    assert len(by_status["FINISHED"]) == 2 and len(by_status["FAILED"]) == 1
+    assert "need at least 2" in by_status["FAILED"][0].data.tags[tracking.TAG_ERROR]
+    for run in by_status["FINISHED"]:
+        assert_documented_record(run.info.run_id, num_classes=10)
+
+    runs_dir = project / "results" / "e2e" / "runs"
+    assert len(list(runs_dir.glob("*.ipynb"))) == 3
+    executed = json.loads(next(runs_dir.glob("*-torch-cnn-*.ipynb")).read_text())
+    assert any("injected-parameters" in cell["metadata"].get("tags", []) for cell in executed["cells"])
+    assert (project / "results" / "e2e" / "leaderboard.md").exists()
+    assert "epoch 1/2" in next(runs_dir.glob("*-torch-cnn-*.log")).read_text()
+
+
+def test_dry_run_prints_the_plan_and_runs_nothing(project):
+    done = _run([str(BIN / "imagebench"), "sweep", "params/demo.yaml", "--dry-run", "--set", "epochs=1"], cwd=project)
+    assert done.returncode == 0 and "16 trials in experiment 'demo'" in done.stdout
+    assert not (project / "results" / "demo").exists()
+
+
+def test_bad_sweep_file_fails_fast_with_the_key(project):
+    (project / "params" / "typo.yaml").write_text("matrix: {model: [cnn]}\nbase: {batch_sise: 8}\n")
+    done = _run([str(BIN / "imagebench"), "sweep", "params/typo.yaml"], cwd=project)
+    assert done.returncode == 2 and "did you mean 'batch_size'" in done.stderr
+
+
+def test_plain_papermill_as_users_type_it(project):
+    (project / "trial.yaml").write_text("experiment: plain\nimage_size: 32\nepochs: 1\nmax_per_class: 12\n"
+                                        "val_fraction: 0.25\ntest_fraction: 0.25\n")
+    done = _run([str(BIN / "papermill"), "notebooks/train.ipynb", "out.ipynb", "-f", "trial.yaml",
+                 "-p", "model", "cnn", "-p", "framework", "torch"], cwd=project)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = tracking.client().search_runs([tracking.experiment_id("plain")])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert runs[0].data.params["framework"] == "torch" and runs[0].data.params["image_size"] == "32"
+
+
+def test_papermill_typo_parameter_is_an_error_not_a_warning(project):
+    done = _run([str(BIN / "papermill"), "notebooks/train.ipynb", "out.ipynb", "-p", "learning_rat", "0.1",
+                 "-p", "epochs", "1"], cwd=project)
+    assert done.returncode != 0
+    assert "did you mean 'learning_rate'" in done.stderr + done.stdout + (project / "out.ipynb").read_text()
