@@ -26,9 +26,15 @@ def _add_set(parser: argparse.ArgumentParser) -> None:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from imagebench import grid, sweep
     from imagebench.params import parse_assignments
+    from imagebench.weights import check_weights, require_weights
 
     plan = grid.plan_sweep(args.file, parse_assignments(args.assignments), experiment=args.experiment)
+    missing = check_weights(trial.params for trial in plan.trials)
+    if missing and not args.dry_run:
+        require_weights(trial.params for trial in plan.trials)  # raises with the whole list
     if args.dry_run:
+        for problem in missing:
+            print(f"warning: {problem}")
         import pandas as pd
 
         with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 200):
@@ -173,11 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[list[str]] = None) -> int:
     from imagebench.data.folders import DatasetError
+    from imagebench.weights import WeightsError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ParamsError, DatasetError) as exc:
+    except (ParamsError, DatasetError, WeightsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -102,6 +103,25 @@ def _kernel_environment(run_id: str) -> Iterator[None]:
                 os.environ[key] = value
 
 
+@contextmanager
+def _process_stderr_to(path: Path) -> Iterator[None]:
+    """Point file descriptor 2 at ``path`` while a kernel starts and runs.
+
+    Kernels inherit the sweep's stderr, and TensorFlow's C++ start-up lines and ipykernel's notices
+    are written straight to it; they belong in the trial's log, not across the sweep's display.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with path.open("ab") as log:
+        os.dup2(log.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _error_text(exc: BaseException) -> str:
     ename, evalue = getattr(exc, "ename", None), getattr(exc, "evalue", None)
     if ename:  # papermill's PapermillExecutionError carries the notebook's own exception
@@ -115,7 +135,7 @@ def execute_trial(trial: Trial, run_id: str, output: Path, bar: Optional[tqdm] =
 
     sink = KernelOutput(output.with_suffix(".log"), bar, trial)
     try:
-        with _kernel_environment(run_id):
+        with _kernel_environment(run_id), _process_stderr_to(output.with_suffix(".stderr.log")):
             papermill.execute_notebook(
                 str(train_notebook()),
                 str(output),
@@ -164,7 +184,11 @@ def run_sweep(plan: SweepPlan, show_progress: bool = True) -> SweepSummary:
     parent_run_id = tracking.start_sweep_run(plan.experiment, plan.source)
     summary = SweepSummary(plan.experiment, parent_run_id)
     sweep_started = time.perf_counter()
-    bar = tqdm(total=len(plan.trials), desc=f"sweep {plan.experiment}", unit="trial", disable=not show_progress, dynamic_ncols=True)
+    # stdout, not stderr: the kernels' stderr is redirected into the trial logs while they run.
+    bar = tqdm(
+        total=len(plan.trials), desc=f"sweep {plan.experiment}", unit="trial", disable=not show_progress,
+        dynamic_ncols=True, file=sys.stdout,
+    )
     run_id = None
     try:
         for position, trial in enumerate(plan.trials, start=1):

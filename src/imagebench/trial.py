@@ -20,6 +20,7 @@ from imagebench.evaluation import Evaluation, evaluate
 from imagebench.fingerprint import trial_fingerprint
 from imagebench.monitor import EpochMonitor, EpochRecord
 from imagebench.params import TrialParams, make_params
+from imagebench.weights import require_weights
 
 PREDICT_BATCH = 256
 
@@ -121,6 +122,7 @@ def _open_run(params: TrialParams, run_id: Optional[str]) -> str:
 
 
 def _train_and_test(run_id: str, params: TrialParams, verbose: bool) -> TrialResult:
+    require_weights([params])  # a clear error instead of a download attempt with no network
     data = load_trial_data(params)
     _log_data(run_id, params, data)
     backend = get_backend(params.framework)
