@@ -68,3 +68,32 @@ def assert_documented_record(run_id: str, num_classes: int) -> None:
     artifacts = {item.path for item in client.list_artifacts(run_id)}
     assert artifacts >= {tracking.ARTIFACT_CONFUSION_PNG, tracking.ARTIFACT_CONFUSION_JSON, tracking.ARTIFACT_CURVES_PNG,
                          tracking.ARTIFACT_REPORT, tracking.ARTIFACT_CLASS_MAP}
+
+
+def check_in_process_trial(framework: str) -> None:
+    """Shared by tests/keras and tests/torch: one tiny in-process trial and its MLflow record."""
+    import json
+
+    from imagebench import tracking
+    from imagebench.trial import run_trial
+
+    result = run_trial(tiny_values(framework=framework, model="cnn_attention", epochs=2, experiment="inproc"), verbose=False)
+    assert_documented_record(result.run_id, num_classes=10)
+    run = tracking.client().get_run(result.run_id)
+    assert run.data.params["framework"] == framework and run.data.params["head_units"] == "128"
+    class_map = json.loads(Path(tracking.client().download_artifacts(result.run_id, tracking.ARTIFACT_CLASS_MAP)).read_text())
+    assert class_map == {str(i): str(i) for i in range(10)}
+    assert result.metrics["test/accuracy"] == pytest.approx(run.data.metrics["test/accuracy"])
+    assert 1 <= result.metrics["best_epoch"] <= 2
+
+
+def check_failing_trial_recorded(framework: str, missing_folder: Path) -> None:
+    from imagebench import tracking
+    from imagebench.data.folders import DatasetError
+    from imagebench.trial import run_trial
+
+    with pytest.raises(DatasetError):
+        run_trial(tiny_values(framework=framework, dataset=str(missing_folder), experiment="inproc"), verbose=False)
+    runs = tracking.client().search_runs([tracking.experiment_id("inproc")])
+    assert len(runs) == 1 and runs[0].info.status == "FAILED"
+    assert "neither a built-in name" in runs[0].data.tags[tracking.TAG_ERROR]

@@ -4,8 +4,8 @@ import ast
 import json
 
 import pytest
-
 from conftest import REPO
+
 from imagebench.params import TrialParams
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))

@@ -7,9 +7,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import assert_documented_record
 from PIL import Image
 
-from conftest import assert_documented_record
 from imagebench import tracking
 
 pytestmark = pytest.mark.slow
