@@ -64,6 +64,19 @@ def test_sweep_runs_trials_in_papermill_and_survives_a_failing_trial(project):
     assert (project / "results" / "e2e" / "leaderboard.md").exists()
     assert "epoch 1/2" in next(runs_dir.glob("*-torch-cnn-*.log")).read_text()
 
+    # the leaderboard notebook builds the same board from MLflow
+    board = _run([str(BIN / "papermill"), "notebooks/leaderboard.ipynb", "board.ipynb", "-p", "experiment", "e2e",
+                  "-p", "write_files", "False"], cwd=project)
+    assert board.returncode == 0, board.stderr[-3000:]
+    assert "winner_confusion_matrix" not in board.stderr and "image/png" in (project / "board.ipynb").read_text()
+
+
+def test_explore_notebook_executes(project):
+    done = _run([str(BIN / "papermill"), "notebooks/explore.ipynb", "explore.ipynb", "-p", "image_size", "32"], cwd=project)
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = (project / "explore.ipynb").read_text()
+    assert "10 classes" in text and "image/png" in text
+
 
 def test_dry_run_prints_the_plan_and_runs_nothing(project):
     done = _run([str(BIN / "imagebench"), "sweep", "params/demo.yaml", "--dry-run", "--set", "epochs=1"], cwd=project)

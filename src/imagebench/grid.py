@@ -50,7 +50,12 @@ class SweepPlan:
     def table(self):
         import pandas as pd
 
-        rows = [{"trial": t.name, "framework": t.params.framework, "model": t.params.model, **t.varying} for t in self.trials]
+        # every parameter that varies anywhere in the sweep, with each trial's resolved value
+        varying = list(dict.fromkeys(key for trial in self.trials for key in trial.varying))
+        rows = [
+            {"trial": t.name, "framework": t.params.framework, "model": t.params.model, **{k: getattr(t.params, k) for k in varying}}
+            for t in self.trials
+        ]
         return pd.DataFrame(rows)
 
 

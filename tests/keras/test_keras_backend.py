@@ -277,3 +277,11 @@ def test_latency_and_param_counts():
     assert kb.latency_ms(model, _pixels(1)) > 0
     total, trainable = kb.count_params(model)
     assert total == trainable == model.count_params()
+
+
+def test_backbone_batchnorm_momentum_matches_torch_convention():
+    from imagebench.models.registry import BATCHNORM_UPDATE_FRACTION
+
+    model = kb.build_model(make_params(model="resnet50", image_size=32), 3)
+    norms = [layer for layer in model.get_layer("backbone").layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert norms and all(layer.momentum == pytest.approx(1 - BATCHNORM_UPDATE_FRACTION) for layer in norms)

@@ -324,3 +324,11 @@ def test_augment_batch_is_seeded():
 def test_latency_ms_is_positive():
     model = _model(model="cnn")
     assert tb.latency_ms(model, np.zeros((1, SIZE, SIZE, 3), np.uint8)) > 0
+
+
+def test_backbone_batchnorm_momentum_is_the_registry_value():
+    from imagebench.models.registry import BATCHNORM_UPDATE_FRACTION
+
+    model = tb.build_model(make_params(framework="torch", model="efficientnet_b0", image_size=32), 3)
+    norms = [m for m in model.backbone.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert norms and all(m.momentum == BATCHNORM_UPDATE_FRACTION for m in norms)

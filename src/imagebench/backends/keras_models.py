@@ -16,7 +16,13 @@ from typing import Optional  # noqa: E402
 import keras  # noqa: E402
 from keras import layers, ops  # noqa: E402
 
-from imagebench.models.registry import ATTENTION_REDUCTION, CNN_FILTERS, ModelSpec, model_spec  # noqa: E402
+from imagebench.models.registry import (  # noqa: E402
+    ATTENTION_REDUCTION,
+    BATCHNORM_UPDATE_FRACTION,
+    CNN_FILTERS,
+    ModelSpec,
+    model_spec,
+)
 from imagebench.params import TrialParams  # noqa: E402
 
 # Preprocess mode of the plain CNN; backbones use their keras.applications module name instead.
@@ -135,9 +141,16 @@ def _backbone_body(x, spec: ModelSpec, params: TrialParams):
     backbone = constructor(
         include_top=False, weights=_backbone_weights(params), input_shape=(size, size, 3), name="backbone"
     )
+    _set_batchnorm_momentum(backbone)
     if params.freeze_backbone:
         freeze_backbone(backbone, params.train_bn)
     return backbone(x)
+
+
+def _set_batchnorm_momentum(backbone: keras.Model) -> None:
+    for layer in backbone.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            layer.momentum = 1.0 - BATCHNORM_UPDATE_FRACTION  # Keras counts the kept fraction
 
 
 def _attention(x, params: TrialParams):

@@ -18,7 +18,7 @@ import timm
 import torch
 from torch import nn
 
-from imagebench.models.registry import ATTENTION_REDUCTION, CNN_FILTERS, Backbone, model_spec
+from imagebench.models.registry import ATTENTION_REDUCTION, BATCHNORM_UPDATE_FRACTION, CNN_FILTERS, Backbone, model_spec
 from imagebench.params import TrialParams
 
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "swish": nn.SiLU, "elu": nn.ELU, "tanh": nn.Tanh}
@@ -111,6 +111,9 @@ def timm_backbone(backbone: Backbone, weights: str) -> nn.Module:
         # parameter count (14.7M) match Keras' VGG16 notop.
         model.pre_logits = nn.Identity()
         model.head = nn.Identity()
+    for module in model.modules():
+        if _is_batchnorm(module):
+            module.momentum = BATCHNORM_UPDATE_FRACTION  # the registry's value, as in the Keras backend
     return model
 
 
