@@ -99,6 +99,9 @@ def leader_table(leaders: pd.DataFrame) -> pd.DataFrame:
     for name in HYPERPARAMETERS:
         if f"params.{name}" in leaders:
             table[name] = leaders[f"params.{name}"]
+    for name in ("params", "trainable_params", "best_epoch"):
+        if name in table:
+            table[name] = table[name].astype("Int64")  # counts, not floats (MLflow stores every metric as float)
     table["finished"] = leaders["finished"]
     table["failed"] = leaders["failed"]
     table["run_id"] = leaders["run_id"]

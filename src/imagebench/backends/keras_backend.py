@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from imagebench.backends.keras_models import build_model  # noqa: E402
-from imagebench.backends.keras_training import compile_model, fit, make_optimizer, predict_proba  # noqa: E402
+from imagebench.backends.keras_training import compile_model, fit, inference_fn, make_optimizer, predict_proba  # noqa: E402
 from imagebench.params import TrialParams  # noqa: E402
 
 FRAMEWORK = "keras"
@@ -39,12 +39,13 @@ def count_params(model: keras.Model) -> tuple[int, int]:
 def latency_ms(model: keras.Model, image: np.ndarray) -> float:
     """Median wall time in ms of one forward pass on a (1, S, S, 3) batch, after warm-up calls."""
     x = tf.convert_to_tensor(image, tf.float32)
+    forward = inference_fn(model)  # the traced graph, as predictions are made
     for _ in range(LATENCY_WARMUP):
-        model(x, training=False).numpy()
+        forward(x).numpy()
     timings = []
     for _ in range(LATENCY_RUNS):
         start = time.perf_counter()
-        model(x, training=False).numpy()  # .numpy() waits for the result, so the timing is complete
+        forward(x).numpy()  # .numpy() waits for the result, so the timing is complete
         timings.append((time.perf_counter() - start) * 1000.0)
     return float(np.median(timings))
 
