@@ -81,15 +81,22 @@ def accuracy_vs_cost(table: pd.DataFrame, cost_column: str, label: str) -> Figur
 
 
 def leader_curves(curves: Mapping[str, Mapping[str, Sequence[float]]], metric: str = "val/accuracy") -> Figure:
-    """One line per leader (label -> history) for ``metric``."""
-    figure = Figure(figsize=(7, 4.5), layout="constrained")
+    """One line per leader, labelled "framework/model": colour = model, line style = framework."""
+    figure = Figure(figsize=(9, 4.8), layout="constrained")
     axis = figure.subplots()
-    for label, history in curves.items():
+    models = sorted({label.split("/", 1)[-1] for label in curves})
+    frameworks = sorted({label.split("/", 1)[0] for label in curves})
+    colours = {model: f"C{i % 10}" for i, model in enumerate(models)}
+    styles = {framework: ("-", "--", ":", "-.")[i % 4] for i, framework in enumerate(frameworks)}
+    for label, history in sorted(curves.items()):
+        framework, model = label.split("/", 1) if "/" in label else ("", label)
         values = history.get(metric, [])
-        axis.plot(range(1, len(values) + 1), values, marker="o", markersize=3, label=label)
+        axis.plot(range(1, len(values) + 1), values, styles.get(framework, "-"), color=colours[model], marker="o",
+                  markersize=3, label=label)
+    axis.xaxis.get_major_locator().set_params(integer=True)
     axis.set_xlabel("epoch")
     axis.set_ylabel(metric)
-    axis.legend(fontsize=7, ncol=2)
+    axis.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     axis.grid(alpha=0.3)
     return figure
 
