@@ -80,3 +80,25 @@ def test_fingerprint_normalises_dataset_paths(tmp_path, monkeypatch):
 def test_bad_sweep_files_fail_before_anything_runs(tmp_path, text, fragment):
     with pytest.raises(ParamsError, match=fragment):
         plan_sweep(_write(tmp_path, text))
+
+
+def test_grid52_is_52_trials_per_model_and_framework_with_the_product_best():
+    from conftest import REPO
+
+    plan = plan_sweep(REPO / "params" / "grid52.yaml", axes={"model": ["cnn", "efficientnet_b0"]})
+    assert plan.counts()["trials"].tolist() == [52, 52, 52, 52]
+    best = [
+        t for t in plan.trials
+        if (t.params.optimizer, t.params.learning_rate, t.params.l2, t.params.batch_size) == ("rmsprop", 0.007, 0.005, 64)
+    ]
+    assert len(best) == 4  # per model and framework
+    assert all(t.params.epochs == 50 and t.params.early_stopping_patience == 5 and t.params.activation == "relu"
+               and t.params.head_units == [512, 256, 128, 64] for t in best)
+    assert not any(t.params.optimizer == "adamw" and t.params.l2 > 0 for t in plan.trials)
+    assert all((t.params.weight_decay > 0) == (t.params.optimizer == "adamw") for t in plan.trials)
+
+
+def test_command_line_axes_replace_the_files_choice(tmp_path):
+    path = _write(tmp_path, "base: {model: vgg16}\nmatrix: {framework: [keras, torch], learning_rate: [0.1, 0.01]}\n")
+    plan = plan_sweep(path, axes={"model": ["cnn"], "framework": ["torch"]})
+    assert {(t.params.model, t.params.framework) for t in plan.trials} == {("cnn", "torch")} and len(plan.trials) == 2

@@ -28,7 +28,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from imagebench.params import parse_assignments
     from imagebench.weights import check_weights, require_weights
 
-    plan = grid.plan_sweep(args.file, parse_assignments(args.assignments), experiment=args.experiment)
+    axes = {key: value.split(",") for key, value in (("model", args.models), ("framework", args.frameworks)) if value}
+    plan = grid.plan_sweep(args.file, parse_assignments(args.assignments), experiment=args.experiment, axes=axes)
     missing = check_weights(trial.params for trial in plan.trials)
     if missing and not args.dry_run:
         require_weights(trial.params for trial in plan.trials)  # raises with the whole list
@@ -39,6 +40,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
         with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 200):
             print(plan.table().to_string(index=False))
+            print("\n" + plan.counts().to_string(index=False))
         print(f"\n{len(plan.trials)} trials in experiment '{plan.experiment}' (dry run: nothing executed)")
         return EXIT_OK
     summary = sweep.run_sweep(plan, show_progress=not args.quiet)
@@ -146,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("file", help="sweep YAML, e.g. params/demo.yaml")
     sweep.add_argument("--dry-run", action="store_true", help="print the expanded trial table and count, run nothing")
     sweep.add_argument("--experiment", help="override the experiment (sweep) name")
+    sweep.add_argument("--models", help="comma-separated models, replacing the file's choice (e.g. cnn,resnet50)")
+    sweep.add_argument("--frameworks", help="comma-separated frameworks, replacing the file's choice (keras,torch)")
     sweep.add_argument("--no-leaderboard", action="store_true", help="do not write the leaderboard afterwards")
     sweep.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_set(sweep)

@@ -47,6 +47,10 @@ class SweepPlan:
     source: str
     trials: list[Trial]
 
+    def counts(self):
+        """Trials per (model, framework)."""
+        return self.table().groupby(["model", "framework"]).size().rename("trials").reset_index()
+
     def table(self):
         import pandas as pd
 
@@ -113,9 +117,23 @@ def _trial_name(index: int, params: TrialParams, fingerprint: str) -> str:
     return f"{index:03d}-{params.framework}-{params.model}-{fingerprint[:8]}"
 
 
-def plan_sweep(path: str | Path, overrides: Optional[dict[str, Any]] = None, experiment: Optional[str] = None) -> SweepPlan:
-    content = read_sweep_file(path)
+def _with_axes(content: dict[str, Any], axes: dict[str, list[Any]], where: str) -> dict[str, Any]:
+    """Replace matrix axes (``--models``, ``--frameworks``): the values become the axis, base loses the key."""
+    if not axes:
+        return content
+    _check_keys(axes, f"{where} (command-line axes)")
+    base = {key: value for key, value in (content.get("base") or {}).items() if key not in axes}
+    return {**content, "base": base, "matrix": {**(content.get("matrix") or {}), **axes}}
+
+
+def plan_sweep(
+    path: str | Path,
+    overrides: Optional[dict[str, Any]] = None,
+    experiment: Optional[str] = None,
+    axes: Optional[dict[str, list[Any]]] = None,
+) -> SweepPlan:
     where = str(path)
+    content = _with_axes(read_sweep_file(path), axes or {}, where)
     base = _check_keys(content.get("base") or {}, f"{where} base")
     overrides = overrides or {}
     name = experiment or content.get("experiment") or Path(path).stem

@@ -7,6 +7,7 @@ params, metrics and artifacts are defined here and nowhere else.
 from __future__ import annotations
 
 import os
+import random
 import re
 import subprocess
 import time
@@ -79,11 +80,48 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
 
 
+# Several processes (the sweep, parallel trial kernels) write one SQLite store; SQLite answers
+# "database is locked" when a writer holds it, and a tracking server may be briefly unreachable.
+# Every client call is retried with backoff on those errors, so no metric is dropped.
+RETRY_MARKERS = ("database is locked", "database table is locked", "busy", "connection refused",
+                 "max retries exceeded", "temporarily unavailable")  # fmt: skip
+RETRY_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0, 5.0, 5.0, 5.0)
+
+
+def is_transient(error: BaseException) -> bool:
+    text = f"{type(error).__name__}: {error}".lower()
+    return any(marker in text for marker in RETRY_MARKERS)
+
+
+def with_retries(call, *args, **kwargs):
+    for delay in RETRY_DELAYS:
+        try:
+            return call(*args, **kwargs)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            time.sleep(delay * (1 + random.random()))  # jitter: writers must not retry in lock-step
+    return call(*args, **kwargs)
+
+
+class RetryingClient:
+    """MlflowClient whose every method retries transient store errors."""
+
+    def __init__(self, inner):
+        self._inner = inner
+
+    def __getattr__(self, name):
+        attribute = getattr(self._inner, name)
+        if not callable(attribute):
+            return attribute
+        return lambda *args, **kwargs: with_retries(attribute, *args, **kwargs)
+
+
 @lru_cache(maxsize=4)
 def _client_for(uri: str):
     from mlflow import MlflowClient
 
-    return MlflowClient(tracking_uri=uri)
+    return RetryingClient(MlflowClient(tracking_uri=uri))
 
 
 def client():

@@ -32,13 +32,16 @@ class ModelSpec:
     pooling: str  # "flatten" or "avg"
 
 
+# What keras.applications.{vgg16,resnet50}.preprocess_input hands the backbone.
+CAFFE_INPUT = "caffe: BGR, ImageNet mean subtracted, not scaled (about -124..152)"
+
 BACKBONES = {
     "vgg16": Backbone(
         name="vgg16",
         keras_class="VGG16",
         keras_module="vgg16",
         keras_notop_file="vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
-        keras_input="caffe: BGR, ImageNet mean subtracted, not scaled (about -124..152)",
+        keras_input=CAFFE_INPUT,
         timm_name="vgg16",
         timm_hub_id="timm/vgg16.tv_in1k",
     ),
@@ -47,7 +50,7 @@ BACKBONES = {
         keras_class="ResNet50",
         keras_module="resnet50",
         keras_notop_file="resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
-        keras_input="caffe: BGR, ImageNet mean subtracted, not scaled (about -124..152)",
+        keras_input=CAFFE_INPUT,
         timm_name="resnet50",
         timm_hub_id="timm/resnet50.a1_in1k",
     ),
