@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Optional
 
 from imagebench.params import ParamsError
 
-EXIT_OK, EXIT_TRIALS_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_TRIALS_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def _add_set(parser: argparse.ArgumentParser) -> None:
@@ -23,30 +24,64 @@ def _add_set(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _sweep_options(args: argparse.Namespace):
+    from imagebench.sweep import SweepOptions
+
+    return SweepOptions(
+        workers=args.workers, strategy=args.strategy, eta=args.eta, repeats=args.repeats, rerun=args.rerun,
+        trial_timeout=args.trial_timeout, show_progress=not args.quiet,
+    )  # fmt: skip
+
+
+def _print_plan(plan, options) -> None:
+    import pandas as pd
+
+    from imagebench.sweep import grouped, halving_budgets, parse_strategy, random_subset, survivors_count
+
+    name, count = parse_strategy(options.strategy)
+    trials = random_subset(plan.trials, count, plan.trials[0].params.seed) if name == "random" else plan.trials
+    with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 200):
+        table = plan.table()
+        print(table[table["trial"].isin({t.name for t in trials})].to_string(index=False))
+        print("\n" + plan.counts().to_string(index=False))
+    print(f"\n{len(plan.trials)} trials in experiment '{plan.experiment}'")
+    if name == "random":
+        print(f"strategy random:{count}: {len(trials)} of them run ({count} per model and framework, seed {plan.trials[0].params.seed})")
+    if name == "halving":
+        budgets = halving_budgets(max(t.params.epochs for t in trials), options.eta)
+        for members in grouped(trials).values():
+            entrants, rungs = len(members), []
+            for budget in budgets:
+                rungs.append(f"{entrants} trials x {budget} epochs")
+                entrants = survivors_count(entrants, options.eta)
+            print(f"halving (eta {options.eta}) {members[0].params.framework}/{members[0].params.model}: " + " -> ".join(rungs))
+    if options.repeats > 1:
+        print(f"then the best configuration of each model and framework runs with {options.repeats - 1} more seed(s)")
+    print("(dry run: nothing executed)")
+
+
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from imagebench import grid, sweep
     from imagebench.params import parse_assignments
     from imagebench.weights import check_weights, require_weights
 
+    options = _sweep_options(args)
     axes = {key: value.split(",") for key, value in (("model", args.models), ("framework", args.frameworks)) if value}
     plan = grid.plan_sweep(args.file, parse_assignments(args.assignments), experiment=args.experiment, axes=axes)
     missing = check_weights(trial.params for trial in plan.trials)
-    if missing and not args.dry_run:
-        require_weights(trial.params for trial in plan.trials)  # raises with the whole list
     if args.dry_run:
         for problem in missing:
             print(f"warning: {problem}")
-        import pandas as pd
-
-        with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 200):
-            print(plan.table().to_string(index=False))
-            print("\n" + plan.counts().to_string(index=False))
-        print(f"\n{len(plan.trials)} trials in experiment '{plan.experiment}' (dry run: nothing executed)")
+        _print_plan(plan, options)
         return EXIT_OK
-    summary = sweep.run_sweep(plan, show_progress=not args.quiet)
+    if missing:
+        require_weights(trial.params for trial in plan.trials)  # raises with the whole list, before any trial
+    summary = sweep.run_sweep(plan, options)
     print(summary.text())
-    if not args.no_leaderboard:
+    if not args.no_leaderboard and (summary.outcomes or summary.skipped):
         _write_leaderboard(plan.experiment, None)
+    if summary.interrupted:
+        return EXIT_INTERRUPTED
     return EXIT_TRIALS_FAILED if summary.failed else EXIT_OK
 
 
@@ -151,7 +186,13 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--models", help="comma-separated models, replacing the file's choice (e.g. cnn,resnet50)")
     sweep.add_argument("--frameworks", help="comma-separated frameworks, replacing the file's choice (keras,torch)")
     sweep.add_argument("--no-leaderboard", action="store_true", help="do not write the leaderboard afterwards")
-    sweep.add_argument("--quiet", action="store_true", help="no progress bar")
+    sweep.add_argument("--quiet", action="store_true", help="no progress display")
+    sweep.add_argument("--workers", type=int, default=1, help="trials run at once, each in its own process (default 1)")
+    sweep.add_argument("--strategy", default="grid", help="grid (default) | random:K (K per model and framework) | halving")
+    sweep.add_argument("--eta", type=int, default=3, help="halving: keep the best 1/eta each rung, eta x the epochs (default 3)")
+    sweep.add_argument("--repeats", type=int, default=1, help="run each family's best configuration with K seeds in all")
+    sweep.add_argument("--rerun", action="store_true", help="run every trial again, even those already FINISHED")
+    sweep.add_argument("--trial-timeout", type=float, metavar="SECONDS", help="stop a trial (FAILED) after this long")
     _add_set(sweep)
     sweep.set_defaults(func=_cmd_sweep)
 
@@ -186,11 +227,20 @@ def main(argv: Optional[list[str]] = None) -> int:
     from imagebench.weights import WeightsError
 
     args = build_parser().parse_args(argv)
+    # SIGTERM (kill, a batch scheduler) stops like Ctrl-C: running trials end KILLED, summary printed
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         return args.func(args)
     except (ParamsError, DatasetError, WeightsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

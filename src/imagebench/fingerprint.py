@@ -18,13 +18,22 @@ from imagebench.params import TrialParams
 NOT_IDENTITY = ("experiment",)
 
 
-def _canonical(params: TrialParams) -> dict[str, Any]:
-    values = {key: value for key, value in params.tracked().items() if key not in NOT_IDENTITY}
+def _canonical(params: TrialParams, ignore: tuple[str, ...] = ()) -> dict[str, Any]:
+    values = {key: value for key, value in params.tracked().items() if key not in NOT_IDENTITY + ignore}
     if values["dataset"] not in BUILTIN_DATASETS and Path(values["dataset"]).expanduser().exists():
         values["dataset"] = str(Path(values["dataset"]).expanduser().resolve())
     return values
 
 
-def trial_fingerprint(params: TrialParams, dataset_fingerprint: str) -> str:
-    payload = json.dumps({"params": _canonical(params), "data": dataset_fingerprint}, sort_keys=True, separators=(",", ":"))
+def _digest(values: dict[str, Any], dataset_fingerprint: str) -> str:
+    payload = json.dumps({"params": values, "data": dataset_fingerprint}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def trial_fingerprint(params: TrialParams, dataset_fingerprint: str) -> str:
+    return _digest(_canonical(params), dataset_fingerprint)
+
+
+def config_fingerprint(params: TrialParams, dataset_fingerprint: str) -> str:
+    """The trial's identity without its seed: repeated seeds of one configuration share it."""
+    return _digest(_canonical(params, ignore=("seed",)), dataset_fingerprint)

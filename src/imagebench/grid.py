@@ -113,8 +113,10 @@ def expand(content: dict[str, Any], where: str = "sweep") -> list[dict[str, Any]
     return kept + [dict(entry) for entry in extra]
 
 
-def _trial_name(index: int, params: TrialParams, fingerprint: str) -> str:
-    return f"{index:03d}-{params.framework}-{params.model}-{fingerprint[:8]}"
+def make_trial(index: int, params: TrialParams, dataset_fp: str, varying: dict[str, Any], suffix: str = "") -> Trial:
+    fingerprint = trial_fingerprint(params, dataset_fp)
+    name = f"{index:03d}-{params.framework}-{params.model}-{fingerprint[:8]}{suffix}"
+    return Trial(index, name, params, fingerprint, dataset_fp, varying)
 
 
 def _with_axes(content: dict[str, Any], axes: dict[str, list[Any]], where: str) -> dict[str, Any]:
@@ -143,13 +145,12 @@ def plan_sweep(
         values = {**base, **varying, **overrides, "experiment": name}
         params = make_params(values, where=f"{where} trial {varying}")
         data_fp = fingerprints.setdefault(params.dataset, dataset_fingerprint(params.dataset))
-        fingerprint = trial_fingerprint(params, data_fp)
-        if fingerprint in seen:  # include entries may repeat a product entry: run it once
-            continue
-        seen.add(fingerprint)
         shown = {key: value for key, value in varying.items() if key not in ("framework", "model")}
-        index = len(trials) + 1
-        trials.append(Trial(index, _trial_name(index, params, fingerprint), params, fingerprint, data_fp, shown))
+        trial = make_trial(len(trials) + 1, params, data_fp, shown)
+        if trial.fingerprint in seen:  # include entries may repeat a product entry: run it once
+            continue
+        seen.add(trial.fingerprint)
+        trials.append(trial)
     if not trials:
         raise ParamsError(f"{where}: the sweep expands to no trials (check matrix and exclude)")
     return SweepPlan(experiment=name, source=str(Path(path).resolve()), trials=trials)

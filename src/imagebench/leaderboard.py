@@ -54,19 +54,9 @@ def _flatten(run) -> dict:
 
 def trial_runs(experiment: str) -> pd.DataFrame:
     """Every trial run of the experiment, one row each (params.*, metrics.*, tags.* columns)."""
-    mlflow_client = tracking.client()
-    found = mlflow_client.get_experiment_by_name(experiment)
-    if found is None:
+    if tracking.client().get_experiment_by_name(experiment) is None:
         raise LeaderboardError(f"no MLflow experiment '{experiment}' in {tracking.tracking_uri()}; run a sweep first")
-    rows, token = [], None
-    while True:
-        page = mlflow_client.search_runs(
-            [found.experiment_id], filter_string=f"tags.`{tracking.TAG_ROLE}` = 'trial'", max_results=1000, page_token=token
-        )
-        rows.extend(_flatten(run) for run in page)
-        token = page.token
-        if not token:
-            break
+    rows = [_flatten(run) for run in tracking.search_trial_runs(experiment)]
     if not rows:
         raise LeaderboardError(f"experiment '{experiment}' has no trial runs yet")
     table = pd.DataFrame(rows)

@@ -8,12 +8,23 @@ exactly the same in Keras and PyTorch.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Callable, Optional
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Optional
+
+import numpy as np
 
 from imagebench.params import TrialParams
 
 MIN_LEARNING_RATE = 1e-7
+
+
+def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
+    """The stream for one epoch's shuffle and augmentation draws.
+
+    Derived from (seed, epoch) alone, so a trial continued from a checkpoint (halving rungs) draws
+    exactly what an uninterrupted run would have drawn, in both frameworks.
+    """
+    return np.random.default_rng([seed, epoch])
 
 
 @dataclass
@@ -102,3 +113,34 @@ class EpochMonitor:
     @property
     def best_epoch(self) -> int:
         return self.best.epoch if self.best else 0
+
+    @property
+    def next_epoch(self) -> int:
+        """1-based number of the epoch to train next (> 1 when continued from a checkpoint)."""
+        return len(self.history) + 1
+
+    def last_epoch(self, epoch_budget: Optional[int]) -> int:
+        """Last epoch to train in this call: the trial's epochs, or fewer for a halving rung."""
+        return min(self.params.epochs, epoch_budget or self.params.epochs)
+
+    def has_epochs_left(self, epoch_budget: Optional[int]) -> bool:
+        return not self.should_stop and self.next_epoch <= self.last_epoch(epoch_budget)
+
+    # --- checkpoints: everything above that a continued run needs
+    def state(self) -> dict[str, Any]:
+        return {
+            "history": [asdict(record) for record in self.history],
+            "best_epoch": self.best_epoch,
+            "lr": self._lr,
+            "epochs_since_best": self._epochs_since_best,
+            "epochs_since_plateau_drop": self._epochs_since_plateau_drop,
+            "plateau_best_loss": self._plateau_best_loss,
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.history = [EpochRecord(**record) for record in state["history"]]
+        self.best = next((r for r in self.history if r.epoch == state["best_epoch"]), None)
+        self._lr = state["lr"]
+        self._epochs_since_best = state["epochs_since_best"]
+        self._epochs_since_plateau_drop = state["epochs_since_plateau_drop"]
+        self._plateau_best_loss = state["plateau_best_loss"]

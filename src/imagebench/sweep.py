@@ -1,32 +1,35 @@
-"""Run a planned sweep: one papermill-executed train.ipynb per trial, each an MLflow child run.
+"""Run a planned sweep: resume what exists, pick trials by strategy, execute them, repeat the leaders.
 
-The sweep creates each child run before starting the notebook and hands its id to the kernel
-(``$IMAGEBENCH_RUN_ID``), so a trial whose kernel dies is still on record: the sweep marks it
-FAILED with the reason and attaches the partial notebook. One bad trial never stops the sweep.
+- **Resume**: a trial whose fingerprint already has a FINISHED child run (trained to the budget
+  asked) is skipped; FAILED and KILLED ones run again; runs left RUNNING by a sweep that died are
+  marked KILLED first. The parent run is reused. ``rerun=True`` runs everything again.
+- **Strategies**: ``grid`` (every trial), ``random:K`` (a seeded K per model and framework),
+  ``halving`` (successive halving over epochs, continuing each survivor from its checkpoint).
+- **Repeats**: the best configuration of each (model, framework) is run again with more seeds.
+
+Each trial is a child run created here before its notebook starts (``$IMAGEBENCH_RUN_ID``), so a
+trial whose kernel dies is still on record, FAILED with the reason and its partial notebook.
 """
 
 from __future__ import annotations
 
-import os
-import re
-import sys
+import math
+import random
 import time
-from contextlib import contextmanager
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional
-
-from tqdm.auto import tqdm
+from typing import Optional
 
 from imagebench import tracking
-from imagebench.grid import SweepPlan, Trial
+from imagebench.grid import SweepPlan, Trial, make_trial
+from imagebench.params import ParamsError
+from imagebench.resources import threads_per_worker
+from imagebench.scheduler import Display, Job, Scheduler, TrialOutcome
 from imagebench.trial import trial_tags
 
-EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+)")
-
-
-def train_notebook() -> Path:
-    return tracking.project_root() / "notebooks" / "train.ipynb"
+STRATEGIES = ("grid", "random:K", "halving")
+RANKING = ("best/val_accuracy", "best/val_loss")  # the leaderboard's rule: validation, never test
 
 
 def results_dir(experiment: str) -> Path:
@@ -34,186 +37,309 @@ def results_dir(experiment: str) -> Path:
 
 
 @dataclass
-class TrialOutcome:
-    trial: Trial
-    run_id: str
-    status: str
-    seconds: float
-    notebook: Path
-    error: str = ""
+class SweepOptions:
+    workers: int = 1
+    strategy: str = "grid"
+    eta: int = 3
+    repeats: int = 1
+    rerun: bool = False
+    trial_timeout: Optional[float] = None
+    show_progress: bool = True
+
+    def __post_init__(self) -> None:
+        parse_strategy(self.strategy)
+        for name, value, least in (("--workers", self.workers, 1), ("--eta", self.eta, 2), ("--repeats", self.repeats, 1)):
+            if value < least:
+                raise ParamsError(f"{name} {value} is invalid: it must be at least {least}")
+        if self.trial_timeout is not None and self.trial_timeout <= 0:
+            raise ParamsError(f"--trial-timeout {self.trial_timeout} is invalid: give seconds > 0")
+
+
+def parse_strategy(text: str) -> tuple[str, Optional[int]]:
+    name, _, count = text.partition(":")
+    if name in ("grid", "halving") and not count:
+        return name, None
+    if name == "random" and count.isdigit() and int(count) > 0:
+        return name, int(count)
+    raise ParamsError(f"--strategy '{text}' is invalid: use one of {', '.join(STRATEGIES)} (K a positive number)")
+
+
+# --- the arithmetic of strategies (pure: tested on its own)
+def group_key(trial: Trial) -> tuple[str, str]:
+    return trial.params.model, trial.params.framework
+
+
+def grouped(trials: list[Trial]) -> dict[tuple[str, str], list[Trial]]:
+    groups: dict[tuple[str, str], list[Trial]] = defaultdict(list)
+    for trial in trials:
+        groups[group_key(trial)].append(trial)
+    return dict(groups)
+
+
+def random_subset(trials: list[Trial], count: int, seed: int) -> list[Trial]:
+    """``count`` trials per (model, framework), drawn with ``seed``; plan order kept."""
+    groups = grouped(trials)
+    chosen = {t.name for members in groups.values() for t in random.Random(seed).sample(members, min(count, len(members)))}
+    return [trial for trial in trials if trial.name in chosen]
+
+
+def halving_budgets(max_epochs: int, eta: int) -> list[int]:
+    """Epoch budget per rung, smallest first: ..., E/eta^2, E/eta, E (integer division, at least 1)."""
+    budgets = [max_epochs]
+    while budgets[0] // eta >= 1:
+        budgets.insert(0, budgets[0] // eta)
+    return budgets
+
+
+def survivors_count(entrants: int, eta: int) -> int:
+    return max(1, entrants // eta)
+
+
+def promote(scores: dict[str, tuple[float, float]], eta: int) -> list[str]:
+    """The best 1/eta of a rung (at least one): highest val accuracy, ties to lower val loss.
+
+    ``scores`` maps each trial that finished the rung to (val accuracy, val loss); trials that
+    failed are absent and never promoted.
+    """
+    ranked = sorted(scores, key=lambda name: (-scores[name][0], scores[name][1], name))
+    return ranked[: survivors_count(len(scores), eta)] if scores else []
+
+
+# --- what already exists in MLflow
+def mark_abandoned_runs(experiment: str) -> list[str]:
+    """Runs left RUNNING by a sweep or kernel that no longer exists → KILLED. Returns their names."""
+    marked = []
+    for run in tracking.search_trial_runs(experiment, "attributes.status = 'RUNNING'"):
+        owner = run.data.tags.get(tracking.TAG_OWNER, "")
+        if owner and tracking.owner_is_alive(owner) is not False:
+            continue  # alive, or on another host where we cannot tell: leave it alone
+        reason = f"left RUNNING by a process that is gone ({owner or 'unknown owner'}); the sweep runs it again"
+        tracking.end_run(run.info.run_id, "KILLED", reason)
+        marked.append(run.data.tags.get(tracking.TAG_TRIAL, run.info.run_id))
+    return marked
+
+
+def trained_budget(run) -> int:
+    """Epochs a run's trial was trained up to (halving rungs train in steps)."""
+    tag = run.data.tags.get(tracking.TAG_EPOCH_BUDGET)
+    return int(tag) if tag and tag.isdigit() else int(run.data.params.get("epochs", 0) or 0)
+
+
+class TrialRecords:
+    """The experiment's existing trial runs, by fingerprint."""
+
+    def __init__(self, experiment: str):
+        self.by_fingerprint: dict[str, list] = defaultdict(list)
+        for run in tracking.search_trial_runs(experiment):
+            self.by_fingerprint[run.data.tags.get(tracking.TAG_FINGERPRINT, "")].append(run)
+
+    def finished(self, fingerprint: str, budget: int):
+        """The FINISHED run of this trial trained to at least ``budget`` epochs, else None."""
+        done = [
+            run for run in self.by_fingerprint.get(fingerprint, [])
+            if run.info.status == "FINISHED" and trained_budget(run) >= budget
+        ]  # fmt: skip
+        return max(done, key=lambda run: (trained_budget(run), run.info.start_time), default=None)
 
 
 @dataclass
 class SweepSummary:
     experiment: str
     parent_run_id: str
+    strategy: str = "grid"
     outcomes: list[TrialOutcome] = field(default_factory=list)
+    skipped: int = 0
+    marked_killed: list[str] = field(default_factory=list)
+    trial_epochs: int = 0
     seconds: float = 0.0
+    interrupted: bool = False
 
     @property
     def failed(self) -> list[TrialOutcome]:
         return [o for o in self.outcomes if o.status != "FINISHED"]
 
     def text(self) -> str:
+        ran = len(self.outcomes)
+        head = "interrupted" if self.interrupted else f"{self.strategy} done"
         lines = [
-            f"sweep '{self.experiment}': {len(self.outcomes) - len(self.failed)} finished, {len(self.failed)} failed "
-            f"of {len(self.outcomes)} trials in {self.seconds / 60:.1f} min (parent run {self.parent_run_id})"
+            f"sweep '{self.experiment}' {head}: {ran - len(self.failed)} finished, {len(self.failed)} failed of {ran} "
+            f"trials run, {self.skipped} already finished (skipped), in {self.seconds / 60:.1f} min; "
+            f"{self.trial_epochs} trial-epochs trained (parent run {self.parent_run_id})"
         ]
+        if self.marked_killed:
+            lines.append(f"  marked KILLED (left RUNNING by an earlier sweep, run again): {', '.join(self.marked_killed)}")
         for outcome in self.failed:
-            lines.append(f"  FAILED {outcome.trial.name}: {outcome.error or outcome.status}  notebook: {outcome.notebook}")
+            lines.append(f"  {outcome.status} {outcome.notebook.stem}: {outcome.error or outcome.status}")
+            lines.append(f"      notebook: {outcome.notebook}  log: {outcome.notebook.with_suffix('.stderr.log')}")
         return "\n".join(lines)
 
 
-class KernelOutput:
-    """File-like sink for the kernel's stdout: keeps a log per trial and feeds epoch lines to the bar."""
-
-    def __init__(self, log_path: Path, bar: Optional[tqdm], trial: Trial):
-        self.log = log_path.open("w", encoding="utf-8")
-        self.bar, self.trial = bar, trial
-
-    def write(self, text: str) -> int:
-        self.log.write(text)
-        for line in text.splitlines():
-            match = EPOCH_LINE.match(line)
-            if match and self.bar is not None:
-                self.bar.set_postfix_str(f"{self.trial.name} epoch {match.group(1)}/{match.group(2)}")
-        return len(text)
-
-    def flush(self) -> None:
-        self.log.flush()
-
-    def close(self) -> None:
-        self.log.close()
+def _metrics(run_id: str) -> dict[str, float]:
+    return tracking.client().get_run(run_id).data.metrics
 
 
-@contextmanager
-def _kernel_environment(run_id: str) -> Iterator[None]:
-    """The kernel inherits this process's environment: point it at our run and our store."""
-    saved = {key: os.environ.get(key) for key in (tracking.ENV_RUN_ID, "MLFLOW_TRACKING_URI", tracking.ENV_ROOT)}
-    os.environ.update(
-        {tracking.ENV_RUN_ID: run_id, "MLFLOW_TRACKING_URI": tracking.tracking_uri(), tracking.ENV_ROOT: str(tracking.project_root())}
-    )
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
+def _scores(outcome: TrialOutcome) -> str:
+    if outcome.status != "FINISHED":
+        return outcome.error[:120]
+    metrics = _metrics(outcome.run_id)
+    return f"val acc {metrics.get('best/val_accuracy', float('nan')):.4f}  test acc {metrics.get('test/accuracy', float('nan')):.4f}"
+
+
+class SweepRunner:
+    """One invocation of ``imagebench sweep``: owns the parent run, the scheduler and the bookkeeping."""
+
+    def __init__(self, plan: SweepPlan, options: SweepOptions):
+        self.plan, self.options = plan, options
+        self.runs_dir = results_dir(plan.experiment) / "runs"
+        self.checkpoints_dir = results_dir(plan.experiment) / "checkpoints"
+        self.runs_dir.mkdir(parents=True, exist_ok=True)
+        self.parent_run_id = tracking.start_sweep_run(plan.experiment, plan.source)
+        tracking.set_tags(self.parent_run_id, {tracking.TAG_STRATEGY: options.strategy, tracking.TAG_OWNER: tracking.process_owner()})
+        self.summary = SweepSummary(plan.experiment, self.parent_run_id, options.strategy)
+        self.summary.marked_killed = mark_abandoned_runs(plan.experiment)
+        self.records = TrialRecords(plan.experiment)
+        self.run_of: dict[str, str] = {}  # fingerprint -> the run that holds the trial in this sweep
+        self.scheduler = Scheduler(
+            workers=options.workers, trial_timeout=options.trial_timeout, threads=threads_per_worker(options.workers)
+        )
+
+    # --- jobs
+    def _new_run(self, trial: Trial, tags: dict[str, str]) -> str:
+        run_id = tracking.create_trial_run(
+            self.plan.experiment, trial.name, {**trial_tags(trial.params, trial.dataset_fingerprint), **tags}, self.parent_run_id
+        )
+        self.run_of[trial.fingerprint] = run_id
+        return run_id
+
+    def _already_done(self, trial: Trial, budget: int) -> bool:
+        if self.options.rerun:
+            return False
+        run = self.records.finished(trial.fingerprint, budget)
+        if run is not None:
+            self.run_of.setdefault(trial.fingerprint, run.info.run_id)
+        return run is not None
+
+    def _whole_trial_jobs(self, trials: list[Trial]) -> list[Job]:
+        jobs = []
+        for trial in trials:
+            if self._already_done(trial, trial.params.epochs):
+                self.summary.skipped += 1
+                continue
+            run_id = self._new_run(trial, {tracking.TAG_STRATEGY: self.options.strategy})
+            jobs.append(Job(trial, run_id, self.runs_dir / f"{trial.name}.ipynb"))
+        return jobs
+
+    def _execute(self, jobs: list[Job], title: str) -> list[TrialOutcome]:
+        if not jobs:
+            return []
+        self.scheduler.display = Display(title, len(jobs), self.options.workers, self.options.show_progress)
+        try:
+            return self.scheduler.run(jobs, scores=_scores)
+        finally:
+            self.scheduler.display.close()
+
+    # --- strategies
+    def run_grid(self, trials: list[Trial]) -> None:
+        self._execute(self._whole_trial_jobs(trials), f"{self.plan.experiment}")
+
+    def run_halving(self, trials: list[Trial]) -> None:
+        budgets = halving_budgets(max(t.params.epochs for t in trials), self.options.eta)
+        alive = grouped(trials)
+        for rung, budget in enumerate(budgets):
+            jobs = [job for members in alive.values() for job in self._rung_jobs(members, rung, budget, len(budgets))]
+            self._execute(jobs, f"{self.plan.experiment} rung {rung + 1}/{len(budgets)} ({budget} epochs)")
+            if rung + 1 < len(budgets):
+                alive = {key: self._promoted(members) for key, members in alive.items()}
+                alive = {key: members for key, members in alive.items() if members}
+
+    def _rung_jobs(self, members: list[Trial], rung: int, budget: int, rungs: int) -> list[Job]:
+        jobs = []
+        for trial in members:
+            trial_budget = min(trial.params.epochs, budget)
+            if self._already_done(trial, trial_budget):
+                self.summary.skipped += rung == 0
+                continue
+            checkpoint = self.checkpoints_dir / f"{trial.name}.pkl"
+            tags = {tracking.TAG_STRATEGY: "halving", tracking.TAG_RUNG: f"{rung + 1}/{rungs}"}
+            run_id = self.run_of.get(trial.fingerprint)
+            if run_id is None:
+                checkpoint.unlink(missing_ok=True)  # a new run starts from scratch, not from a stale state
+                run_id = self._new_run(trial, tags)
             else:
-                os.environ[key] = value
+                tracking.reopen_run(run_id)
+                tracking.set_tags(run_id, tags)
+            tracking.log_metrics(run_id, {"halving/rung": rung + 1, "halving/epoch_budget": trial_budget}, step=rung + 1)
+            output = self.runs_dir / f"{trial.name}.rung{rung + 1}.ipynb"
+            jobs.append(Job(trial, run_id, output, epoch_budget=trial_budget, checkpoint=checkpoint))
+        return jobs
+
+    def _scores(self, members: list[Trial]) -> dict[str, tuple[float, float]]:
+        """(val accuracy, val loss) of each member whose run in this sweep (or a resumed one) FINISHED."""
+        scores = {}
+        for trial in members:
+            run_id = self.run_of.get(trial.fingerprint)
+            if run_id is None or tracking.run_status(run_id) != "FINISHED":
+                continue
+            metrics = _metrics(run_id)
+            if RANKING[0] in metrics:
+                scores[trial.name] = (metrics[RANKING[0]], metrics.get(RANKING[1], math.inf))
+        return scores
+
+    def _promoted(self, members: list[Trial]) -> list[Trial]:
+        chosen = set(promote(self._scores(members), self.options.eta))
+        return [trial for trial in members if trial.name in chosen]
+
+    def run_repeats(self, trials: list[Trial]) -> None:
+        """Run each (model, framework)'s best configuration again with seeds seed+1 … seed+K-1."""
+        extra = []
+        for members in grouped(trials).values():
+            scores = self._scores(members)
+            best = next((t for t in members if scores and t.name == promote(scores, len(scores) + 1)[0]), None)
+            if best is None:
+                continue  # nothing of this family finished: nothing to repeat
+            for offset in range(1, self.options.repeats):
+                params = best.params.model_copy(update={"seed": best.params.seed + offset})
+                extra.append(make_trial(best.index, params, best.dataset_fingerprint, best.varying, f"-seed{params.seed}"))
+        self._execute(self._whole_trial_jobs(extra), f"{self.plan.experiment} repeats")
+
+    # --- the whole sweep
+    def run(self) -> SweepSummary:
+        started = time.perf_counter()
+        name, count = parse_strategy(self.options.strategy)
+        trials = random_subset(self.plan.trials, count, self.plan.trials[0].params.seed) if name == "random" else self.plan.trials
+        try:
+            if name == "halving":
+                self.run_halving(trials)
+            else:
+                self.run_grid(trials)
+            if self.options.repeats > 1:
+                self.run_repeats(trials)
+        except KeyboardInterrupt:
+            self.summary.interrupted = True
+        self.summary.outcomes = self.scheduler.outcomes
+        self.summary.seconds = time.perf_counter() - started
+        self._close()
+        return self.summary
+
+    def _close(self) -> None:
+        touched = {outcome.run_id for outcome in self.summary.outcomes}
+        self.summary.trial_epochs = int(sum(_metrics(run_id).get("epochs_run", 0) for run_id in touched))
+        tracking.log_metrics(
+            self.parent_run_id,
+            {
+                "sweep/trials_run": len(self.summary.outcomes),
+                "sweep/failed": len(self.summary.failed),
+                "sweep/skipped": self.summary.skipped,
+                "sweep/trial_epochs": self.summary.trial_epochs,
+                "sweep/minutes": self.summary.seconds / 60,
+            },
+        )
+        tracking.end_run(self.parent_run_id, "KILLED" if self.summary.interrupted else "FINISHED",
+                         "sweep interrupted" if self.summary.interrupted else None)  # fmt: skip
 
 
-@contextmanager
-def _process_stderr_to(path: Path) -> Iterator[None]:
-    """Point file descriptor 2 at ``path`` while a kernel starts and runs.
-
-    Kernels inherit the sweep's stderr, and TensorFlow's C++ start-up lines and ipykernel's notices
-    are written straight to it; they belong in the trial's log, not across the sweep's display.
-    """
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with path.open("ab") as log:
-        os.dup2(log.fileno(), 2)
-    try:
-        yield
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-def _error_text(exc: BaseException) -> str:
-    ename, evalue = getattr(exc, "ename", None), getattr(exc, "evalue", None)
-    if ename:  # papermill's PapermillExecutionError carries the notebook's own exception
-        return f"{ename}: {evalue}"
-    return f"{type(exc).__name__}: {exc}".strip()
-
-
-def execute_trial(trial: Trial, run_id: str, output: Path, bar: Optional[tqdm] = None) -> Optional[str]:
-    """Execute train.ipynb for ``trial`` into ``output``; return the error text, or None on success."""
-    import papermill
-
-    sink = KernelOutput(output.with_suffix(".log"), bar, trial)
-    try:
-        with _kernel_environment(run_id), _process_stderr_to(output.with_suffix(".stderr.log")):
-            papermill.execute_notebook(
-                str(train_notebook()),
-                str(output),
-                parameters=trial.params.model_dump(),
-                progress_bar=False,
-                log_output=True,
-                stdout_file=sink,
-                stderr_file=sink,
-                cwd=str(tracking.project_root()),
-            )
-        return None
-    except KeyboardInterrupt:
-        raise
-    except Exception as exc:  # a failing trial is a result, not a reason to stop the sweep
-        return _error_text(exc)
-    finally:
-        sink.close()
-
-
-def _record_outcome(trial: Trial, run_id: str, output: Path, error: Optional[str], started: float) -> TrialOutcome:
-    if output.exists():
-        tracking.client().log_artifact(run_id, str(output), tracking.ARTIFACT_NOTEBOOK_DIR)
-        tracking.set_tags(run_id, {tracking.TAG_NOTEBOOK: str(output)})
-    status = tracking.run_status(run_id)
-    if status == "RUNNING":  # the kernel died or never reached the trial code: close the record ourselves
-        status = "FAILED" if error else "FINISHED"
-        tracking.end_run(run_id, status, error)
-    elif error and status == "FINISHED":  # the trial finished but a later display cell raised
-        tracking.set_tags(run_id, {tracking.TAG_ERROR: error})
-    return TrialOutcome(trial, run_id, status, time.perf_counter() - started, output, error or "")
-
-
-def _report_line(position: int, total: int, outcome: TrialOutcome) -> str:
-    metrics = tracking.client().get_run(outcome.run_id).data.metrics
-    scores = ""
-    if outcome.status == "FINISHED":
-        scores = f"val acc {metrics.get('best/val_accuracy', float('nan')):.4f}  test acc {metrics.get('test/accuracy', float('nan')):.4f}"
-    else:
-        scores = outcome.error[:120]
-    return f"[{position:>3}/{total}] {outcome.status:<8} {outcome.trial.name:<40} {scores}  ({outcome.seconds:.0f}s)"
-
-
-def run_sweep(plan: SweepPlan, show_progress: bool = True) -> SweepSummary:
-    runs_dir = results_dir(plan.experiment) / "runs"
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    parent_run_id = tracking.start_sweep_run(plan.experiment, plan.source)
-    summary = SweepSummary(plan.experiment, parent_run_id)
-    sweep_started = time.perf_counter()
-    # stdout, not stderr: the kernels' stderr is redirected into the trial logs while they run.
-    bar = tqdm(
-        total=len(plan.trials), desc=f"sweep {plan.experiment}", unit="trial", disable=not show_progress,
-        dynamic_ncols=True, file=sys.stdout,
-    )
-    run_id = None
-    try:
-        for position, trial in enumerate(plan.trials, start=1):
-            run_id = tracking.create_trial_run(plan.experiment, trial.name, trial_tags(trial.params, trial.dataset_fingerprint), parent_run_id)
-            started = time.perf_counter()
-            output = runs_dir / f"{trial.name}.ipynb"
-            bar.set_postfix_str(f"{trial.name} starting")
-            error = execute_trial(trial, run_id, output, bar)
-            outcome = _record_outcome(trial, run_id, output, error, started)
-            summary.outcomes.append(outcome)
-            run_id = None
-            bar.update(1)
-            bar.write(_report_line(position, len(plan.trials), outcome))
-    except KeyboardInterrupt:
-        if run_id is not None:
-            tracking.end_run(run_id, "KILLED", "sweep interrupted")
-        tracking.end_run(parent_run_id, "KILLED", "sweep interrupted")
-        raise
-    finally:
-        bar.close()
-    summary.seconds = time.perf_counter() - sweep_started
-    tracking.log_metrics(
-        parent_run_id,
-        {"sweep/trials": len(summary.outcomes), "sweep/failed": len(summary.failed), "sweep/minutes": summary.seconds / 60},
-    )
-    tracking.end_run(parent_run_id, "FINISHED")
-    return summary
-
+def run_sweep(plan: SweepPlan, options: Optional[SweepOptions] = None, show_progress: Optional[bool] = None) -> SweepSummary:
+    options = options or SweepOptions()
+    if show_progress is not None:
+        options.show_progress = show_progress
+    return SweepRunner(plan, options).run()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import socket
 import subprocess
 import time
 from functools import lru_cache
@@ -29,6 +30,11 @@ TAG_GIT_COMMIT = "imagebench.git_commit"
 TAG_VERSIONS = "imagebench.versions"
 TAG_ERROR = "imagebench.error"
 TAG_NOTEBOOK = "imagebench.notebook"
+TAG_EPOCH_BUDGET = "imagebench.epoch_budget"  # epochs the trial has been trained up to (halving: per rung)
+TAG_OWNER = "imagebench.owner"  # host:pid of the process that drives the run (finds runs left RUNNING)
+TAG_STRATEGY = "imagebench.strategy"
+TAG_RUNG = "imagebench.rung"
+TAG_CONFIG = "imagebench.config"  # fingerprint without the seed: repeats of one configuration share it
 TAG_PARENT = "mlflow.parentRunId"
 TAG_RUN_NAME = "mlflow.runName"
 
@@ -183,8 +189,48 @@ def start_sweep_run(experiment: str, source: str) -> str:
     return run.info.run_id
 
 
+def process_owner() -> str:
+    """``host:pid`` of this process, tagged on runs it drives so a later sweep can tell abandoned runs."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def owner_is_alive(owner: str) -> Optional[bool]:
+    """True/False for an owner on this host; None when it ran elsewhere (cannot tell from here)."""
+    import psutil
+
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return None
+    return psutil.pid_exists(int(pid)) and int(pid) != os.getpid()
+
+
+def search_trial_runs(experiment: str, extra_filter: str = "") -> list:
+    """Every trial (child) run of ``experiment``, all pages; [] when the experiment does not exist."""
+    mlflow_client = client()
+    found = mlflow_client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    query = f"tags.`{TAG_ROLE}` = 'trial'" + (f" and {extra_filter}" if extra_filter else "")
+    runs, token = [], None
+    while True:
+        page = mlflow_client.search_runs([found.experiment_id], filter_string=query, max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def reopen_run(run_id: str) -> None:
+    """Set a finished trial run RUNNING again (the next halving rung continues the same run)."""
+    client().update_run(run_id, status="RUNNING")
+    set_tags(run_id, {TAG_OWNER: process_owner()})
+
+
 def create_trial_run(experiment: str, trial_name: str, tags: dict[str, str], parent_run_id: Optional[str]) -> str:
-    all_tags = {TAG_ROLE: "trial", TAG_TRIAL: trial_name, TAG_SWEEP: experiment, TAG_GIT_COMMIT: git_commit(), **tags}
+    all_tags = {
+        TAG_ROLE: "trial", TAG_TRIAL: trial_name, TAG_SWEEP: experiment, TAG_GIT_COMMIT: git_commit(),
+        TAG_OWNER: process_owner(), **tags,
+    }  # fmt: skip
     if parent_run_id:
         all_tags[TAG_PARENT] = parent_run_id
     run = client().create_run(experiment_id(experiment), run_name=trial_name, tags=all_tags)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import platform
 import sys
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -17,12 +19,16 @@ from imagebench.backends import get_backend
 from imagebench.data.arrays import TrialData
 from imagebench.data.load import load_trial_data
 from imagebench.evaluation import Evaluation, evaluate
-from imagebench.fingerprint import trial_fingerprint
+from imagebench.fingerprint import config_fingerprint, trial_fingerprint
 from imagebench.monitor import EpochMonitor, EpochRecord
 from imagebench.params import TrialParams, make_params
 from imagebench.weights import require_weights
 
 PREDICT_BATCH = 256
+# How the sweep runs a trial (not what the trial is, so not parameters): halving gives a rung an
+# epoch budget and a checkpoint file to continue from and save to.
+ENV_EPOCH_BUDGET = "IMAGEBENCH_EPOCH_BUDGET"
+ENV_CHECKPOINT = "IMAGEBENCH_CHECKPOINT"
 
 
 @dataclass
@@ -69,6 +75,7 @@ def trial_tags(params: TrialParams, dataset_fingerprint: str) -> dict[str, str]:
         tracking.TAG_MODEL: params.model,
         tracking.TAG_FRAMEWORK: params.framework,
         tracking.TAG_FINGERPRINT: trial_fingerprint(params, dataset_fingerprint),
+        tracking.TAG_CONFIG: config_fingerprint(params, dataset_fingerprint),
         tracking.TAG_DATASET_FINGERPRINT: dataset_fingerprint,
     }
 
@@ -99,7 +106,8 @@ def _log_data(run_id: str, params: TrialParams, data: TrialData) -> None:
 
 def _log_results(run_id: str, result: TrialResult, evaluation: Evaluation) -> None:
     client = tracking.client()
-    tracking.log_metrics(run_id, result.metrics)
+    # at the last epoch's step: a continued trial (halving) shows its final metrics per rung
+    tracking.log_metrics(run_id, result.metrics, step=len(result.history))
     client.log_text(run_id, evaluation.report, tracking.ARTIFACT_REPORT)
     client.log_dict(
         run_id, {"labels": result.class_names, "matrix": evaluation.confusion.tolist()}, tracking.ARTIFACT_CONFUSION_JSON
@@ -115,13 +123,49 @@ def _open_run(params: TrialParams, run_id: Optional[str]) -> str:
         # Tags that need the data are set once it loads, so a bad dataset still leaves a FAILED run.
         name = f"{params.framework}-{params.model}-{time.strftime('%Y%m%d-%H%M%S')}"
         tags = {tracking.TAG_MODEL: params.model, tracking.TAG_FRAMEWORK: params.framework}
-        run_id = tracking.create_trial_run(params.experiment, name, tags, None)
+        run_id = tracking.create_trial_run(params.experiment, name, tags, None)  # owned by this kernel
     tracking.log_params(run_id, params.tracked())
     tracking.set_tags(run_id, {tracking.TAG_VERSIONS: _versions(params.framework)})
     return run_id
 
 
-def _train_and_test(run_id: str, params: TrialParams, verbose: bool) -> TrialResult:
+def _env_budget() -> Optional[int]:
+    value = os.environ.get(ENV_EPOCH_BUDGET, "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
+def _load_checkpoint(path: Optional[Path]) -> Optional[dict[str, Any]]:
+    if path is None or not path.is_file():
+        return None
+    with path.open("rb") as handle:
+        return pickle.load(handle)  # written by _save_checkpoint of this package, never user input
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write-then-rename: a trial killed mid-write never leaves a half checkpoint to continue from."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    with partial.open("wb") as handle:
+        pickle.dump(state, handle, protocol=pickle.HIGHEST_PROTOCOL)
+    os.replace(partial, path)
+
+
+def _fit(backend, model, params: TrialParams, data: TrialData, monitor: EpochMonitor,
+         epoch_budget: Optional[int], checkpoint: Optional[Path]) -> float:
+    """Train (continuing from ``checkpoint`` if it exists); return the trial's total training seconds."""
+    saved = _load_checkpoint(checkpoint)
+    if saved is not None:
+        monitor.load_state(saved["monitor"])
+    started = time.perf_counter()
+    state = backend.fit(model, params, data, monitor, epoch_budget, saved["backend"] if saved else None)
+    train_seconds = time.perf_counter() - started + (saved["train_seconds"] if saved else 0.0)
+    if checkpoint is not None:
+        _save_checkpoint(checkpoint, {"monitor": monitor.state(), "backend": state, "train_seconds": train_seconds})
+    return train_seconds
+
+
+def _train_and_test(run_id: str, params: TrialParams, verbose: bool,
+                    epoch_budget: Optional[int] = None, checkpoint: Optional[Path] = None) -> TrialResult:
     require_weights([params])  # a clear error instead of a download attempt with no network
     data = load_trial_data(params)
     _log_data(run_id, params, data)
@@ -132,9 +176,7 @@ def _train_and_test(run_id: str, params: TrialParams, verbose: bool) -> TrialRes
     if verbose:
         print(f"{params.framework}/{params.model}: {total_params:,} params ({trainable_params:,} trainable); data {data.split_sizes()}")
     monitor = EpochMonitor(params, on_epoch=_epoch_reporter(run_id, params, verbose))
-    started = time.perf_counter()
-    backend.fit(model, params, data, monitor)
-    train_seconds = time.perf_counter() - started
+    train_seconds = _fit(backend, model, params, data, monitor, epoch_budget, checkpoint)
     probabilities = backend.predict_proba(model, data.test.images, PREDICT_BATCH)  # val-best weights, restored by fit
     evaluation = evaluate(probabilities, data.test.labels, data.class_names)
     metrics = {
@@ -152,15 +194,29 @@ def _train_and_test(run_id: str, params: TrialParams, verbose: bool) -> TrialRes
         run_id, params, metrics, monitor.history, data.class_names, evaluation.confusion, evaluation.report, data.split_sizes()
     )
     _log_results(run_id, result, evaluation)
+    tracking.set_tags(run_id, {tracking.TAG_EPOCH_BUDGET: monitor.last_epoch(epoch_budget)})
     return result
 
 
-def run_trial(params: TrialParams | dict[str, Any], run_id: Optional[str] = None, verbose: bool = True) -> TrialResult:
-    """Run one trial and record it in MLflow; the run ends FINISHED, FAILED (error tagged) or KILLED."""
+def run_trial(
+    params: TrialParams | dict[str, Any],
+    run_id: Optional[str] = None,
+    verbose: bool = True,
+    epoch_budget: Optional[int] = None,
+    checkpoint: Optional[str | Path] = None,
+) -> TrialResult:
+    """Run one trial and record it in MLflow; the run ends FINISHED, FAILED (error tagged) or KILLED.
+
+    ``epoch_budget`` and ``checkpoint`` (default: ``$IMAGEBENCH_EPOCH_BUDGET``, ``$IMAGEBENCH_CHECKPOINT``)
+    let successive halving train a trial in rungs: each call continues from the checkpoint, trains
+    up to the budget, and saves the state for the next rung.
+    """
     params = params if isinstance(params, TrialParams) else make_params(params)
+    epoch_budget = epoch_budget or _env_budget()
+    checkpoint = checkpoint or os.environ.get(ENV_CHECKPOINT) or None
     run_id = _open_run(params, run_id)
     try:
-        result = _train_and_test(run_id, params, verbose)
+        result = _train_and_test(run_id, params, verbose, epoch_budget, Path(checkpoint) if checkpoint else None)
     except KeyboardInterrupt:
         tracking.end_run(run_id, "KILLED", "interrupted (KeyboardInterrupt)")
         raise

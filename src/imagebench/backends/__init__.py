@@ -2,13 +2,16 @@
 
 Each backend module provides the same functions (see ``keras_backend`` and ``torch_backend``):
 
-- ``configure(params)``: seed every RNG; called before anything else.
+- ``configure(params)``: seed every RNG and set thread counts (``$IMAGEBENCH_THREADS``, set by a
+  parallel sweep so workers share the cores); called before anything else.
 - ``build_model(params, num_classes) -> model``: from the registry, preprocessing included, so
   the model takes uint8 RGB pixels (N, H, W, 3) (Keras returns probabilities, torch logits:
   always go through ``predict_proba``).
-- ``fit(model, params, data, monitor)``: train on ``data.train`` (augmented per the preset),
-  evaluate ``data.val`` each epoch (never augmented), report each epoch to ``monitor`` and leave
-  the model holding the weights of ``monitor``'s best epoch.
+- ``fit(model, params, data, monitor, epoch_budget=None, resume=None) -> state``: train on
+  ``data.train`` (augmented per the preset), evaluate ``data.val`` each epoch (never augmented),
+  report each epoch to ``monitor`` and leave the model holding the weights of ``monitor``'s best
+  epoch. ``epoch_budget`` stops early (a halving rung); ``resume`` is a state an earlier ``fit``
+  returned (last weights, best weights, optimizer), so training continues instead of restarting.
 - ``predict_proba(model, images, batch_size) -> (N, K) float probabilities``.
 - ``count_params(model) -> (total, trainable)``.
 - ``latency_ms(model, image) -> median ms for one image (batch of 1) after warm-up``.

@@ -20,6 +20,7 @@ import tensorflow as tf  # noqa: E402
 from imagebench.backends.keras_models import build_model  # noqa: E402
 from imagebench.backends.keras_training import compile_model, fit, inference_fn, make_optimizer, predict_proba  # noqa: E402
 from imagebench.params import TrialParams  # noqa: E402
+from imagebench.resources import requested_threads  # noqa: E402
 
 FRAMEWORK = "keras"
 LATENCY_WARMUP = 3
@@ -29,6 +30,13 @@ LATENCY_RUNS = 20
 def configure(params: TrialParams) -> None:
     """Seed Python, NumPy and TensorFlow from params.seed (Keras draws initialisers and dropout from it)."""
     keras.utils.set_random_seed(params.seed)
+    threads = requested_threads()
+    if threads:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(1)
+        except RuntimeError:
+            pass  # TF already started its pools in this process; TF_NUM_INTRAOP_THREADS set them
 
 
 def count_params(model: keras.Model) -> tuple[int, int]:

@@ -8,7 +8,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import time  # noqa: E402
-from typing import Optional  # noqa: E402
+from typing import Any, Optional  # noqa: E402
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -17,7 +17,7 @@ import tensorflow as tf  # noqa: E402
 from imagebench import augment  # noqa: E402
 from imagebench.data.arrays import Split, TrialData, batch_slices  # noqa: E402
 from imagebench.evaluation import loss_and_accuracy  # noqa: E402
-from imagebench.monitor import EpochMonitor, EpochRecord  # noqa: E402
+from imagebench.monitor import EpochMonitor, EpochRecord, epoch_rng  # noqa: E402
 from imagebench.params import TrialParams  # noqa: E402
 
 
@@ -96,15 +96,17 @@ class TrainBatches(keras.utils.PyDataset):
 
     Keras calls ``__getitem__`` in its own order (twice for index 0 and 1 while inferring the
     tensor spec), so each epoch's order and augmentation draws are made up front in ``_new_epoch``
-    and ``__getitem__`` only looks them up: the result depends on the seed alone.
+    and ``__getitem__`` only looks them up: the result depends on the seed and the epoch alone.
     """
 
-    def __init__(self, split: Split, batch_size: int, spec: augment.AugmentSpec, rng: np.random.Generator):
+    def __init__(self, split: Split, batch_size: int, spec: augment.AugmentSpec, seed: int, first_epoch: int):
         super().__init__(workers=1, use_multiprocessing=False)
-        self.split, self.batch_size, self.spec, self.rng = split, batch_size, spec, rng
+        self.split, self.batch_size, self.spec, self.seed = split, batch_size, spec, seed
+        self.epoch = first_epoch
         self._new_epoch()
 
     def _new_epoch(self) -> None:
+        self.rng = epoch_rng(self.seed, self.epoch)
         self.order = self.rng.permutation(len(self.split))
         self.batches = batch_slices(self.order, self.batch_size)
         self.draws: list[Optional[tuple[np.ndarray, np.ndarray]]] = [None] * len(self.batches)
@@ -123,6 +125,7 @@ class TrainBatches(keras.utils.PyDataset):
         return images, self.split.labels[indices].astype(np.int64)
 
     def on_epoch_end(self) -> None:
+        self.epoch += 1
         self._new_epoch()
 
 
@@ -159,12 +162,40 @@ class MonitorCallback(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def fit(model: keras.Model, params: TrialParams, data: TrialData, monitor: EpochMonitor) -> None:
-    """Train on data.train, validate on raw data.val each epoch, end holding the best epoch's weights."""
+def _values(variables) -> list[np.ndarray]:
+    return [variable.numpy() for variable in variables]
+
+
+def _assign(variables, values: list[np.ndarray]) -> None:
+    for variable, value in zip(variables, values, strict=True):
+        variable.assign(value)
+
+
+def _restore(model: keras.Model, callback: MonitorCallback, resume: dict[str, Any]) -> None:
+    # model.variables, not get_weights(): it includes the dropout layers' seed-generator state
+    _assign(model.variables, resume["variables"])
+    model.optimizer.build(model.trainable_variables)  # its slots exist only once built
+    _assign(model.optimizer.variables, resume["optimizer"])
+    callback.best_weights = resume["best_weights"]
+
+
+def fit(
+    model: keras.Model, params: TrialParams, data: TrialData, monitor: EpochMonitor,
+    epoch_budget: Optional[int] = None, resume: Optional[dict[str, Any]] = None,
+) -> dict[str, Any]:
+    """Train on data.train, validate on raw data.val each epoch, end holding the best epoch's weights.
+
+    ``resume``/``epoch_budget``/return value: as in the torch backend (halving continues a trial).
+    """
     compile_model(model, params)
-    rng = np.random.default_rng(params.seed)  # one stream for shuffling and augmentation, whole fit
-    batches = TrainBatches(data.train, params.batch_size, augment.preset(params.augment), rng)
     callback = MonitorCallback(data.val, monitor)
-    model.fit(batches, epochs=params.epochs, verbose=0, callbacks=[callback])
+    if resume is not None:
+        _restore(model, callback, resume)
+    if monitor.has_epochs_left(epoch_budget):
+        first = monitor.next_epoch
+        batches = TrainBatches(data.train, params.batch_size, augment.preset(params.augment), params.seed, first)
+        model.fit(batches, initial_epoch=first - 1, epochs=monitor.last_epoch(epoch_budget), verbose=0, callbacks=[callback])
+    state = {"variables": _values(model.variables), "best_weights": callback.best_weights, "optimizer": _values(model.optimizer.variables)}
     if callback.best_weights is not None:
         model.set_weights(callback.best_weights)
+    return state

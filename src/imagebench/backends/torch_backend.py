@@ -17,6 +17,7 @@ from torch import nn
 from imagebench.backends.torch_models import ImageClassifier, build_model, l2_penalty, regularized_weights
 from imagebench.backends.torch_training import augment_batch, device_for, fit, make_optimizer, predict_proba, warp
 from imagebench.params import TrialParams
+from imagebench.resources import requested_threads
 
 __all__ = [
     "ImageClassifier",
@@ -41,6 +42,9 @@ def configure(params: TrialParams) -> None:
     random.seed(params.seed)
     np.random.seed(params.seed)
     torch.manual_seed(params.seed)
+    threads = requested_threads()
+    if threads:
+        torch.set_num_threads(threads)
 
 
 def count_params(model: nn.Module) -> tuple[int, int]:

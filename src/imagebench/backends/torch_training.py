@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import time
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -14,7 +15,7 @@ from imagebench import augment
 from imagebench.backends.torch_models import l2_penalty
 from imagebench.data.arrays import Split, TrialData, batch_slices
 from imagebench.evaluation import loss_and_accuracy
-from imagebench.monitor import EpochMonitor, EpochRecord
+from imagebench.monitor import EpochMonitor, EpochRecord, epoch_rng
 from imagebench.params import TrialParams
 
 
@@ -95,33 +96,49 @@ def _train_epoch(model, optimizer, params, images, labels, order, spec, rng) -> 
     return total_loss / seen, correct / seen
 
 
-def fit(model: nn.Module, params: TrialParams, data: TrialData, monitor: EpochMonitor) -> nn.Module:
-    """Train on data.train (augmented per preset), validate each epoch, keep the best epoch's weights."""
+def fit(
+    model: nn.Module, params: TrialParams, data: TrialData, monitor: EpochMonitor,
+    epoch_budget: Optional[int] = None, resume: Optional[dict[str, Any]] = None,
+) -> dict[str, Any]:
+    """Train on data.train (augmented per preset), validate each epoch, end holding the best epoch's weights.
+
+    ``resume`` is the state an earlier call returned (halving: continue, do not restart); training
+    stops after ``epoch_budget`` epochs in total. Returns the state to continue from later.
+    """
     device = device_for()
     model.to(device)
     optimizer = make_optimizer(params, model)
+    best_state = copy.deepcopy(model.state_dict())
+    if resume is not None:
+        model.load_state_dict(resume["weights"])
+        optimizer.load_state_dict(resume["optimizer"])
+        best_state = resume["best_weights"]
+        torch.set_rng_state(resume["torch_rng"])  # dropout continues its stream
     spec = augment.preset(params.augment)
-    rng = np.random.default_rng(params.seed)  # one stream: shuffles and augmentation draws
     # The train set stays a uint8 CPU tensor (no copy of the array, no GPU memory for big sets);
     # each batch is indexed (a copy: data.train is never modified), moved, then made float.
     images = torch.as_tensor(data.train.images)
     labels = torch.as_tensor(data.train.labels, dtype=torch.long)
-    best_state = copy.deepcopy(model.state_dict())
-    for epoch in range(1, params.epochs + 1):
-        started = time.perf_counter()
+    while monitor.has_epochs_left(epoch_budget):
+        epoch, started = monitor.next_epoch, time.perf_counter()
         lr = monitor.lr_for_epoch(epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
+        rng = epoch_rng(params.seed, epoch)
         order = rng.permutation(len(data.train))
         train_loss, train_accuracy = _train_epoch(model, optimizer, params, images, labels, order, spec, rng)
         val_loss, val_accuracy = _validate(model, data.val)
         record = EpochRecord(epoch, train_loss, train_accuracy, val_loss, val_accuracy, lr, time.perf_counter() - started)
         if monitor.end_epoch(record):
             best_state = copy.deepcopy(model.state_dict())
-        if monitor.should_stop:
-            break
+    state = {
+        "weights": copy.deepcopy(model.state_dict()),
+        "best_weights": best_state,
+        "optimizer": copy.deepcopy(optimizer.state_dict()),
+        "torch_rng": torch.get_rng_state(),
+    }
     model.load_state_dict(best_state)  # test numbers come from the val-best weights
-    return model
+    return state
 
 
 def _validate(model: nn.Module, split: Split) -> tuple[float, float]:
