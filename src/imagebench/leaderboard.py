@@ -1,8 +1,11 @@
 """Leaderboard from MLflow alone: one row per (model, framework), chosen on validation, never on test.
 
-Selection: the FINISHED trial with the highest ``best/val_accuracy``; ties go to the lower
-``best/val_loss``. Its test metrics, hyperparameters and costs are reported, with how many trials
-of that (model, framework) finished and failed.
+- One record per trial: a resumed sweep leaves KILLED or FAILED attempts beside the FINISHED
+  re-run of the same trial (same fingerprint); only the FINISHED one counts, so nothing is counted twice.
+- Selection: the configuration with the highest ``best/val_accuracy`` (mean over its seeds; one
+  seed unless ``--repeats`` ran); ties go to the lower ``best/val_loss``. Its test metrics (means over
+  seeds, with a 95% confidence interval of test accuracy from Student's t when there are several
+  seeds), hyperparameters and costs are reported, with how many trials finished and failed.
 """
 
 from __future__ import annotations
@@ -66,15 +69,58 @@ def trial_runs(experiment: str) -> pd.DataFrame:
     return table
 
 
+STATUS_PREFERENCE = {"FINISHED": 0, "RUNNING": 1, "FAILED": 2, "KILLED": 3}
+
+
+def _tag_column(runs: pd.DataFrame, tag: str, fallback: pd.Series) -> pd.Series:
+    column = f"tags.{tag}"
+    return runs[column].fillna(fallback) if column in runs else fallback
+
+
+def one_run_per_trial(runs: pd.DataFrame) -> pd.DataFrame:
+    """Each trial (fingerprint) once: its FINISHED run trained furthest, else its latest attempt."""
+    runs = runs.assign(
+        fingerprint=_tag_column(runs, tracking.TAG_FINGERPRINT, runs["run_id"]),
+        _status_rank=runs["status"].map(STATUS_PREFERENCE).fillna(9),
+        _budget=pd.to_numeric(_tag_column(runs, tracking.TAG_EPOCH_BUDGET, pd.Series(0, index=runs.index)), errors="coerce"),
+    )
+    runs["config"] = _tag_column(runs, tracking.TAG_CONFIG, runs["fingerprint"])
+    ordered = runs.sort_values(["_status_rank", "_budget", "start_time"], ascending=[True, False, False])
+    return ordered.drop_duplicates("fingerprint").drop(columns=["_status_rank", "_budget"]).sort_index()
+
+
+def _confidence_half_width(values: pd.Series) -> float:
+    """Half-width of the 95% confidence interval of the mean (Student's t); NaN for a single seed."""
+    from scipy import stats
+
+    values = values.dropna()
+    if len(values) < 2:
+        return float("nan")
+    return float(stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values)))
+
+
+def _per_configuration(finished: pd.DataFrame) -> pd.DataFrame:
+    """One row per configuration: its first run's params and tags, metrics averaged over its seeds."""
+    metric_columns = [c for c in finished if c.startswith("metrics.")]
+    first = finished.sort_values("start_time").groupby("config", as_index=False).head(1).set_index("config")
+    grouped = finished.groupby("config")
+    first[metric_columns] = grouped[metric_columns].mean()
+    first["seeds"] = grouped.size()
+    first["test_accuracy_ci95"] = grouped["metrics.test/accuracy"].apply(_confidence_half_width) if "metrics.test/accuracy" in finished else np.nan
+    return first.reset_index()
+
+
 def select_leaders(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per (model, framework): best validation accuracy, ties to lower validation loss."""
+    """One row per (model, framework): best (mean) validation accuracy, ties to lower validation loss."""
     for column in (f"metrics.{name}" for name in SELECT_ON):
         if column not in runs:
             runs = runs.assign(**{column: np.nan})
+    runs = one_run_per_trial(runs)
     counts = runs.assign(finished=runs["status"].eq("FINISHED"), failed=~runs["status"].isin(["FINISHED", "RUNNING"]))
     counts = counts.groupby(["model", "framework"])[["finished", "failed"]].sum().astype(int)
     finished = runs[runs["status"].eq("FINISHED")].dropna(subset=[f"metrics.{SELECT_ON[0]}"])
-    ordered = finished.sort_values(
+    configurations = _per_configuration(finished) if len(finished) else finished.assign(seeds=[], test_accuracy_ci95=[])
+    ordered = configurations.sort_values(
         [f"metrics.{SELECT_ON[0]}", f"metrics.{SELECT_ON[1]}", "start_time"], ascending=[False, True, True]
     )
     leaders = ordered.groupby(["model", "framework"], as_index=False).head(1)
@@ -86,6 +132,9 @@ def leader_table(leaders: pd.DataFrame) -> pd.DataFrame:
     """The readable leaderboard: test metrics, the chosen trial's hyperparameters, costs, counts."""
     columns = {key: name for key, name in LEADER_COLUMNS.items() if key in leaders}
     table = leaders[list(columns)].rename(columns=columns)
+    if "test_accuracy" in table:
+        table.insert(table.columns.get_loc("test_accuracy") + 1, "test_accuracy_ci95", leaders["test_accuracy_ci95"])
+        table.insert(table.columns.get_loc("test_accuracy_ci95") + 1, "seeds", leaders["seeds"].astype("Int64"))
     for name in HYPERPARAMETERS:
         if f"params.{name}" in leaders:
             table[name] = leaders[f"params.{name}"]
@@ -100,6 +149,8 @@ def leader_table(leaders: pd.DataFrame) -> pd.DataFrame:
 
 
 def trial_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Every trial once (see ``one_run_per_trial``), with its metrics, hyperparameters and error."""
+    runs = one_run_per_trial(runs)
     columns = ["trial", "model", "framework", "status"] + [c for c in LEADER_COLUMNS if c.startswith("metrics.") and c in runs]
     columns += [f"params.{name}" for name in HYPERPARAMETERS if f"params.{name}" in runs]
     error_column = f"tags.{tracking.TAG_ERROR}"
@@ -179,7 +230,8 @@ def _html(board: Leaderboard, images: dict[str, bytes]) -> str:
         "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:13px}"
         "td,th{border:1px solid #ccc;padding:3px 6px}img{max-width:900px}</style></head><body>"
         f"<h1>Leaderboard: {board.experiment}</h1><p>One row per model and framework: the trial with the best "
-        "validation accuracy (ties: lower validation loss); test metrics of that trial.</p>"
+        "validation accuracy (ties: lower validation loss; mean over seeds where repeated); test metrics of that "
+        "configuration, with the 95% confidence interval of test accuracy over seeds.</p>"
         f"{_rounded(board.leaders).to_html(index=False)}{pictures}<h2>All trials</h2>"
         f"{_rounded(board.trials).to_html(index=False)}</body></html>"
     )
@@ -189,8 +241,10 @@ def _markdown(board: Leaderboard, image_names: list[str]) -> str:
     lines = [
         f"# Leaderboard: {board.experiment}",
         "",
-        "One row per (model, framework): the trial with the best validation accuracy (ties: lower",
-        "validation loss). Test metrics are those of that trial; the test set never chooses.",
+        "One row per (model, framework): the configuration with the best validation accuracy (ties: lower",
+        "validation loss; the mean over seeds where `--repeats` ran). Test metrics are those of that",
+        "configuration (means over its `seeds`, `test_accuracy_ci95` = half-width of the 95% confidence",
+        "interval, Student's t); the test set never chooses.",
         "",
         _rounded(board.leaders.drop(columns=["run_id"])).to_markdown(index=False),
         "",

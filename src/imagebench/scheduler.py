@@ -18,7 +18,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from tqdm.auto import tqdm
 
@@ -37,10 +37,11 @@ class Job:
     """One execution of train.ipynb: a whole trial, or one halving rung of it."""
 
     trial: Trial
-    run_id: str
-    output: Path  # the executed notebook; its .log/.stderr.log/.error siblings
+    open_run: Callable[[], str]  # creates (or reopens) the child run when the job starts, not before:
+    output: Path  # a sweep killed at trial 2 of 52 must not leave 50 never-started runs behind
     epoch_budget: Optional[int] = None
     checkpoint: Optional[Path] = None
+    run_id: str = ""
 
     @property
     def label(self) -> str:
@@ -166,6 +167,7 @@ class Scheduler:
         return env
 
     def _start(self, job: Job) -> RunningJob:
+        job.run_id = job.open_run()
         params_file = job.output.with_suffix(".params.json")
         params_file.write_text(json.dumps(job.trial.params.model_dump()), encoding="utf-8")
         for stale in (error_file(job.output), job.output.with_suffix(".log")):

@@ -219,14 +219,14 @@ class SweepRunner:
             self.run_of.setdefault(trial.fingerprint, run.info.run_id)
         return run is not None
 
-    def _whole_trial_jobs(self, trials: list[Trial]) -> list[Job]:
+    def _whole_trial_jobs(self, trials: list[Trial], strategy_tag: str = "") -> list[Job]:
         jobs = []
         for trial in trials:
             if self._already_done(trial, trial.params.epochs):
                 self.summary.skipped += 1
                 continue
-            run_id = self._new_run(trial, {tracking.TAG_STRATEGY: self.options.strategy})
-            jobs.append(Job(trial, run_id, self.runs_dir / f"{trial.name}.ipynb"))
+            tags = {tracking.TAG_STRATEGY: strategy_tag or self.options.strategy}
+            jobs.append(Job(trial, lambda trial=trial, tags=tags: self._new_run(trial, tags), self.runs_dir / f"{trial.name}.ipynb"))
         return jobs
 
     def _execute(self, jobs: list[Job], title: str) -> list[TrialOutcome]:
@@ -260,18 +260,23 @@ class SweepRunner:
                 self.summary.skipped += rung == 0
                 continue
             checkpoint = self.checkpoints_dir / f"{trial.name}.pkl"
-            tags = {tracking.TAG_STRATEGY: "halving", tracking.TAG_RUNG: f"{rung + 1}/{rungs}"}
-            run_id = self.run_of.get(trial.fingerprint)
-            if run_id is None:
-                checkpoint.unlink(missing_ok=True)  # a new run starts from scratch, not from a stale state
-                run_id = self._new_run(trial, tags)
-            else:
-                tracking.reopen_run(run_id)
-                tracking.set_tags(run_id, tags)
-            tracking.log_metrics(run_id, {"halving/rung": rung + 1, "halving/epoch_budget": trial_budget}, step=rung + 1)
             output = self.runs_dir / f"{trial.name}.rung{rung + 1}.ipynb"
-            jobs.append(Job(trial, run_id, output, epoch_budget=trial_budget, checkpoint=checkpoint))
+            open_run = lambda trial=trial, rung=rung, budget=trial_budget: self._rung_run(trial, rung, rungs, budget)  # noqa: E731
+            jobs.append(Job(trial, open_run, output, epoch_budget=trial_budget, checkpoint=checkpoint))
         return jobs
+
+    def _rung_run(self, trial: Trial, rung: int, rungs: int, budget: int) -> str:
+        """The trial's one run across rungs: created at its first rung, reopened for each later one."""
+        tags = {tracking.TAG_STRATEGY: "halving", tracking.TAG_RUNG: f"{rung + 1}/{rungs}"}
+        run_id = self.run_of.get(trial.fingerprint)
+        if run_id is None:
+            (self.checkpoints_dir / f"{trial.name}.pkl").unlink(missing_ok=True)  # a new run starts from scratch
+            run_id = self._new_run(trial, tags)
+        else:
+            tracking.reopen_run(run_id)
+            tracking.set_tags(run_id, tags)
+        tracking.log_metrics(run_id, {"halving/rung": rung + 1, "halving/epoch_budget": budget}, step=rung + 1)
+        return run_id
 
     def _scores(self, members: list[Trial]) -> dict[str, tuple[float, float]]:
         """(val accuracy, val loss) of each member whose run in this sweep (or a resumed one) FINISHED."""
@@ -300,7 +305,7 @@ class SweepRunner:
             for offset in range(1, self.options.repeats):
                 params = best.params.model_copy(update={"seed": best.params.seed + offset})
                 extra.append(make_trial(best.index, params, best.dataset_fingerprint, best.varying, f"-seed{params.seed}"))
-        self._execute(self._whole_trial_jobs(extra), f"{self.plan.experiment} repeats")
+        self._execute(self._whole_trial_jobs(extra, strategy_tag="repeat"), f"{self.plan.experiment} repeats")
 
     # --- the whole sweep
     def run(self) -> SweepSummary:

@@ -1,0 +1,149 @@
+"""The sweep at scale, end to end through worker processes and papermill kernels: parallel workers
+on one SQLite store, failure isolation (raise, kernel killed, timeout), kill -9 and resume, halving
+continued from checkpoints, repeated seeds."""
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from imagebench import leaderboard, tracking
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[1]
+TINY = "dataset: digits, image_size: 32, batch_size: 64, max_per_class: 12, val_fraction: 0.25, test_fraction: 0.25"
+
+
+def _sweep_file(project: Path, name: str, matrix: str, epochs: int = 2, extra: str = "") -> Path:
+    path = project / "params" / f"{name}.yaml"
+    path.write_text(f"experiment: {name}\nbase: {{{TINY}, epochs: {epochs}, framework: torch, model: cnn}}\n"
+                    f"matrix: {matrix}\n{extra}")
+    return path
+
+
+def _sweep(project, *args, timeout=600):
+    return subprocess.run([str(BIN / "imagebench"), "sweep", *map(str, args)], cwd=project, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _runs(experiment):
+    return tracking.search_trial_runs(experiment)
+
+
+def _inject_cell(project: Path, source: str) -> None:
+    """Give this test project's train.ipynb an extra cell before the trial runs (the user's copy is untouched)."""
+    path = project / "notebooks" / "train.ipynb"
+    notebook = json.loads(path.read_text())
+    position = next(i for i, cell in enumerate(notebook["cells"]) if "parameters" in cell["metadata"].get("tags", [])) + 2
+    notebook["cells"].insert(position, {"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [],
+                                        "source": source})
+    path.write_text(json.dumps(notebook))
+
+
+def test_four_workers_on_sqlite_lose_no_trial_and_no_metric(project):
+    sweep_file = _sweep_file(project, "busy", "{learning_rate: [0.001, 0.002, 0.003, 0.004, 0.005, 0.006, 0.007, 0.008]}")
+    done = _sweep(project, sweep_file, "--workers", "4", "--no-leaderboard")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    runs = _runs("busy")
+    assert len(runs) == 8 and {run.info.status for run in runs} == {"FINISHED"}
+    client = tracking.client()
+    for run in runs:
+        assert set(tracking.FINAL_METRICS) - {"test/top5_accuracy"} <= set(run.data.metrics)
+        for key in tracking.EPOCH_METRICS:
+            assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1, 2], key
+    assert "done 8/8, failed 0" in done.stdout
+
+
+def test_a_raising_a_dying_and_a_hanging_trial_fail_alone(project):
+    _inject_cell(project, "import os, signal, time\n"
+                          "if params.learning_rate == 0.0666: os.kill(os.getpid(), signal.SIGKILL)\n"
+                          "if params.learning_rate == 0.0777: time.sleep(600)\n"
+                          "if params.learning_rate == 0.0888: raise RuntimeError('this trial raises on purpose')\n")
+    sweep_file = _sweep_file(project, "faults", "{learning_rate: [0.001, 0.0666, 0.0777, 0.0888]}", epochs=1)
+    done = _sweep(project, sweep_file, "--workers", "2", "--trial-timeout", "60", "--no-leaderboard")
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "1 finished, 3 failed of 4 trials run" in done.stdout
+    runs = {run.data.tags[tracking.TAG_TRIAL]: run for run in _runs("faults")}
+    assert len(runs) == 4
+    errors = sorted(run.data.tags.get(tracking.TAG_ERROR, "") for run in runs.values() if run.info.status == "FAILED")
+    assert len(errors) == 3
+    assert any("kernel" in e.lower() and "died" in e.lower() for e in errors), errors
+    assert any("--trial-timeout 60" in e for e in errors), errors
+    assert any("this trial raises on purpose" in e for e in errors), errors
+    for run in runs.values():  # every one, failed or not, has its (partial) notebook attached
+        assert tracking.client().list_artifacts(run.info.run_id, tracking.ARTIFACT_NOTEBOOK_DIR)
+    assert done.stdout.count("notebook: ") == 3  # the summary says where each failed notebook is
+
+
+def _wait_for(predicate, timeout=300):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise AssertionError("condition not reached in time")
+
+
+def _workers_of(project: Path) -> list:
+    import psutil
+
+    return [p for p in psutil.process_iter(["cmdline"])
+            if "imagebench.worker" in " ".join(p.info["cmdline"] or []) and str(project) in " ".join(p.info["cmdline"])]
+
+
+def test_kill_9_mid_trial_then_resume_completes_exactly_the_missing_trials(project):
+    _inject_cell(project, "import time\nif params.learning_rate == 0.002:\n    print('trial 2 is running', flush=True)\n"
+                          "    time.sleep(120)\n")  # in the copy the first sweep runs; the rerun gets the plain one
+    sweep_file = _sweep_file(project, "crash", "{learning_rate: [0.001, 0.002, 0.003]}", epochs=2)
+    sweep = subprocess.Popen([str(BIN / "imagebench"), "sweep", str(sweep_file), "--no-leaderboard"], cwd=project,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log_dir = project / "results" / "crash" / "runs"
+
+    _wait_for(lambda: any("trial 2 is running" in p.read_text() for p in log_dir.glob("002-*.log")))
+    sweep.send_signal(signal.SIGKILL)
+    sweep.wait()
+    _wait_for(lambda: not _workers_of(project), timeout=30)  # the orphaned worker took its kernel down
+    before = {r.data.tags[tracking.TAG_TRIAL]: r.info.status for r in _runs("crash")}
+    assert sorted(before.values()) == ["FINISHED", "RUNNING"]  # the killed trial is left RUNNING
+
+    shutil.copy(REPO / "notebooks" / "train.ipynb", project / "notebooks" / "train.ipynb")
+    done = _sweep(project, sweep_file)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "2 finished, 0 failed of 2 trials run, 1 already finished (skipped)" in done.stdout
+    assert "marked KILLED" in done.stdout
+    after = [r.info.status for r in _runs("crash")]
+    assert sorted(after) == ["FINISHED", "FINISHED", "FINISHED", "KILLED"] and "RUNNING" not in after
+    board = leaderboard.build("crash", with_figures=False)
+    assert len(board.trials) == 3 and board.trials["trial"].is_unique
+    assert (board.leaders.iloc[0]["finished"], board.leaders.iloc[0]["failed"]) == (3, 0)
+    assert tracking.run_status(tracking.find_sweep_run("crash")) == "FINISHED"
+
+
+def test_halving_continues_survivors_from_checkpoints_then_repeats_the_best(project):
+    sweep_file = _sweep_file(project, "halve", "{learning_rate: [0.0003, 0.001, 0.003, 0.01]}", epochs=3)
+    done = _sweep(project, sweep_file, "--strategy", "halving", "--eta", "3", "--repeats", "2", "--workers", "2",
+                  "--set", "early_stopping_patience=0")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    runs = _runs("halve")
+    assert len(runs) == 5  # 4 trials (one run each, across rungs) + 1 repeat of the best
+    client = tracking.client()
+    rung2 = [r for r in runs if r.data.tags.get(tracking.TAG_RUNG) == "2/2"]
+    assert len(rung2) == 1  # 4 // 3 = 1 survivor
+    survivor = rung2[0].info.run_id
+    steps = [m.step for m in client.get_metric_history(survivor, "val/accuracy")]
+    assert steps == [1, 2, 3]  # epoch 1 from rung 1, epochs 2-3 continued from the checkpoint, none repeated
+    assert [m.value for m in client.get_metric_history(survivor, "halving/epoch_budget")] == [1, 3]
+    others = [r for r in runs if r.data.tags.get(tracking.TAG_RUNG) == "1/2"]
+    assert len(others) == 3 and all(r.data.metrics["epochs_run"] == 1 for r in others)
+    assert "9 trial-epochs trained" in done.stdout  # 3 losers x 1 + the survivor's 3 + the repeat's 3
+    repeat = [r for r in runs if r.data.tags.get(tracking.TAG_STRATEGY) == "repeat"]
+    assert len(repeat) == 1 and repeat[0].data.params["seed"] == "43"
+    assert repeat[0].data.tags[tracking.TAG_CONFIG] == rung2[0].data.tags[tracking.TAG_CONFIG]
+    row = leaderboard.build("halve", with_figures=False).leaders.iloc[0]
+    assert row["seeds"] == 2
