@@ -97,3 +97,26 @@ def check_failing_trial_recorded(framework: str, missing_folder: Path) -> None:
     runs = tracking.client().search_runs([tracking.experiment_id("inproc")])
     assert len(runs) == 1 and runs[0].info.status == "FAILED"
     assert "neither a built-in name" in runs[0].data.tags[tracking.TAG_ERROR]
+
+
+def check_continued_trial_equals_uninterrupted(framework: str, tmp_path: Path) -> None:
+    """Halving's promise: 2 epochs, checkpoint, 2 more == 4 epochs in one go (same seed, same draws,
+    same optimizer state, same dropout stream), and the continued run reports 4 epochs in all."""
+    from imagebench import tracking
+    from imagebench.trial import run_trial
+
+    values = tiny_values(framework=framework, epochs=4, augment="light", early_stopping_patience=0, experiment="resume")
+    whole = run_trial(values, verbose=False)
+    checkpoint = tmp_path / "state.pkl"
+    first = run_trial(values, verbose=False, epoch_budget=2, checkpoint=checkpoint)
+    assert len(first.history) == 2 and checkpoint.exists()
+    continued = run_trial(values, run_id=first.run_id, verbose=False, epoch_budget=4, checkpoint=checkpoint)
+    assert [r.epoch for r in continued.history] == [1, 2, 3, 4]
+    for ours, theirs in zip(continued.history, whole.history):
+        assert ours.val_loss == pytest.approx(theirs.val_loss, rel=1e-5, abs=1e-6)
+        assert ours.train_loss == pytest.approx(theirs.train_loss, rel=1e-5, abs=1e-6)
+    assert continued.metrics["test/accuracy"] == pytest.approx(whole.metrics["test/accuracy"])
+    assert continued.metrics["epochs_run"] == 4
+    history = tracking.client().get_metric_history(first.run_id, "val/loss")
+    assert sorted(m.step for m in history) == [1, 2, 3, 4]  # one run, each epoch once
+    assert tracking.client().get_run(first.run_id).data.tags[tracking.TAG_EPOCH_BUDGET] == "4"

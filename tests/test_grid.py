@@ -102,3 +102,16 @@ def test_command_line_axes_replace_the_files_choice(tmp_path):
     path = _write(tmp_path, "base: {model: vgg16}\nmatrix: {framework: [keras, torch], learning_rate: [0.1, 0.01]}\n")
     plan = plan_sweep(path, axes={"model": ["cnn"], "framework": ["torch"]})
     assert {(t.params.model, t.params.framework) for t in plan.trials} == {("cnn", "torch")} and len(plan.trials) == 2
+
+
+def test_config_fingerprint_ignores_the_seed_only(tmp_path):
+    from imagebench.fingerprint import config_fingerprint, trial_fingerprint
+    from imagebench.params import make_params
+
+    base = make_params(learning_rate=0.01)
+    other_seed = make_params(learning_rate=0.01, seed=7)
+    other_rate = make_params(learning_rate=0.02)
+    assert config_fingerprint(base, "d") == config_fingerprint(other_seed, "d")
+    assert trial_fingerprint(base, "d") != trial_fingerprint(other_seed, "d")
+    assert config_fingerprint(base, "d") != config_fingerprint(other_rate, "d")
+    assert config_fingerprint(base, "d") != config_fingerprint(base, "other data")

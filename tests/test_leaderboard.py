@@ -57,7 +57,8 @@ def test_written_outputs_and_figures(project, tmp_path):
     _trial("files", "cnn_attention", "torch", 0.8, 0.4, 0.75)
     board = leaderboard.build("files")
     assert set(board.figures) == {
-        "test_accuracy_by_model", "accuracy_vs_params", "accuracy_vs_latency", "leader_learning_curves", "winner_confusion_matrix"
+        "test_accuracy_by_model", "accuracy_vs_params", "accuracy_vs_latency", "leader_learning_curves", "winner_confusion_matrix",
+        "accuracy_by_learning_rate",
     }
     written = {path.name for path in leaderboard.write(board, tmp_path / "out")}
     assert {"leaderboard.md", "leaderboard.html", "leaderboard.csv", "trials.csv", "winner_confusion_matrix.png"} <= written

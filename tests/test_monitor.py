@@ -58,3 +58,28 @@ def test_every_epoch_is_reported():
     monitor = EpochMonitor(make_params(), on_epoch=seen.append)
     monitor.end_epoch(_record(1, 0.5))
     assert [r.epoch for r in seen] == [1] and seen[0].as_metrics()["val/loss"] == 0.5
+
+
+def test_state_round_trip_continues_plateau_and_patience_where_it_stopped():
+    params = make_params(learning_rate=0.1, lr_schedule="plateau", lr_plateau_patience=2, early_stopping_patience=3, epochs=10)
+    whole, first = EpochMonitor(params), EpochMonitor(params)
+    losses = [1.0, 0.9, 0.95, 0.96, 0.97, 0.98]
+    for epoch, loss in enumerate(losses[:3], start=1):
+        for monitor in (whole, first):
+            monitor.end_epoch(_record(epoch, loss, lr=monitor.lr_for_epoch(epoch)))
+    continued = EpochMonitor(params)
+    continued.load_state(first.state())
+    assert continued.next_epoch == 4 and continued.best_epoch == 2
+    for epoch, loss in enumerate(losses[3:], start=4):
+        for monitor in (whole, continued):
+            monitor.end_epoch(_record(epoch, loss, lr=monitor.lr_for_epoch(epoch)))
+    assert continued.state() == whole.state() and continued.should_stop and whole.should_stop
+    assert not continued.has_epochs_left(None) and continued.last_epoch(3) == 3
+
+
+def test_epoch_budget_caps_the_epochs_trained():
+    monitor = EpochMonitor(make_params(epochs=9))
+    assert monitor.last_epoch(3) == 3 and monitor.last_epoch(None) == 9 and monitor.last_epoch(50) == 9
+    assert monitor.has_epochs_left(1)
+    monitor.end_epoch(_record(1, 1.0))
+    assert not monitor.has_epochs_left(1) and monitor.has_epochs_left(3)

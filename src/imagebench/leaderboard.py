@@ -185,7 +185,7 @@ class Leaderboard:
         return ranked.iloc[0] if len(ranked) else None
 
 
-def _figures(table: pd.DataFrame) -> dict:
+def _figures(table: pd.DataFrame, trials: pd.DataFrame) -> dict:
     chosen = table.dropna(subset=["test_accuracy"]) if "test_accuracy" in table else table.iloc[0:0]
     if chosen.empty:
         return {}
@@ -196,6 +196,8 @@ def _figures(table: pd.DataFrame) -> dict:
     }
     curves = {f"{row.framework}/{row.model}": metric_history(row.run_id) for row in chosen.itertuples()}
     figures["leader_learning_curves"] = plots.leader_curves(curves, "val/accuracy")
+    if {"learning_rate", "optimizer", "best/val_accuracy"} <= set(trials) and trials["learning_rate"].nunique() > 1:
+        figures["accuracy_by_learning_rate"] = plots.accuracy_by_learning_rate(trials)
     winner = chosen.iloc[0]
     matrix, labels = confusion_of(winner["run_id"])
     figures["winner_confusion_matrix"] = plots.confusion_matrix(
@@ -206,8 +208,8 @@ def _figures(table: pd.DataFrame) -> dict:
 
 def build(experiment: str, with_figures: bool = True) -> Leaderboard:
     runs = trial_runs(experiment)
-    leaders = leader_table(select_leaders(runs))
-    return Leaderboard(experiment, leaders, trial_table(runs), _figures(leaders) if with_figures else {})
+    leaders, trials = leader_table(select_leaders(runs)), trial_table(runs)
+    return Leaderboard(experiment, leaders, trials, _figures(leaders, trials) if with_figures else {})
 
 
 def _png_bytes(figure) -> bytes:

@@ -65,6 +65,31 @@ def accuracy_by_model(table: pd.DataFrame) -> Figure:
     return figure
 
 
+def accuracy_by_learning_rate(trials: pd.DataFrame) -> Figure:
+    """Best validation accuracy reached at each learning rate, one line per optimizer, one panel per
+    (model, framework): where the grid's good region lies, and whether its edges were explored."""
+    finished = trials[trials["status"].eq("FINISHED")].dropna(subset=["best/val_accuracy"])
+    finished = finished.assign(learning_rate=pd.to_numeric(finished["learning_rate"], errors="coerce"))
+    groups = list(finished.groupby(["model", "framework"]))
+    columns = min(4, max(1, len(groups)))
+    rows = -(-len(groups) // columns) if groups else 1
+    figure = Figure(figsize=(4 * columns, 3.2 * rows), layout="constrained")
+    axes = np.atleast_1d(figure.subplots(rows, columns, squeeze=False).ravel())
+    for axis, ((model, framework), group) in zip(axes, groups):
+        best = group.groupby(["optimizer", "learning_rate"])["best/val_accuracy"].max().reset_index()
+        for optimizer, line in best.groupby("optimizer"):
+            axis.plot(line["learning_rate"], line["best/val_accuracy"], marker="o", label=optimizer)
+        axis.set_xscale("log")
+        axis.set_title(f"{framework} / {model}", fontsize=10)
+        axis.set_xlabel("learning rate")
+        axis.set_ylabel("best val accuracy")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    for axis in axes[len(groups):]:
+        axis.set_visible(False)
+    return figure
+
+
 def accuracy_vs_cost(table: pd.DataFrame, cost_column: str, label: str) -> Figure:
     figure = Figure(figsize=(6.5, 4.5), layout="constrained")
     axis = figure.subplots()

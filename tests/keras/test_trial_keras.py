@@ -1,7 +1,7 @@
 """One in-process keras trial on tiny data writes the documented MLflow record."""
 
 import pytest
-from conftest import check_failing_trial_recorded, check_in_process_trial
+from conftest import check_continued_trial_equals_uninterrupted, check_failing_trial_recorded, check_in_process_trial
 
 pytestmark = pytest.mark.keras
 
@@ -12,3 +12,7 @@ def test_in_process_trial_writes_the_documented_record(project):
 
 def test_failing_trial_is_recorded_failed_with_the_reason(project, tmp_path):
     check_failing_trial_recorded("keras", tmp_path / "missing")
+
+
+def test_continued_trial_equals_uninterrupted(project, tmp_path):
+    check_continued_trial_equals_uninterrupted("keras", tmp_path)
