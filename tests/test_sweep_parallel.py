@@ -141,6 +141,7 @@ def test_halving_continues_survivors_from_checkpoints_then_repeats_the_best(proj
     assert [m.value for m in client.get_metric_history(survivor, "halving/epoch_budget")] == [1, 3]
     others = [r for r in runs if r.data.tags.get(tracking.TAG_RUNG) == "1/2"]
     assert len(others) == 3 and all(r.data.metrics["epochs_run"] == 1 for r in others)
+    assert not list((project / "results" / "halve" / "checkpoints").glob("*.pkl"))  # cleaned up when done
     assert "9 trial-epochs trained" in done.stdout  # 3 losers x 1 + the survivor's 3 + the repeat's 3
     repeat = [r for r in runs if r.data.tags.get(tracking.TAG_STRATEGY) == "repeat"]
     assert len(repeat) == 1 and repeat[0].data.params["seed"] == "43"

@@ -249,8 +249,15 @@ class SweepRunner:
             jobs = [job for members in alive.values() for job in self._rung_jobs(members, rung, budget, len(budgets))]
             self._execute(jobs, f"{self.plan.experiment} rung {rung + 1}/{len(budgets)} ({budget} epochs)")
             if rung + 1 < len(budgets):
-                alive = {key: self._promoted(members) for key, members in alive.items()}
-                alive = {key: members for key, members in alive.items() if members}
+                promoted = {key: self._promoted(members) for key, members in alive.items()}
+                self._drop_checkpoints(t for key, members in alive.items() for t in members if t not in promoted[key])
+                alive = {key: members for key, members in promoted.items() if members}
+        self._drop_checkpoints(t for members in alive.values() for t in members)
+
+    def _drop_checkpoints(self, trials) -> None:
+        """A trial that will not train further needs no state on disk (ResNet50's is ~300 MB)."""
+        for trial in trials:
+            (self.checkpoints_dir / f"{trial.name}.pkl").unlink(missing_ok=True)
 
     def _rung_jobs(self, members: list[Trial], rung: int, budget: int, rungs: int) -> list[Job]:
         jobs = []
