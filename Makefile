@@ -30,6 +30,11 @@ test: $(STAMP)
 	$(PY) -m pytest tests/keras
 	$(PY) -m pytest tests/torch
 
+# Benchmarks print ratios against a baseline measured in the same run; JSON in results/benchmarks/.
+bench: $(STAMP)
+	$(PY) benchmarks/input_pipeline.py --framework keras
+	$(PY) benchmarks/input_pipeline.py --framework torch
+
 lab: $(STAMP)
 	$(PIP) install -e ".[lab]"
 	$(VENV)/bin/jupyter lab notebooks/

@@ -27,6 +27,13 @@ def pytest_ignore_collect(collection_path, config):
     return None
 
 
+@pytest.fixture(autouse=True)
+def private_decode_cache(tmp_path, monkeypatch):
+    """Each test decodes into its own cache: no test sees another's entries or writes into the repo."""
+    monkeypatch.setenv("IMAGEBENCH_CACHE", str(tmp_path / "decode-cache"))
+    return tmp_path / "decode-cache"
+
+
 @pytest.fixture
 def project(tmp_path, monkeypatch):
     """A throw-away imagebench project: notebooks and params copied, its own MLflow store."""

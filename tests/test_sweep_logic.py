@@ -103,7 +103,9 @@ def test_resume_skips_finished_reruns_failed_and_killed_and_marks_abandoned_runs
     jobs = runner._whole_trial_jobs(plan.trials)
     assert runner.summary.skipped == 1
     assert [job.trial.name for job in jobs] == [trial.name for trial in t[1:]]
-    assert all(tracking.client().get_run(job.run_id).data.tags[tracking.TAG_PARENT] == runner.parent_run_id for job in jobs)
+    assert len(tracking.search_trial_runs("resume")) == 6  # runs are created when a job starts, not when planned
+    opened = [job.open_run() for job in jobs]
+    assert all(tracking.client().get_run(run_id).data.tags[tracking.TAG_PARENT] == runner.parent_run_id for run_id in opened)
 
     forced = SweepRunner(plan, SweepOptions(rerun=True))
     assert forced.parent_run_id == runner.parent_run_id  # the sweep's parent run is reused

@@ -91,7 +91,7 @@ def _write_leaderboard(experiment: str, out: Optional[str]) -> None:
     board = leaderboard.build(experiment)
     out_dir = Path(out) if out else sweep.results_dir(experiment)
     leaderboard.write(board, out_dir)
-    print(leaderboard._rounded(board.leaders.drop(columns=["run_id"])).to_markdown(index=False))
+    print(leaderboard.markdown_table(board.leaders))
     print(f"\nleaderboard written to {out_dir}/leaderboard.md|.csv|.html (+ PNG plots)")
 
 

@@ -234,9 +234,15 @@ def _html(board: Leaderboard, images: dict[str, bytes]) -> str:
         f"<h1>Leaderboard: {board.experiment}</h1><p>One row per model and framework: the trial with the best "
         "validation accuracy (ties: lower validation loss; mean over seeds where repeated); test metrics of that "
         "configuration, with the 95% confidence interval of test accuracy over seeds.</p>"
-        f"{_rounded(board.leaders).to_html(index=False)}{pictures}<h2>All trials</h2>"
-        f"{_rounded(board.trials).to_html(index=False)}</body></html>"
+        f"{_rounded(board.leaders).to_html(index=False, na_rep='')}{pictures}<h2>All trials</h2>"
+        f"{_rounded(board.trials).to_html(index=False, na_rep='')}</body></html>"
     )
+
+
+def markdown_table(leaders: pd.DataFrame) -> str:
+    """The leader table as Markdown; blank where a value does not apply (one seed: no interval)."""
+    table = _rounded(leaders.drop(columns=["run_id"]))
+    return table.astype(object).where(table.notna(), None).to_markdown(index=False, missingval="")
 
 
 def _markdown(board: Leaderboard, image_names: list[str]) -> str:
@@ -248,7 +254,7 @@ def _markdown(board: Leaderboard, image_names: list[str]) -> str:
         "configuration (means over its `seeds`, `test_accuracy_ci95` = half-width of the 95% confidence",
         "interval, Student's t); the test set never chooses.",
         "",
-        _rounded(board.leaders.drop(columns=["run_id"])).to_markdown(index=False),
+        markdown_table(board.leaders),
         "",
         *[f"![{name}]({name}.png)" for name in image_names],
         "",

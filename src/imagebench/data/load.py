@@ -13,6 +13,7 @@ from PIL import Image, ImageOps
 from sklearn.model_selection import train_test_split
 
 from imagebench.data.arrays import Split, TrialData
+from imagebench.data.cache import decode_cached
 from imagebench.data.folders import (
     BUILTIN_DATASETS,
     DatasetError,
@@ -119,11 +120,12 @@ def _load_builtin(params: TrialParams) -> TrialData:
     return TrialData(class_names=class_names, fingerprint=dataset_fingerprint(params.dataset), source=params.dataset, **parts)
 
 
-def _decode_split(listing: ImageList, class_names: list[str], size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def _decode_split(listing: ImageList, class_names: list[str], size: int, root: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Decode a split's files once per size (data.cache), then label them by class index."""
     index_of = {name: i for i, name in enumerate(class_names)}
-    images, kept, skipped = decode_all(listing.files, size)
-    labels = np.array([index_of[listing.labels[i]] for i in kept], dtype=np.int64)
-    return images, labels, skipped
+    decoded = decode_cached(listing.files, folder_fingerprint(listing.files, root), size, decode_all)
+    labels = np.array([index_of[listing.labels[i]] for i in decoded.kept], dtype=np.int64)
+    return decoded.images, labels, decoded.skipped
 
 
 def _load_presplit(root: Path, folders: dict[str, Path], params: TrialParams) -> TrialData:
@@ -134,7 +136,7 @@ def _load_presplit(root: Path, folders: dict[str, Path], params: TrialParams) ->
         extra = sorted(set(listing.labels) - set(class_names))
         if extra:
             raise DatasetError(f"{folders[split]}: classes {extra} are not in {folders['train']}; add them there or remove them")
-    decoded = {split: _decode_split(listing, class_names, params.image_size) for split, listing in listings.items()}
+    decoded = {split: _decode_split(listing, class_names, params.image_size, root) for split, listing in listings.items()}
     parts = {split: Split(images=d[0], labels=d[1]) for split, d in decoded.items()}
     if "val" not in parts or "test" not in parts:
         parts = _split_missing(parts, params)
@@ -163,7 +165,7 @@ def _load_class_folders(root: Path, params: TrialParams) -> TrialData:
     listing = scan_class_folders(root)
     class_names = sorted(set(listing.labels))
     _check_classes(class_names, str(root))
-    images, labels, skipped = _decode_split(listing, class_names, params.image_size)
+    images, labels, skipped = _decode_split(listing, class_names, params.image_size, root)
     kept = cap_per_class(labels, params.max_per_class, params.seed)
     splits = stratified_split(labels[kept], params.val_fraction, params.test_fraction, params.seed)
     parts = {name: _subset(images[kept], labels[kept], idx) for name, idx in splits.items()}

@@ -1,0 +1,73 @@
+"""Shared by every benchmark: repeats, the machine, versions, and the JSON record.
+
+Each benchmark measures the baseline and ours in the same run, on the same data and machine, and
+writes ``results/benchmarks/<name>.json``; ratios > 1 mean ours is better (faster).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as metadata
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+REPO = Path(__file__).resolve().parents[1]
+OUT_DIR = REPO / "results" / "benchmarks"
+
+
+def summary(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": values}
+
+
+def timed(function: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    function()
+    return time.perf_counter() - started
+
+
+def machine() -> dict:
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count()
+    return {"cores": cores, "cpu": cpu, "gpu": os.environ.get("IMAGEBENCH_BENCH_GPU", "none"), "python": platform.python_version()}
+
+
+def versions(names: list[str]) -> dict:
+    found = {}
+    for name in names:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def write_record(name: str, baseline: list[float], ours: list[float], unit: str, goal: str, higher_is_better: bool,
+                 packages: list[str], notes: str = "") -> dict:
+    base, mine = summary(baseline), summary(ours)
+    ratio = mine["median"] / base["median"] if higher_is_better else base["median"] / mine["median"]
+    record = {
+        "name": name, "baseline": base, "ours": mine, "unit": unit, "ratio": ratio, "goal": goal,
+        "machine": machine(), "versions": versions(["imagebench", "numpy", *packages]),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]), "notes": notes,
+    }  # fmt: skip
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    (OUT_DIR / f"{name}.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
+    print(f"\n{name}: baseline {base['median']:.1f} {unit} (min {base['min']:.1f}, max {base['max']:.1f}) | "
+          f"ours {mine['median']:.1f} {unit} (min {mine['min']:.1f}, max {mine['max']:.1f}) | ratio {ratio:.2f}x | goal {goal}")
+    print(f"written {OUT_DIR / (name + '.json')}")
+    return record
