@@ -166,7 +166,7 @@ def test_train_batches_are_deterministic_and_augmented_only_when_asked():
     from imagebench import augment
 
     split = Split(_pixels(10, seed=3), np.arange(10) % 3)
-    plain = keras_training.TrainBatches(split, 4, augment.preset("none"), np.random.default_rng(0))
+    plain = keras_training.TrainBatches(split, 4, augment.preset("none"), seed=0, first_epoch=1)
     assert len(plain) == 3 and len(plain[2][0]) == 2
     images, labels = plain[0]
     assert images.dtype == np.float32
@@ -174,7 +174,7 @@ def test_train_batches_are_deterministic_and_augmented_only_when_asked():
     np.testing.assert_array_equal(labels, split.labels[plain.order[:4]])
 
     def augmented():
-        return keras_training.TrainBatches(split, 4, augment.preset("seed000"), np.random.default_rng(0))
+        return keras_training.TrainBatches(split, 4, augment.preset("seed000"), seed=0, first_epoch=1)
 
     first, second = augmented(), augmented()
     for index in (1, 0, 1):  # order of access does not matter: draws are made per epoch up front
@@ -184,6 +184,10 @@ def test_train_batches_are_deterministic_and_augmented_only_when_asked():
     order_before = first.order.copy()
     first.on_epoch_end()
     assert not np.array_equal(order_before, first.order)  # reshuffled for the next epoch
+    # epoch 2's draws depend on (seed, epoch) only: a run continued at epoch 2 sees the same batches
+    continued = keras_training.TrainBatches(split, 4, augment.preset("seed000"), seed=0, first_epoch=2)
+    np.testing.assert_array_equal(continued.order, first.order)
+    np.testing.assert_array_equal(continued[0][0], first[0][0])
 
 
 # --- fit
