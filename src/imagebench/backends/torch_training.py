@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import time
+import warnings
 from typing import Any, Optional
 
 import numpy as np
@@ -117,7 +118,9 @@ def fit(
     spec = augment.preset(params.augment)
     # The train set stays a uint8 CPU tensor (no copy of the array, no GPU memory for big sets);
     # each batch is indexed (a copy: data.train is never modified), moved, then made float.
-    images = torch.as_tensor(data.train.images)
+    with warnings.catch_warnings():  # a read-only memory map from the decode cache; batches are copies
+        warnings.filterwarnings("ignore", message=".*not writable.*")
+        images = torch.as_tensor(data.train.images)
     labels = torch.as_tensor(data.train.labels, dtype=torch.long)
     while monitor.has_epochs_left(epoch_budget):
         epoch, started = monitor.next_epoch, time.perf_counter()
