@@ -34,6 +34,8 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/input_pipeline.py --framework keras
 	$(PY) benchmarks/input_pipeline.py --framework torch
+	$(PY) benchmarks/frozen_head_grid.py --framework torch
+	$(PY) benchmarks/frozen_head_grid.py --framework keras
 
 lab: $(STAMP)
 	$(PIP) install -e ".[lab]"

@@ -127,3 +127,29 @@ def check_continued_trial_equals_uninterrupted(framework: str, tmp_path: Path) -
     history = tracking.client().get_metric_history(first.run_id, "val/loss")
     assert sorted(m.step for m in history) == [1, 2, 3, 4]  # one run, each epoch once
     assert tracking.client().get_run(first.run_id).data.tags[tracking.TAG_EPOCH_BUDGET] == "4"
+
+
+def check_feature_cache_matches_uncached(framework: str, monkeypatch) -> None:
+    """Frozen backbone: the head trained on cached pooled features gives the uncached path's numbers."""
+    from imagebench import tracking
+    from imagebench.features import ENV_FEATURE_CACHE
+    from imagebench.trial import run_trial
+
+    values = tiny_values(framework=framework, model="efficientnet_b0", freeze_backbone=True, epochs=3, head_units=[64, 32],
+                         dropout=0.3, l2=0.005, optimizer="rmsprop", learning_rate=0.001, early_stopping_patience=0,
+                         experiment="features")
+    monkeypatch.setenv(ENV_FEATURE_CACHE, "off")
+    plain = run_trial(values, verbose=False)
+    monkeypatch.delenv(ENV_FEATURE_CACHE)
+    computed = run_trial(values, verbose=False)
+    cached = run_trial(values, verbose=False)
+    tags = [tracking.client().get_run(r.run_id).data.tags.get(tracking.TAG_FEATURE_CACHE) for r in (plain, computed, cached)]
+    assert tags == [None, "computed", "hit"]
+    for result in (computed, cached):
+        for ours, theirs in zip(result.history, plain.history):
+            # features computed in other batch shapes differ in the last float bits; training amplifies that a little
+            assert ours.train_loss == pytest.approx(theirs.train_loss, rel=2e-3, abs=1e-5)
+            assert ours.val_loss == pytest.approx(theirs.val_loss, rel=2e-3, abs=1e-5)
+        assert result.metrics["test/loss"] == pytest.approx(plain.metrics["test/loss"], rel=2e-3, abs=1e-5)
+        assert (result.confusion == plain.confusion).all()
+        assert result.metrics["cost/params"] == plain.metrics["cost/params"]

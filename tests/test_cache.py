@@ -31,14 +31,14 @@ def _params(root, size=32):
 def test_second_load_comes_from_the_cache_with_identical_pixels(tmp_path, private_decode_cache):
     make_tree(tmp_path / "data")
     first = load_trial_data(_params(tmp_path / "data"))
-    entries = list(private_decode_cache.iterdir())
+    entries = list((private_decode_cache / "decoded").iterdir())
     assert len(entries) == 1 and (entries[0] / "images.npy").exists()
     second = load_trial_data(_params(tmp_path / "data"))
     for split in ("train", "val", "test"):
         np.testing.assert_array_equal(getattr(first, split).images, getattr(second, split).images)
         np.testing.assert_array_equal(getattr(first, split).labels, getattr(second, split).labels)
     load_trial_data(_params(tmp_path / "data", size=48))  # another size: another entry
-    assert len(list(private_decode_cache.iterdir())) == 2
+    assert len(list((private_decode_cache / "decoded").iterdir())) == 2
 
 
 def test_decoder_runs_once_and_again_only_when_files_change(tmp_path):
@@ -59,7 +59,7 @@ def test_decoder_runs_once_and_again_only_when_files_change(tmp_path):
 def test_damaged_entry_is_detected_removed_and_rebuilt(tmp_path, private_decode_cache):
     make_tree(tmp_path / "data")
     expected = load_trial_data(_params(tmp_path / "data")).train.images
-    entry = next(private_decode_cache.iterdir())
+    entry = next((private_decode_cache / "decoded").iterdir())
     images = entry / "images.npy"
     images.write_bytes(images.read_bytes()[:-100])  # truncated, as after a full disk or a kill
     with pytest.warns(UserWarning, match="damaged"):
@@ -91,6 +91,6 @@ def test_concurrent_builders_agree_and_leave_one_complete_entry(tmp_path, privat
                                  text=True) for _ in range(4)]
     sums = {builder.communicate(timeout=300)[0].strip() for builder in builders}
     assert all(builder.returncode == 0 for builder in builders) and len(sums) == 1
-    entries = [path for path in private_decode_cache.iterdir() if not path.name.startswith(".")]
+    entries = [path for path in (private_decode_cache / "decoded").iterdir() if not path.name.startswith(".")]
     assert len(entries) == 1 and (entries[0] / "meta.json").exists()
-    assert not list(private_decode_cache.glob(".*partial"))  # no staging folder left behind
+    assert not list((private_decode_cache / "decoded").glob(".*partial"))  # no staging folder left behind

@@ -34,6 +34,7 @@ TAG_EPOCH_BUDGET = "imagebench.epoch_budget"  # epochs the trial has been traine
 TAG_OWNER = "imagebench.owner"  # host:pid of the process that drives the run (finds runs left RUNNING)
 TAG_STRATEGY = "imagebench.strategy"
 TAG_RUNG = "imagebench.rung"
+TAG_FEATURE_CACHE = "imagebench.feature_cache"  # "hit" / "computed" when the head trained on cached features
 TAG_CONFIG = "imagebench.config"  # fingerprint without the seed: repeats of one configuration share it
 TAG_PARENT = "mlflow.parentRunId"
 TAG_RUN_NAME = "mlflow.runName"

@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from imagebench import plots, tracking
+from imagebench import features, plots, tracking
 from imagebench.backends import get_backend
 from imagebench.data.arrays import TrialData
 from imagebench.data.load import load_trial_data
@@ -176,8 +176,16 @@ def _train_and_test(run_id: str, params: TrialParams, verbose: bool,
     if verbose:
         print(f"{params.framework}/{params.model}: {total_params:,} params ({trainable_params:,} trainable); data {data.split_sizes()}")
     monitor = EpochMonitor(params, on_epoch=_epoch_reporter(run_id, params, verbose))
-    train_seconds = _fit(backend, model, params, data, monitor, epoch_budget, checkpoint)
-    probabilities = backend.predict_proba(model, data.test.images, PREDICT_BATCH)  # val-best weights, restored by fit
+    fit_model, fit_data = model, data
+    if features.applies(params):  # frozen backbone: train the head on cached pooled features
+        fit_data, hit = features.feature_data(backend, model, params, data)
+        fit_model = backend.head_model(model)
+        tracking.set_tags(run_id, {tracking.TAG_FEATURE_CACHE: "hit" if hit else "computed"})
+        if verbose:
+            print(f"frozen backbone: head trained on {'cached' if hit else 'newly computed'} pooled features")
+    train_seconds = _fit(backend, fit_model, params, fit_data, monitor, epoch_budget, checkpoint)
+    # val-best weights, restored by fit; on cached features when the backbone is frozen (the same numbers)
+    probabilities = backend.predict_proba(fit_model, fit_data.test.images, PREDICT_BATCH)
     evaluation = evaluate(probabilities, data.test.labels, data.class_names)
     metrics = {
         **evaluation.metrics,

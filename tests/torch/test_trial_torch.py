@@ -1,7 +1,12 @@
 """One in-process torch trial on tiny data writes the documented MLflow record."""
 
 import pytest
-from conftest import check_continued_trial_equals_uninterrupted, check_failing_trial_recorded, check_in_process_trial
+from conftest import (
+    check_continued_trial_equals_uninterrupted,
+    check_failing_trial_recorded,
+    check_feature_cache_matches_uncached,
+    check_in_process_trial,
+)
 
 pytestmark = pytest.mark.torch
 
@@ -16,3 +21,7 @@ def test_failing_trial_is_recorded_failed_with_the_reason(project, tmp_path):
 
 def test_continued_trial_equals_uninterrupted(project, tmp_path):
     check_continued_trial_equals_uninterrupted("torch", tmp_path)
+
+
+def test_feature_cache_matches_the_uncached_path(project, monkeypatch):
+    check_feature_cache_matches_uncached("torch", monkeypatch)

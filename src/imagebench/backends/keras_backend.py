@@ -17,7 +17,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from imagebench.backends.keras_models import build_model  # noqa: E402
+from imagebench.backends.keras_models import build_model, head_model, pooled_features  # noqa: E402
 from imagebench.backends.keras_training import compile_model, fit, inference_fn, make_optimizer, predict_proba  # noqa: E402
 from imagebench.params import TrialParams  # noqa: E402
 from imagebench.resources import requested_threads  # noqa: E402
@@ -71,8 +71,10 @@ __all__ = [
     "configure",
     "count_params",
     "fit",
+    "head_model",
     "latency_ms",
     "make_optimizer",
+    "pooled_features",
     "predict_proba",
     "preprocess_output",
 ]

@@ -182,3 +182,35 @@ def build_model(params: TrialParams, num_classes: int) -> keras.Model:
         x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
     outputs = _head(x, params, num_classes)
     return keras.Model(inputs, outputs, name=f"{params.model}_keras")
+
+
+def _pooling_layer(model: keras.Model) -> layers.Layer:
+    return next(layer for layer in model.layers if layer.name in ("avg_pool", "flatten"))
+
+
+def head_model(model: keras.Model) -> keras.Model:
+    """The layers after pooling as a model of their own, fed pooled features (the feature cache).
+
+    It reuses the very same layer objects, so training it trains the full model's head.
+    """
+    pooling = _pooling_layer(model)
+    after = model.layers[model.layers.index(pooling) + 1 :]
+    features = keras.Input(tuple(pooling.output.shape[1:]), dtype="float32", name="features")
+    x = features
+    for layer in after:  # Dense / Dropout ... classifier: a plain chain after pooling
+        x = layer(x)
+    return keras.Model(features, x, name=f"{model.name}_head")
+
+
+def pooled_features(model: keras.Model, images, batch_size: int = 256):
+    """The frozen backbone's pooled features of uint8 pixels (N, H, W, 3), as float32 (N, D)."""
+    import numpy as np
+    import tensorflow as tf
+
+    extractor = keras.Model(model.inputs, _pooling_layer(model).output)
+    forward = tf.function(lambda pixels: extractor(pixels, training=False), reduce_retracing=True, autograph=False)
+    chunks = [
+        forward(tf.convert_to_tensor(np.asarray(images[start : start + batch_size]), tf.float32)).numpy()
+        for start in range(0, len(images), batch_size)
+    ]
+    return np.concatenate(chunks).astype(np.float32)

@@ -14,7 +14,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from imagebench.backends.torch_models import ImageClassifier, build_model, l2_penalty, regularized_weights
+from imagebench.backends.torch_models import (
+    ImageClassifier,
+    build_model,
+    head_model,
+    l2_penalty,
+    pooled_features,
+    regularized_weights,
+)
 from imagebench.backends.torch_training import augment_batch, device_for, fit, make_optimizer, predict_proba, warp
 from imagebench.params import TrialParams
 from imagebench.resources import requested_threads
@@ -27,6 +34,8 @@ __all__ = [
     "count_params",
     "device_for",
     "fit",
+    "head_model",
+    "pooled_features",
     "l2_penalty",
     "latency_ms",
     "make_optimizer",

@@ -213,6 +213,42 @@ def build_model(params: TrialParams, num_classes: int) -> ImageClassifier:
     return ImageClassifier(params, num_classes)
 
 
+class HeadOnly(nn.Module):
+    """The head and classifier of an ImageClassifier, fed pooled features (the feature cache).
+
+    It holds the very same modules, so training it trains the full model's head.
+    """
+
+    def __init__(self, model: ImageClassifier):
+        super().__init__()
+        self.head, self.classifier = model.head, model.classifier
+
+    def own_parts(self) -> list[nn.Module]:
+        return [self.head, self.classifier]  # the same kernels the full model regularises (its
+        # attention is Identity and its backbone frozen whenever the feature cache applies)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.head(features))
+
+
+def head_model(model: ImageClassifier) -> HeadOnly:
+    return HeadOnly(model)
+
+
+def pooled_features(model: ImageClassifier, images, batch_size: int = 256):
+    """The frozen backbone's pooled features of uint8 pixels (N, H, W, 3), as float32 (N, D)."""
+    import numpy as np
+
+    device = next(model.parameters()).device
+    model.eval()
+    chunks = []
+    with torch.inference_mode():
+        for start in range(0, len(images), batch_size):
+            pixels = torch.as_tensor(np.asarray(images[start : start + batch_size]), device=device).float()
+            chunks.append(model.pool(model.attention(model.features(model.preprocess(pixels)))).float().cpu().numpy())
+    return np.concatenate(chunks).astype(np.float32)
+
+
 def regularized_weights(model: ImageClassifier) -> list[torch.Tensor]:
     """Kernels of our Conv2d/Linear layers: what Keras' kernel_regularizer covers (no biases)."""
     return [

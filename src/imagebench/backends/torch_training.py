@@ -69,7 +69,7 @@ def predict_proba(model: nn.Module, images: np.ndarray, batch_size: int = 256) -
     chunks = []
     with torch.inference_mode():
         for start in range(0, len(images), batch_size):
-            batch = torch.as_tensor(images[start : start + batch_size], device=device)
+            batch = torch.from_numpy(np.array(images[start : start + batch_size])).to(device)  # a copy: caches are read-only
             chunks.append(torch.softmax(model(batch).float(), dim=1).cpu().numpy())
     return np.concatenate(chunks) if chunks else np.zeros((0, model.classifier.out_features), np.float32)
 

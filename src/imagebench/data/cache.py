@@ -40,15 +40,16 @@ class DecodedImages:
 Decoder = Callable[[list[Path], int], tuple[np.ndarray, list[int], list[str]]]
 
 
-def cache_root() -> Optional[Path]:
+def cache_root(kind: str = "decoded") -> Optional[Path]:
+    """Where entries of ``kind`` ("decoded", "features") live; None when caching is off."""
     setting = os.environ.get(ENV_CACHE, "").strip()
     if setting.lower() == "off":
         return None
     if setting:
-        return Path(setting).expanduser()
+        return Path(setting).expanduser() / kind
     from imagebench.tracking import project_root
 
-    return project_root() / ".cache" / "decoded"
+    return project_root() / ".cache" / kind
 
 
 def entry_key(fingerprint: str, size: int) -> str:
@@ -67,34 +68,34 @@ def _expected_bytes(path: Path) -> Optional[int]:
         return None
 
 
-def _read_entry(folder: Path, files: int, size: int) -> Optional[DecodedImages]:
-    meta_path, images_path = folder / "meta.json", folder / "images.npy"
+def read_arrays(folder: Path, names: tuple[str, ...], expected: dict) -> Optional[tuple[dict[str, np.ndarray], dict]]:
+    """The arrays of a complete, undamaged entry whose meta.json holds ``expected``; else None (a
+    damaged entry is removed so that it is rebuilt)."""
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        valid = (
-            meta.get("version") == CACHE_VERSION and meta.get("files") == files
-            and _expected_bytes(images_path) == images_path.stat().st_size
-        )  # fmt: skip
+        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+        paths = {name: folder / f"{name}.npy" for name in names}
+        valid = all(meta.get(key) == value for key, value in expected.items()) and all(
+            _expected_bytes(path) == path.stat().st_size for path in paths.values()
+        )
         if valid:
-            images = np.load(images_path, mmap_mode="r")
-            if images.shape == (len(meta["kept"]), size, size, 3) and images.dtype == np.uint8:
-                return DecodedImages(images, meta["kept"], meta["skipped"], from_cache=True)
+            return {name: np.load(path, mmap_mode="r") for name, path in paths.items()}, meta
     except (OSError, ValueError, KeyError):
         pass
     if folder.exists():
-        warnings.warn(f"decode cache entry {folder} is incomplete or damaged; decoding again", stacklevel=3)
+        warnings.warn(f"cache entry {folder} is incomplete or damaged; computing it again", stacklevel=3)
         shutil.rmtree(folder, ignore_errors=True)
     return None
 
 
-def _write_entry(folder: Path, decoded: DecodedImages, files: int) -> None:
+def write_arrays(folder: Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
+    """Stage the entry privately, meta.json last, then rename it into place (first writer wins)."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = folder.parent / f".{folder.name}.{os.getpid()}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
-        np.save(staging / "images.npy", np.ascontiguousarray(decoded.images, dtype=np.uint8))
-        meta = {"version": CACHE_VERSION, "files": files, "kept": decoded.kept, "skipped": decoded.skipped}
+        for name, array in arrays.items():
+            np.save(staging / f"{name}.npy", np.ascontiguousarray(array))
         (staging / "meta.json").write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
         os.rename(staging, folder)
     except OSError:
@@ -103,6 +104,34 @@ def _write_entry(folder: Path, decoded: DecodedImages, files: int) -> None:
         shutil.rmtree(staging, ignore_errors=True)
         if not folder.exists():
             raise
+
+
+def cached_arrays(folder: Path, names: tuple[str, ...], meta: dict, compute: Callable[[], dict[str, np.ndarray]]):
+    """``compute()``'s arrays and whether they were already cached: read from ``folder`` when a valid
+    entry exists there, else computed, stored, and read back memory-mapped."""
+    found = read_arrays(folder, names, meta)
+    if found is not None:
+        return found[0], True
+    arrays = compute()
+    try:
+        write_arrays(folder, arrays, meta)
+    except OSError as exc:
+        warnings.warn(f"could not write the cache entry {folder} ({exc}); continuing without it", stacklevel=2)
+        return arrays, False
+    found = read_arrays(folder, names, meta)
+    return (found[0] if found is not None else arrays), False
+
+
+def _read_entry(folder: Path, files: int, size: int) -> Optional[DecodedImages]:
+    found = read_arrays(folder, ("images",), {"version": CACHE_VERSION, "files": files})
+    if found is None:
+        return None
+    arrays, meta = found
+    images = arrays["images"]
+    if images.shape != (len(meta["kept"]), size, size, 3) or images.dtype != np.uint8:
+        shutil.rmtree(folder, ignore_errors=True)
+        return None
+    return DecodedImages(images, meta["kept"], meta["skipped"], from_cache=True)
 
 
 def decode_cached(files: list[Path], fingerprint: str, size: int, decode: Decoder) -> DecodedImages:
@@ -115,8 +144,9 @@ def decode_cached(files: list[Path], fingerprint: str, size: int, decode: Decode
     if cached is not None:
         return cached
     decoded = DecodedImages(*decode(files, size))
+    meta = {"version": CACHE_VERSION, "files": len(files), "kept": decoded.kept, "skipped": decoded.skipped}
     try:
-        _write_entry(folder, decoded, len(files))
+        write_arrays(folder, {"images": decoded.images.astype(np.uint8, copy=False)}, meta)
     except OSError as exc:
         warnings.warn(f"could not write the decode cache at {folder} ({exc}); continuing without it", stacklevel=2)
         return decoded
