@@ -57,13 +57,13 @@ def versions(names: list[str]) -> dict:
 
 
 def write_record(name: str, baseline: list[float], ours: list[float], unit: str, goal: str, higher_is_better: bool,
-                 packages: list[str], notes: str = "") -> dict:
+                 packages: list[str], notes: str = "", extra: dict | None = None) -> dict:
     base, mine = summary(baseline), summary(ours)
     ratio = mine["median"] / base["median"] if higher_is_better else base["median"] / mine["median"]
     record = {
         "name": name, "baseline": base, "ours": mine, "unit": unit, "ratio": ratio, "goal": goal,
         "machine": machine(), "versions": versions(["imagebench", "numpy", *packages]),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]), "notes": notes,
+        "command": " ".join([Path(sys.executable).name, *sys.argv]), "notes": notes, **(extra or {}),
     }  # fmt: skip
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     (OUT_DIR / f"{name}.json").write_text(json.dumps(record, indent=2), encoding="utf-8")

@@ -153,3 +153,25 @@ def check_feature_cache_matches_uncached(framework: str, monkeypatch) -> None:
         assert result.metrics["test/loss"] == pytest.approx(plain.metrics["test/loss"], rel=2e-3, abs=1e-5)
         assert (result.confusion == plain.confusion).all()
         assert result.metrics["cost/params"] == plain.metrics["cost/params"]
+
+
+def check_speed_switches_train(framework: str) -> None:
+    """mixed_precision + channels_last + compile (GPU switches) still train a model end to end on a
+    CPU: finite losses, the whole record, and the same trial with the switches off is unaffected."""
+    import math
+
+    from imagebench import tracking
+    from imagebench.trial import run_trial
+
+    switches = dict(mixed_precision=True, channels_last=True, compile=True)
+    fast = run_trial(tiny_values(framework=framework, model="cnn", epochs=2, experiment="switches", **switches), verbose=False)
+    plain = run_trial(tiny_values(framework=framework, model="cnn", epochs=2, experiment="switches"), verbose=False)
+    for result in (fast, plain):
+        assert all(math.isfinite(record.train_loss) and math.isfinite(record.val_loss) for record in result.history)
+        assert_documented_record(result.run_id, num_classes=10)
+    logged = tracking.client().get_run(fast.run_id).data.params
+    assert (logged["mixed_precision"], logged["channels_last"], logged["compile"]) == ("True", "True", "True")
+    # reduced precision changes the numbers, so the two runs are not equal; the float32 run must be
+    # the default trial's exact numbers (a global policy left behind by the first would change them)
+    again = run_trial(tiny_values(framework=framework, model="cnn", epochs=2, experiment="switches"), verbose=False)
+    assert [r.train_loss for r in again.history] == [r.train_loss for r in plain.history]

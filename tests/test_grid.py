@@ -115,3 +115,15 @@ def test_config_fingerprint_ignores_the_seed_only(tmp_path):
     assert trial_fingerprint(base, "d") != trial_fingerprint(other_seed, "d")
     assert config_fingerprint(base, "d") != config_fingerprint(other_rate, "d")
     assert config_fingerprint(base, "d") != config_fingerprint(base, "other data")
+
+
+def test_speed_switches_at_their_defaults_keep_recorded_fingerprints():
+    from imagebench.fingerprint import trial_fingerprint
+    from imagebench.params import make_params
+
+    # values recorded before the switches existed: finished trials must not re-run after an upgrade
+    assert trial_fingerprint(make_params(), "d") == "3128bcfd51df2ba5"
+    torch_trial = make_params(framework="torch", model="resnet50", learning_rate=0.007)
+    assert trial_fingerprint(torch_trial, "d") == "fb3a759b49c84d3a"
+    for switch in ("mixed_precision", "channels_last", "compile"):
+        assert trial_fingerprint(make_params(**{switch: True}), "d") != "3128bcfd51df2ba5", switch

@@ -109,7 +109,10 @@ def explore() -> nbformat.NotebookNode:
 
 def main() -> None:
     for name, build in {"train": train, "leaderboard": leaderboard, "explore": explore}.items():
-        nbformat.write(build(), NOTEBOOKS / f"{name}.ipynb")
+        notebook = build()
+        for index, cell in enumerate(notebook.cells):
+            cell.id = f"{name}-{index}"  # stable ids: regenerating changes only what changed
+        nbformat.write(notebook, NOTEBOOKS / f"{name}.ipynb")
 
 
 if __name__ == "__main__":

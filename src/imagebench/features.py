@@ -26,7 +26,7 @@ from imagebench.models.registry import model_spec
 from imagebench.params import TrialParams
 
 ENV_FEATURE_CACHE = "IMAGEBENCH_FEATURE_CACHE"
-FEATURE_VERSION = 1
+FEATURE_VERSION = 2  # 2: meta.json holds the backbone's latency
 SPLITS = ("train", "val", "test")
 # what the pooled features depend on, besides the data's fingerprint
 FEATURE_IDENTITY = ("framework", "model", "weights", "image_size", "pooling", "dataset", "val_fraction",
@@ -58,20 +58,30 @@ def feature_key(params: TrialParams, data_fingerprint: str) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
 
-def feature_data(backend, model, params: TrialParams, data: TrialData) -> tuple[TrialData, bool]:
+@dataclasses.dataclass(frozen=True)
+class Features:
+    data: TrialData  # each split's images replaced by pooled features (N, D)
+    hit: bool  # whether they came from the cache
+    backbone_latency_ms: float  # one image through the backbone, measured when the features were computed
+
+
+def feature_data(backend, model, params: TrialParams, data: TrialData) -> Features:
     """``data`` with each split's images replaced by the model's pooled backbone features.
 
-    Returns (feature data, whether they came from the cache).
+    The backbone's latency is measured once with the features and kept with them: a cached
+    trial then times only its own head, instead of running the whole frozen network again.
     """
 
     def compute():
-        return {split: backend.pooled_features(model, getattr(data, split).images) for split in SPLITS}
+        arrays = {split: backend.pooled_features(model, getattr(data, split).images) for split in SPLITS}
+        latency = backend.latency_ms(backend.backbone_model(model), data.test.images[:1])
+        return arrays, {"backbone_latency_ms": latency}
 
     root = cache_root("features")
     if root is None:
-        arrays, hit = compute(), False
+        (arrays, notes), hit = compute(), False
     else:
         meta = {"version": FEATURE_VERSION, "sizes": [len(getattr(data, split)) for split in SPLITS]}
-        arrays, hit = cached_arrays(root / feature_key(params, data.fingerprint), SPLITS, meta, compute)
+        arrays, notes, hit = cached_arrays(root / feature_key(params, data.fingerprint), SPLITS, meta, compute)
     replaced = {split: Split(images=arrays[split], labels=getattr(data, split).labels) for split in SPLITS}
-    return dataclasses.replace(data, **replaced), hit
+    return Features(dataclasses.replace(data, **replaced), hit, float(notes["backbone_latency_ms"]))

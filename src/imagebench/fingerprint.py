@@ -16,10 +16,16 @@ from imagebench.params import TrialParams
 
 # The experiment names where a trial is filed, not what it is.
 NOT_IDENTITY = ("experiment",)
+# Switches added after sweeps were recorded: left out while at their default, so finished trials
+# keep their fingerprints (and are not re-run) when a release adds a switch; set, they count.
+OMITTED_AT_DEFAULT = ("mixed_precision", "channels_last", "compile")
 
 
 def _canonical(params: TrialParams, ignore: tuple[str, ...] = ()) -> dict[str, Any]:
     values = {key: value for key, value in params.tracked().items() if key not in NOT_IDENTITY + ignore}
+    for key in OMITTED_AT_DEFAULT:
+        if values[key] == TrialParams.model_fields[key].default:
+            del values[key]
     if values["dataset"] not in BUILTIN_DATASETS and Path(values["dataset"]).expanduser().exists():
         values["dataset"] = str(Path(values["dataset"]).expanduser().resolve())
     return values

@@ -68,6 +68,10 @@ class TrialParams(BaseModel):
     lr_step_epochs: int = Field(7, ge=1)
     lr_plateau_patience: int = Field(5, ge=1)
     seed: int = Field(42, ge=0)
+    # --- execution switches for GPUs: off by default (a CPU gains nothing from them, see README)
+    mixed_precision: bool = Field(False, description="float16 compute with float32 weights on a GPU (bfloat16 on a CPU)")
+    channels_last: bool = Field(False, description="torch: NHWC memory format for convolutions; Keras is NHWC already")
+    compile: bool = Field(False, description="torch.compile the model / Keras XLA (jit_compile)")
 
     @field_validator("head_units", mode="before")
     @classmethod

@@ -289,3 +289,24 @@ def test_backbone_batchnorm_momentum_matches_torch_convention():
     model = kb.build_model(make_params(model="resnet50", image_size=32), 3)
     norms = [layer for layer in model.get_layer("backbone").layers if isinstance(layer, keras.layers.BatchNormalization)]
     assert norms and all(layer.momentum == pytest.approx(1 - BATCHNORM_UPDATE_FRACTION) for layer in norms)
+
+
+def test_mixed_precision_policy_is_set_per_trial_and_keeps_a_float32_softmax():
+    mixed = _params(mixed_precision=True)
+    kb.configure(mixed)
+    model = kb.build_model(mixed, 10)
+    dense = model.get_layer("conv1")
+    assert dense.compute_dtype == "bfloat16"  # no GPU here: bfloat16; a GPU gets float16
+    assert model.get_layer("classifier").compute_dtype == "float32"
+    assert model(_pixels(2)).dtype == "float32"
+    kb.configure(_params())  # the next trial in this process is float32 again
+    assert kb.build_model(_params(), 10).get_layer("classifier").compute_dtype == "float32"
+    assert keras.mixed_precision.global_policy().name == "float32"
+
+
+def test_compile_switch_turns_on_xla():
+    from imagebench.backends.keras_training import compile_model
+
+    model = kb.build_model(_params(compile=True), 10)
+    compile_model(model, _params(compile=True))
+    assert model.jit_compile is True

@@ -332,3 +332,18 @@ def test_backbone_batchnorm_momentum_is_the_registry_value():
     model = tb.build_model(make_params(framework="torch", model="efficientnet_b0", image_size=32), 3)
     norms = [m for m in model.backbone.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     assert norms and all(m.momentum == BATCHNORM_UPDATE_FRACTION for m in norms)
+
+
+def test_speed_switches_shape_the_training_step():
+    from imagebench.backends.torch_training import TrainStep, make_optimizer
+
+    params = _params(mixed_precision=True, channels_last=True, compile=True)
+    model = _model(mixed_precision=True, channels_last=True, compile=True)
+    step = TrainStep(model, make_optimizer(params, model), params, torch.device("cpu"))
+    assert step.autocast_dtype == torch.bfloat16  # CPU: bfloat16; CUDA would get float16 + a GradScaler
+    assert not step.scaler.is_enabled()
+    assert isinstance(step.forward, torch._dynamo.eval_frame.OptimizedModule)
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    plain = TrainStep(_model(), make_optimizer(_params(), _model()), _params(), torch.device("cpu"))
+    assert plain.autocast_dtype is None and plain.forward is plain.model

@@ -6,6 +6,7 @@ from conftest import (
     check_failing_trial_recorded,
     check_feature_cache_matches_uncached,
     check_in_process_trial,
+    check_speed_switches_train,
 )
 
 pytestmark = pytest.mark.torch
@@ -25,3 +26,7 @@ def test_continued_trial_equals_uninterrupted(project, tmp_path):
 
 def test_feature_cache_matches_the_uncached_path(project, monkeypatch):
     check_feature_cache_matches_uncached("torch", monkeypatch)
+
+
+def test_gpu_speed_switches_train_on_cpu(project):
+    check_speed_switches_train("torch")

@@ -17,7 +17,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from imagebench.backends.keras_models import build_model, head_model, pooled_features  # noqa: E402
+from imagebench.backends.keras_models import backbone_model, build_model, head_model, pooled_features  # noqa: E402
 from imagebench.backends.keras_training import compile_model, fit, inference_fn, make_optimizer, predict_proba  # noqa: E402
 from imagebench.params import TrialParams  # noqa: E402
 from imagebench.resources import requested_threads  # noqa: E402
@@ -28,8 +28,10 @@ LATENCY_RUNS = 20
 
 
 def configure(params: TrialParams) -> None:
-    """Seed Python, NumPy and TensorFlow from params.seed (Keras draws initialisers and dropout from it)."""
+    """Seed Python, NumPy and TensorFlow from params.seed (Keras draws initialisers and dropout from
+    it) and set the dtype policy layers are built with (global in Keras, so set for every trial)."""
     keras.utils.set_random_seed(params.seed)
+    keras.mixed_precision.set_global_policy(_dtype_policy(params))
     threads = requested_threads()
     if threads:
         try:
@@ -37,6 +39,13 @@ def configure(params: TrialParams) -> None:
             tf.config.threading.set_inter_op_parallelism_threads(1)
         except RuntimeError:
             pass  # TF already started its pools in this process; TF_NUM_INTRAOP_THREADS set them
+
+
+def _dtype_policy(params: TrialParams) -> str:
+    if not params.mixed_precision:
+        return "float32"
+    # float16 is what GPU tensor cores run; CPUs have bfloat16 units at best (same range as float32)
+    return "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
 
 
 def count_params(model: keras.Model) -> tuple[int, int]:
@@ -66,6 +75,7 @@ def preprocess_output(model: keras.Model, images: np.ndarray) -> np.ndarray:
 
 __all__ = [
     "FRAMEWORK",
+    "backbone_model",
     "build_model",
     "compile_model",
     "configure",

@@ -163,7 +163,8 @@ def _head(x, params: TrialParams, num_classes: int):
         name = f"head_dense{index}"
         x = layers.Dense(units, activation=params.activation, kernel_regularizer=_l2(params.l2), name=name)(x)
         x = layers.Dropout(params.dropout, name=f"head_dropout{index}")(x)
-    return layers.Dense(num_classes, activation="softmax", kernel_regularizer=_l2(params.l2), name="classifier")(x)
+    # float32 even under a mixed-precision policy: a float16 softmax underflows and its loss is unstable
+    return layers.Dense(num_classes, activation="softmax", kernel_regularizer=_l2(params.l2), dtype="float32", name="classifier")(x)
 
 
 def build_model(params: TrialParams, num_classes: int) -> keras.Model:
@@ -202,12 +203,17 @@ def head_model(model: keras.Model) -> keras.Model:
     return keras.Model(features, x, name=f"{model.name}_head")
 
 
+def backbone_model(model: keras.Model) -> keras.Model:
+    """Pixels -> pooled features: the layers up to pooling, as a model of their own (the feature cache)."""
+    return keras.Model(model.inputs, _pooling_layer(model).output, name=f"{model.name}_backbone")
+
+
 def pooled_features(model: keras.Model, images, batch_size: int = 256):
     """The frozen backbone's pooled features of uint8 pixels (N, H, W, 3), as float32 (N, D)."""
     import numpy as np
     import tensorflow as tf
 
-    extractor = keras.Model(model.inputs, _pooling_layer(model).output)
+    extractor = backbone_model(model)
     forward = tf.function(lambda pixels: extractor(pixels, training=False), reduce_retracing=True, autograph=False)
     chunks = [
         forward(tf.convert_to_tensor(np.asarray(images[start : start + batch_size]), tf.float32)).numpy()

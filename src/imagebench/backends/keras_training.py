@@ -39,6 +39,7 @@ def compile_model(model: keras.Model, params: TrialParams) -> None:
         optimizer=make_optimizer(params),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=False),
         metrics=["accuracy"],
+        jit_compile=params.compile,  # XLA; under mixed precision Keras scales the loss itself
     )
 
 

@@ -16,6 +16,7 @@ from torch import nn
 
 from imagebench.backends.torch_models import (
     ImageClassifier,
+    backbone_model,
     build_model,
     head_model,
     l2_penalty,
@@ -29,6 +30,7 @@ from imagebench.resources import requested_threads
 __all__ = [
     "ImageClassifier",
     "augment_batch",
+    "backbone_model",
     "build_model",
     "configure",
     "count_params",

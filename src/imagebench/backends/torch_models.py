@@ -192,9 +192,12 @@ class ImageClassifier(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x) if self.body is not None else self.backbone.forward_features(x)
 
+    def pooled(self, pixels: torch.Tensor) -> torch.Tensor:
+        """What the head receives: the pooled (attended) features of the pixels."""
+        return self.pool(self.attention(self.features(self.preprocess(pixels))))
+
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        x = self.attention(self.features(self.preprocess(pixels)))
-        return self.classifier(self.head(self.pool(x)))
+        return self.classifier(self.head(self.pooled(pixels)))
 
 
 def _attention(kind: str, channels: int) -> nn.Module:
@@ -235,17 +238,34 @@ def head_model(model: ImageClassifier) -> HeadOnly:
     return HeadOnly(model)
 
 
+class BackboneOnly(nn.Module):
+    """Pixels -> pooled features: the part of an ImageClassifier before the head (the feature cache)."""
+
+    def __init__(self, model: ImageClassifier):
+        super().__init__()
+        before_head = (model.preprocess, model.body, model.backbone, model.attention, model.pool)
+        self.parts = nn.ModuleList([part for part in before_head if part is not None])  # shared, not copied
+        self._pooled = model.pooled  # the classifier's own code path
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self._pooled(pixels)
+
+
+def backbone_model(model: ImageClassifier) -> BackboneOnly:
+    return BackboneOnly(model)
+
+
 def pooled_features(model: ImageClassifier, images, batch_size: int = 256):
     """The frozen backbone's pooled features of uint8 pixels (N, H, W, 3), as float32 (N, D)."""
     import numpy as np
 
     device = next(model.parameters()).device
-    model.eval()
+    backbone = backbone_model(model).eval()
     chunks = []
     with torch.inference_mode():
         for start in range(0, len(images), batch_size):
             pixels = torch.as_tensor(np.asarray(images[start : start + batch_size]), device=device).float()
-            chunks.append(model.pool(model.attention(model.features(model.preprocess(pixels)))).float().cpu().numpy())
+            chunks.append(backbone(pixels).float().cpu().numpy())
     return np.concatenate(chunks).astype(np.float32)
 
 

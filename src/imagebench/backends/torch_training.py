@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 import warnings
@@ -74,27 +75,60 @@ def predict_proba(model: nn.Module, images: np.ndarray, batch_size: int = 256) -
     return np.concatenate(chunks) if chunks else np.zeros((0, model.classifier.out_features), np.float32)
 
 
-def _train_epoch(model, optimizer, params, images, labels, order, spec, rng) -> tuple[float, float]:
+class TrainStep:
+    """The GPU switches of ``params`` applied to one training step (all off by default).
+
+    - ``mixed_precision``: autocast to float16 on CUDA (with a GradScaler against underflow) or
+      bfloat16 on a CPU; weights, optimizer state and the evaluation stay float32.
+    - ``channels_last``: NHWC memory format for the convolutions (tensor cores prefer it).
+    - ``compile``: ``torch.compile`` of the model for the step; the eager module shares its
+      parameters, so evaluation, checkpoints and the feature cache see the same weights.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, params: TrialParams, device: torch.device):
+        if params.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.model, self.optimizer, self.l2 = model, optimizer, params.l2
+        self.forward = torch.compile(model) if params.compile else model
+        self.autocast_dtype = (torch.float16 if device.type == "cuda" else torch.bfloat16) if params.mixed_precision else None
+        self.device_type = device.type
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.autocast_dtype == torch.float16)
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.autocast_dtype)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step on (x, y); returns the detached loss and logits."""
+        with self._autocast():
+            logits = self.forward(x)
+            # Keras reports the loss with the regulariser in it; so do we.
+            loss = F.cross_entropy(logits.float(), y) + l2_penalty(self.model, self.l2)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss.detach(), logits.detach()
+
+
+def _train_epoch(step: TrainStep, params, images, labels, order, spec, rng) -> tuple[float, float]:
     """One pass over the shuffled train set; returns sample-weighted mean loss and accuracy."""
-    model.train()  # predict_proba left it in eval mode; frozen BN stays eval (ImageClassifier.train)
-    device = next(model.parameters()).device
-    total_loss, correct, seen = 0.0, 0, 0
+    step.model.train()  # predict_proba left it in eval mode; frozen BN stays eval (ImageClassifier.train)
+    device = next(step.model.parameters()).device
+    # Sums stay on the device: reading them back once per epoch, not per batch, keeps a GPU busy.
+    total_loss, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long), 0
     for index in batch_slices(order, params.batch_size):
         key = torch.as_tensor(index)
-        x = images[key].to(device).float()
-        y = labels[key].to(device)
+        x = images[key].to(device, non_blocking=True).float()
+        y = labels[key].to(device, non_blocking=True)
         if not spec.is_identity:
             x = augment_batch(x, spec, rng)
-        logits = model(x)
-        # Keras reports the loss with the regulariser in it; so do we.
-        loss = F.cross_entropy(logits, y) + l2_penalty(model, params.l2)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        total_loss += loss.item() * len(index)
-        correct += (logits.argmax(dim=1) == y).sum().item()
+        loss, logits = step(x, y)
+        total_loss += loss * len(index)
+        correct += (logits.argmax(dim=1) == y).sum()
         seen += len(index)
-    return total_loss / seen, correct / seen
+    return total_loss.item() / seen, correct.item() / seen
 
 
 def fit(
@@ -115,6 +149,9 @@ def fit(
         optimizer.load_state_dict(resume["optimizer"])
         best_state = resume["best_weights"]
         torch.set_rng_state(resume["torch_rng"])  # dropout continues its stream
+    step = TrainStep(model, optimizer, params, device)
+    if resume is not None and resume.get("scaler"):
+        step.scaler.load_state_dict(resume["scaler"])
     spec = augment.preset(params.augment)
     # The train set stays a uint8 CPU tensor (no copy of the array, no GPU memory for big sets);
     # each batch is indexed (a copy: data.train is never modified), moved, then made float.
@@ -129,7 +166,7 @@ def fit(
             group["lr"] = lr
         rng = epoch_rng(params.seed, epoch)
         order = rng.permutation(len(data.train))
-        train_loss, train_accuracy = _train_epoch(model, optimizer, params, images, labels, order, spec, rng)
+        train_loss, train_accuracy = _train_epoch(step, params, images, labels, order, spec, rng)
         val_loss, val_accuracy = _validate(model, data.val)
         record = EpochRecord(epoch, train_loss, train_accuracy, val_loss, val_accuracy, lr, time.perf_counter() - started)
         if monitor.end_epoch(record):
@@ -139,6 +176,7 @@ def fit(
         "best_weights": best_state,
         "optimizer": copy.deepcopy(optimizer.state_dict()),
         "torch_rng": torch.get_rng_state(),
+        "scaler": step.scaler.state_dict(),
     }
     model.load_state_dict(best_state)  # test numbers come from the val-best weights
     return state

@@ -106,20 +106,25 @@ def write_arrays(folder: Path, arrays: dict[str, np.ndarray], meta: dict) -> Non
             raise
 
 
-def cached_arrays(folder: Path, names: tuple[str, ...], meta: dict, compute: Callable[[], dict[str, np.ndarray]]):
-    """``compute()``'s arrays and whether they were already cached: read from ``folder`` when a valid
-    entry exists there, else computed, stored, and read back memory-mapped."""
+def cached_arrays(folder: Path, names: tuple[str, ...], meta: dict, compute: Callable[[], tuple[dict[str, np.ndarray], dict]]):
+    """``compute()``'s arrays and notes, and whether they were already cached.
+
+    ``compute`` returns (arrays, notes): notes are small JSON values measured with the arrays
+    (e.g. a latency), stored in meta.json beside ``meta``. Read from ``folder`` when a valid entry
+    exists there, else computed, stored, and read back memory-mapped.
+    """
     found = read_arrays(folder, names, meta)
     if found is not None:
-        return found[0], True
-    arrays = compute()
+        return found[0], found[1], True
+    arrays, notes = compute()
+    stored_meta = {**notes, **meta}
     try:
-        write_arrays(folder, arrays, meta)
+        write_arrays(folder, arrays, stored_meta)
     except OSError as exc:
         warnings.warn(f"could not write the cache entry {folder} ({exc}); continuing without it", stacklevel=2)
-        return arrays, False
+        return arrays, stored_meta, False
     found = read_arrays(folder, names, meta)
-    return (found[0] if found is not None else arrays), False
+    return (found[0], found[1], False) if found is not None else (arrays, stored_meta, False)
 
 
 def _read_entry(folder: Path, files: int, size: int) -> Optional[DecodedImages]:
