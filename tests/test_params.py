@@ -66,3 +66,15 @@ def test_notebook_namespace_rejects_injected_typos():
 
 def test_every_field_has_a_default():
     assert set(TrialParams().model_dump()) == set(FIELD_NAMES)
+
+
+def test_a_warm_kernel_forgets_the_last_trials_parameters():
+    from imagebench.params import names_before_parameters
+
+    # a kernel that ran a trial already: its parameters and results are still defined
+    namespace = {"In": 1, "framework": "keras", "learning_rate": 0.5, "params": object(), "result": object()}
+    before = names_before_parameters(namespace)
+    assert before == {"In"} and set(namespace) == {"In"}
+    namespace.update({"framework": "torch"})  # this trial's cells define only the framework
+    params = params_from_notebook(namespace, before)
+    assert (params.framework, params.learning_rate) == ("torch", TrialParams().learning_rate)

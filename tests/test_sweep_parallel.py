@@ -148,3 +148,22 @@ def test_halving_continues_survivors_from_checkpoints_then_repeats_the_best(proj
     assert repeat[0].data.tags[tracking.TAG_CONFIG] == rung2[0].data.tags[tracking.TAG_CONFIG]
     row = leaderboard.build("halve", with_figures=False).leaders.iloc[0]
     assert row["seeds"] == 2
+
+
+def test_a_worker_keeps_its_kernel_warm_and_replaces_it_after_a_failure(project):
+    _inject_cell(project, "if params.learning_rate == 0.002:\n    params.dataset = 'no-such-folder'  # fails in run_trial\n")
+    sweep_file = _sweep_file(project, "warm", "{learning_rate: [0.001, 0.002, 0.003, 0.004]}", epochs=1)
+    done = _sweep(project, sweep_file, "--no-leaderboard")
+    assert done.returncode == 1 and "no-such-folder" in done.stdout
+    # trials 001..004 ran in this order on the one worker; 002 failed loading its data
+    kernel = {r.data.tags[tracking.TAG_TRIAL][:3]: r.data.tags[tracking.TAG_KERNEL] for r in _runs("warm")}
+    assert kernel["001"] == kernel["002"]  # the second trial ran in the first one's kernel: no imports again
+    assert kernel["003"] != kernel["002"]  # a failed trial's kernel is replaced: its state is unknown
+    assert kernel["003"] == kernel["004"]
+    statuses = sorted(r.info.status for r in _runs("warm"))
+    assert statuses == ["FAILED", "FINISHED", "FINISHED", "FINISHED"]
+
+    fresh_file = _sweep_file(project, "fresh", "{learning_rate: [0.001, 0.003]}", epochs=1)
+    done = _sweep(project, fresh_file, "--no-leaderboard", "--fresh-kernel")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert len({r.data.tags[tracking.TAG_KERNEL] for r in _runs("fresh")}) == 2

@@ -46,8 +46,8 @@ def train() -> nbformat.NotebookNode:
             ),
             new_code_cell(
                 "%matplotlib inline\nfrom IPython.display import display\n\n"
-                "from imagebench.params import params_from_notebook\nfrom imagebench.trial import run_trial\n\n"
-                "_names_before = set(globals())  # every name the next cells add must be a parameter"
+                "from imagebench.params import names_before_parameters, params_from_notebook\nfrom imagebench.trial import run_trial\n\n"
+                "_names_before = names_before_parameters(globals())  # every name the next cells add must be a parameter"
             ),
             tagged(parameters_source(), "parameters"),
             new_code_cell("params = params_from_notebook(globals(), _names_before)\nparams.tracked()"),

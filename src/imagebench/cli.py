@@ -29,7 +29,7 @@ def _sweep_options(args: argparse.Namespace):
 
     return SweepOptions(
         workers=args.workers, strategy=args.strategy, eta=args.eta, repeats=args.repeats, rerun=args.rerun,
-        trial_timeout=args.trial_timeout, show_progress=not args.quiet,
+        trial_timeout=args.trial_timeout, fresh_kernels=args.fresh_kernel, show_progress=not args.quiet,
     )  # fmt: skip
 
 
@@ -193,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--repeats", type=int, default=1, help="run each family's best configuration with K seeds in all")
     sweep.add_argument("--rerun", action="store_true", help="run every trial again, even those already FINISHED")
     sweep.add_argument("--trial-timeout", type=float, metavar="SECONDS", help="stop a trial (FAILED) after this long")
+    sweep.add_argument("--fresh-kernel", action="store_true",
+                       help="start a new kernel for every trial (default: each worker keeps its kernel warm between "
+                            "trials of one framework, ~10 s less per trial; it is always replaced after a failure)")
     _add_set(sweep)
     sweep.set_defaults(func=_cmd_sweep)
 

@@ -213,6 +213,18 @@ def parse_assignments(assignments: list[str], where: str = "--set") -> dict[str,
 NOTEBOOK_OWN_NAMES = ("params", "result")  # variables train.ipynb itself creates after the parameters
 
 
+def names_before_parameters(namespace: dict[str, Any]) -> set[str]:
+    """The notebook's names before its parameters cell, for ``params_from_notebook``.
+
+    A sweep keeps a worker's kernel warm, so an earlier trial's parameters (and ``params``,
+    ``result``) may still be defined: they are removed first, so this trial's values come only
+    from this trial's cells, never silently from the last one.
+    """
+    for name in [name for name in namespace if name in FIELD_NAMES or name in NOTEBOOK_OWN_NAMES]:
+        del namespace[name]
+    return set(namespace)
+
+
 def params_from_notebook(namespace: dict[str, Any], names_before: set[str]) -> TrialParams:
     """Collect the parameters a notebook defined (its parameters cell plus papermill's injected cell).
 
@@ -235,6 +247,7 @@ __all__ = [
     "ParamsError",
     "TrialParams",
     "make_params",
+    "names_before_parameters",
     "params_from_notebook",
     "parse_assignments",
 ]

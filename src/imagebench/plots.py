@@ -14,7 +14,10 @@ CURVE_PAIRS = (("loss", "train/loss", "val/loss"), ("accuracy", "train/accuracy"
 
 def learning_curves(history: Mapping[str, Sequence[float]], title: str = "", best_epoch: int | None = None) -> Figure:
     """``history`` maps metric names (train/loss, val/accuracy, ...) to per-epoch values."""
-    figure = Figure(figsize=(10, 3.6), layout="constrained")
+    # Fixed margins instead of layout="constrained": every trial draws this figure, and the layout
+    # solver alone costs ~0.1 s of a ~0.2 s figure; the contents here always fit these margins.
+    figure = Figure(figsize=(10, 3.6))
+    figure.subplots_adjust(left=0.07, right=0.98, bottom=0.14, top=0.86, wspace=0.22)
     for axis, (label, train_key, val_key) in zip(figure.subplots(1, 2), CURVE_PAIRS):
         for key, style in ((train_key, "-"), (val_key, "--")):
             values = history.get(key, [])
@@ -31,7 +34,9 @@ def learning_curves(history: Mapping[str, Sequence[float]], title: str = "", bes
 
 def confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], title: str = "") -> Figure:
     size = max(4.0, 0.45 * len(class_names) + 2)
-    figure = Figure(figsize=(size, size), layout="constrained")
+    figure = Figure(figsize=(size, size))  # margins computed, not solved: drawn for every trial
+    label_inches = 0.6 + 0.075 * max((len(str(name)) for name in class_names), default=1)  # 8-pt tick labels
+    figure.subplots_adjust(left=label_inches / size, bottom=label_inches / size, right=0.97, top=1 - 0.45 / size)
     axis = figure.subplots()
     image = axis.imshow(matrix, cmap="Blues")
     axis.set_xticks(range(len(class_names)), class_names, rotation=90, fontsize=8)

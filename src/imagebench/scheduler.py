@@ -1,9 +1,10 @@
-"""Run trial jobs as worker processes, N at a time, with timeouts, failure isolation and a live display.
+"""Run trial jobs on worker processes, N at a time, with timeouts, failure isolation and a live display.
 
-Each job is ``python -m imagebench.worker`` (which executes train.ipynb with papermill) in a
-session of its own, so a trial that hangs, exhausts memory or kills its kernel is stopped or
-noticed here and recorded FAILED with the reason; the other trials go on. Trials never share a
-process: TensorFlow and torch trials can run side by side.
+Each of the N workers is ``python -m imagebench.worker`` in a session of its own; it executes
+train.ipynb with papermill for each job it is sent, in a kernel kept warm between trials of one
+framework (see ``worker``). A trial that hangs, exhausts memory or kills its kernel is stopped or
+noticed here and recorded FAILED with the reason; its worker is replaced and the other trials go
+on. TensorFlow and torch trials never share a kernel, so they can run side by side.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from imagebench import tracking
 from imagebench.grid import Trial
 from imagebench.resources import thread_environment
 from imagebench.trial import ENV_CHECKPOINT, ENV_EPOCH_BUDGET
-from imagebench.worker import error_file
+from imagebench.worker import error_file, status_file
 
 EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+)", re.MULTILINE)
 POLL_SECONDS = 0.5
@@ -59,13 +60,47 @@ class TrialOutcome:
 
 
 @dataclass
+class WorkerProcess:
+    """A running ``imagebench.worker``: it takes one job at a time on stdin."""
+
+    process: subprocess.Popen
+    log: Path
+    framework: str = ""  # what its kernel last ran: the next trial of it skips the imports
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def send(self, job: dict) -> None:
+        self.process.stdin.write(json.dumps(job) + "\n")
+        self.process.stdin.flush()
+
+    def close(self) -> None:
+        """No more jobs: the worker shuts its kernel down and exits (killed if it does not)."""
+        try:
+            self.process.stdin.close()
+            self.process.wait(timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            _kill_tree(self.process)
+
+
+@dataclass
 class RunningJob:
     job: Job
-    process: subprocess.Popen
+    worker: WorkerProcess
     started: float
     log_offset: int = 0
     epoch_text: str = "starting"
-    stop_reason: str = ""  # set when we stop the process ourselves (timeout)
+    stop_reason: str = ""  # set when we stop the worker ourselves (timeout)
+
+    def done(self) -> bool:
+        return status_file(self.job.output).exists() or not self.worker.alive()
+
+    def exit_code(self) -> Optional[int]:
+        """The job's status (0 ran to the end, 1 raised), None if the worker died first."""
+        try:
+            return int(status_file(self.job.output).read_text(encoding="utf-8").strip())
+        except (OSError, ValueError):
+            return None
 
 
 def _signal_name(returncode: int) -> str:
@@ -146,40 +181,69 @@ class Scheduler:
     workers: int = 1
     trial_timeout: Optional[float] = None  # seconds per job
     threads: int = 1  # framework threads per worker
+    fresh_kernels: bool = False  # a new kernel for every job instead of one kept warm per worker
     display: Optional[Display] = None
     outcomes: list[TrialOutcome] = field(default_factory=list)
+    idle: list[WorkerProcess] = field(default_factory=list)
 
     # --- starting a job
-    def _environment(self, job: Job) -> dict[str, str]:
-        env = {
+    def _worker_environment(self) -> dict[str, str]:
+        return {
             **os.environ,
             **thread_environment(self.threads),
-            tracking.ENV_RUN_ID: job.run_id,
             tracking.ENV_ROOT: str(tracking.project_root()),
             "MLFLOW_TRACKING_URI": tracking.tracking_uri(),
             "PYTHONUNBUFFERED": "1",
         }
-        for name, value in ((ENV_EPOCH_BUDGET, job.epoch_budget), (ENV_CHECKPOINT, job.checkpoint)):
-            if value is None:
-                env.pop(name, None)
-            else:
-                env[name] = str(value)
-        return env
+
+    def _spawn_worker(self, folder: Path) -> WorkerProcess:
+        root = tracking.project_root()
+        log = folder / f"worker-{len(self.idle) + 1}-{time.strftime('%H%M%S')}.log"
+        folder.mkdir(parents=True, exist_ok=True)
+        with log.open("ab") as worker_log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "imagebench.worker", str(root), *(["--fresh-kernel"] if self.fresh_kernels else [])],
+                env=self._worker_environment(), stdout=worker_log, stderr=subprocess.STDOUT, stdin=subprocess.PIPE,
+                cwd=str(root), text=True,
+                start_new_session=True,  # Ctrl-C reaches the sweep only; it stops the workers itself
+            )  # fmt: skip
+        return WorkerProcess(process, log)
+
+    def _worker_for(self, job: Job) -> WorkerProcess:
+        """An idle worker whose kernel already runs this framework, else any idle one, else a new one."""
+        framework = job.trial.params.framework
+        self.idle = [worker for worker in self.idle if worker.alive()]
+        for worker in self.idle:
+            if worker.framework == framework:
+                self.idle.remove(worker)
+                return worker
+        return self.idle.pop(0) if self.idle else self._spawn_worker(job.output.parent)
 
     def _start(self, job: Job) -> RunningJob:
         job.run_id = job.open_run()
         params_file = job.output.with_suffix(".params.json")
         params_file.write_text(json.dumps(job.trial.params.model_dump()), encoding="utf-8")
-        for stale in (error_file(job.output), job.output.with_suffix(".log")):
+        for stale in (error_file(job.output), status_file(job.output), job.output.with_suffix(".log")):
             stale.unlink(missing_ok=True)
-        with job.output.with_suffix(".stderr.log").open("ab") as stderr_log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "imagebench.worker", str(params_file), job.run_id, str(job.output)],
-                env=self._environment(job), stdout=stderr_log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                cwd=str(tracking.project_root()),
-                start_new_session=True,  # Ctrl-C reaches the sweep only; it stops the workers itself
-            )  # fmt: skip
-        return RunningJob(job, process, time.monotonic())
+        worker = self._worker_for(job)
+        worker.framework = job.trial.params.framework
+        budget, checkpoint = job.epoch_budget, job.checkpoint
+        env = {tracking.ENV_RUN_ID: job.run_id, ENV_EPOCH_BUDGET: None if budget is None else str(budget),
+               ENV_CHECKPOINT: None if checkpoint is None else str(checkpoint)}  # fmt: skip
+        worker.send({"params": str(params_file), "run_id": job.run_id, "output": str(job.output), "env": env})
+        return RunningJob(job, worker, time.monotonic())
+
+    def _release(self, running: RunningJob) -> None:
+        """Back to the idle pool if it finished its job; a worker that died or was killed is dropped."""
+        if running.worker.alive() and running.exit_code() is not None and not running.stop_reason:
+            self.idle.append(running.worker)
+        else:
+            _kill_tree(running.worker.process)
+
+    def close(self) -> None:
+        for worker in self.idle:
+            worker.close()
+        self.idle.clear()
 
     # --- watching it
     def _read_progress(self, running: RunningJob) -> None:
@@ -196,9 +260,9 @@ class Scheduler:
             running.epoch_text = f"epoch {epochs[-1][0]}/{epochs[-1][1]}"
 
     def _failure_reason(self, running: RunningJob) -> Optional[str]:
-        code = running.process.returncode
         if running.stop_reason:
             return running.stop_reason
+        code = running.exit_code()
         if code == 0:
             return None
         error = error_file(running.job.output)
@@ -207,10 +271,11 @@ class Scheduler:
             if "DeadKernelError" in text or "Kernel died" in text:
                 text += " (the kernel process was killed: out of memory, a crash, or os._exit)"
             return text
-        if code < 0:
-            name = _signal_name(code)
+        returncode = running.worker.process.poll()
+        if returncode is not None and returncode < 0:
+            name = _signal_name(returncode)
             return f"worker killed by {name}" + (" (out of memory?)" if name == "SIGKILL" else "")
-        return f"worker exited with status {code}; see {running.job.output.with_suffix('.stderr.log')}"
+        return f"worker exited with status {returncode}; see {running.worker.log}"
 
     def _record(self, running: RunningJob) -> TrialOutcome:
         job, error = running.job, self._failure_reason(running)
@@ -228,7 +293,7 @@ class Scheduler:
     def _check_timeout(self, running: RunningJob) -> None:
         if self.trial_timeout and not running.stop_reason and time.monotonic() - running.started > self.trial_timeout:
             running.stop_reason = f"stopped after --trial-timeout {self.trial_timeout:g}s ({running.epoch_text})"
-            _kill_tree(running.process)
+            _kill_tree(running.worker.process)
 
     # --- the loop
     def run(self, jobs: list[Job], scores=lambda outcome: "") -> list[TrialOutcome]:
@@ -241,10 +306,11 @@ class Scheduler:
                 time.sleep(POLL_SECONDS)
                 for job in list(running):
                     self._read_progress(job)
-                    if job.process.poll() is None:
+                    if not job.done():
                         self._check_timeout(job)
                         continue
                     running.remove(job)
+                    self._release(job)
                     outcome = self._record(job)
                     outcomes.append(outcome)
                     if self.display:
@@ -256,12 +322,13 @@ class Scheduler:
             raise
         finally:
             self.outcomes.extend(outcomes)
+            self.close()
         return outcomes
 
     def _stop_all(self, running: list[RunningJob], outcomes: list[TrialOutcome]) -> None:
         """Interrupted: stop every worker, mark its run KILLED, keep its partial notebook."""
         for job in running:
-            _kill_tree(job.process)
+            _kill_tree(job.worker.process)
             job.stop_reason = "sweep interrupted"
             if tracking.run_status(job.job.run_id) == "RUNNING":
                 tracking.end_run(job.job.run_id, "KILLED", "sweep interrupted")

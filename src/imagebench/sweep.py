@@ -44,6 +44,7 @@ class SweepOptions:
     repeats: int = 1
     rerun: bool = False
     trial_timeout: Optional[float] = None
+    fresh_kernels: bool = False
     show_progress: bool = True
 
     def __post_init__(self) -> None:
@@ -170,7 +171,7 @@ class SweepSummary:
             lines.append(f"  marked KILLED (left RUNNING by an earlier sweep, run again): {', '.join(self.marked_killed)}")
         for outcome in self.failed:
             lines.append(f"  {outcome.status} {outcome.notebook.stem}: {outcome.error or outcome.status}")
-            lines.append(f"      notebook: {outcome.notebook}  log: {outcome.notebook.with_suffix('.stderr.log')}")
+            lines.append(f"      notebook: {outcome.notebook}  log: {outcome.notebook.with_suffix('.log')}")
         return "\n".join(lines)
 
 
@@ -200,7 +201,8 @@ class SweepRunner:
         self.records = TrialRecords(plan.experiment)
         self.run_of: dict[str, str] = {}  # fingerprint -> the run that holds the trial in this sweep
         self.scheduler = Scheduler(
-            workers=options.workers, trial_timeout=options.trial_timeout, threads=threads_per_worker(options.workers)
+            workers=options.workers, trial_timeout=options.trial_timeout, threads=threads_per_worker(options.workers),
+            fresh_kernels=options.fresh_kernels,
         )
 
     # --- jobs

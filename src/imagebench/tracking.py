@@ -35,6 +35,7 @@ TAG_OWNER = "imagebench.owner"  # host:pid of the process that drives the run (f
 TAG_STRATEGY = "imagebench.strategy"
 TAG_RUNG = "imagebench.rung"
 TAG_FEATURE_CACHE = "imagebench.feature_cache"  # "hit" / "computed" when the head trained on cached features
+TAG_KERNEL = "imagebench.kernel"  # host:pid of the process that trained it (a sweep's warm kernel serves several)
 TAG_CONFIG = "imagebench.config"  # fingerprint without the seed: repeats of one configuration share it
 TAG_PARENT = "mlflow.parentRunId"
 TAG_RUN_NAME = "mlflow.runName"

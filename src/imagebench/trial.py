@@ -125,7 +125,7 @@ def _open_run(params: TrialParams, run_id: Optional[str]) -> str:
         tags = {tracking.TAG_MODEL: params.model, tracking.TAG_FRAMEWORK: params.framework}
         run_id = tracking.create_trial_run(params.experiment, name, tags, None)  # owned by this kernel
     tracking.log_params(run_id, params.tracked())
-    tracking.set_tags(run_id, {tracking.TAG_VERSIONS: _versions(params.framework)})
+    tracking.set_tags(run_id, {tracking.TAG_VERSIONS: _versions(params.framework), tracking.TAG_KERNEL: tracking.process_owner()})
     return run_id
 
 

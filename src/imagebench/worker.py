@@ -1,9 +1,17 @@
-"""One trial in its own process: ``python -m imagebench.worker PARAMS_JSON RUN_ID OUTPUT``.
+"""A sweep's worker: ``python -m imagebench.worker ROOT [--fresh-kernel]``, serving trial jobs.
 
-The sweep starts one of these per trial, in a process group of its own, so that a trial can be
-timed out or killed with its kernel, and several can run at once without sharing environment
-variables or file descriptors. Exit status 0: the notebook ran to the end; 1: it raised (the reason
-is in OUTPUT with suffix ``.error``).
+The sweep starts one worker per slot, in a process group of its own, and sends it jobs on stdin, one
+JSON line each: ``{"params": PATH, "run_id": ID, "output": NOTEBOOK, "env": {NAME: VALUE or null}}``.
+The worker executes train.ipynb with papermill for each and writes ``OUTPUT.status`` (``0``: the
+notebook ran to the end; ``1``: it raised, the reason in ``OUTPUT.error``) when the job is done.
+
+The kernel is kept warm between jobs: importing torch/timm or TensorFlow, MLflow and the store's
+schema check cost ~10 s per fresh kernel here, more than a short trial trains. Trial state does
+not leak: every trial seeds every RNG and sets its framework's global settings (``configure``), the
+notebook redefines every variable it uses, and this job's environment (run id, epoch budget,
+checkpoint) is set by a first cell. The kernel is replaced after any failure, when the framework
+changes (TensorFlow and torch never share a process), and after every job with ``--fresh-kernel``.
+A timeout or a dead sweep kills the worker with its kernel.
 """
 
 from __future__ import annotations
@@ -14,12 +22,17 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Optional
 
-from imagebench import tracking
+ENVIRONMENT_TAG = "injected-environment"
 
 
 def error_file(output: Path) -> Path:
     return output.with_suffix(".error")
+
+
+def status_file(output: Path) -> Path:
+    return output.with_suffix(".status")
 
 
 def _error_text(exc: BaseException) -> str:
@@ -29,21 +42,127 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".strip()
 
 
-def execute(params: dict, output: Path) -> int:
-    """Run train.ipynb with ``params`` into ``output``; the kernel's stdout goes to OUTPUT.log."""
+def _environment_cell(env: dict[str, Optional[str]]):
+    """A first code cell setting this job's environment in the (shared) kernel; None removes a name."""
+    import nbformat
+
+    lines = ["# Set by the sweep for this trial (the kernel serves several trials in turn)", "import os"]
+    for name, value in sorted(env.items()):
+        lines.append(f"os.environ[{name!r}] = {value!r}" if value is not None else f"os.environ.pop({name!r}, None)")
+    return nbformat.v4.new_code_cell("\n".join(lines), metadata={"tags": [ENVIRONMENT_TAG]})
+
+
+def _notebook_for(root: Path, env: dict[str, Optional[str]]):
+    import nbformat
+
+    notebook = nbformat.read(root / "notebooks" / "train.ipynb", as_version=4)
+    notebook.cells.insert(0, _environment_cell(env))
+    return notebook
+
+
+class WarmKernel:
+    """One Jupyter kernel kept between jobs of the same framework.
+
+    nbclient starts it (its own AsyncKernelManager, so its dead-kernel checks work) on the first
+    job; later jobs of the same framework are handed the same manager.
+    """
+
+    def __init__(self, root: Path):
+        self.root, self.manager, self.framework = root, None, None
+
+    def _call(self, method: str, **kwargs):
+        """Call an AsyncKernelManager method from this synchronous loop."""
+        from jupyter_core.utils import ensure_async, run_sync
+
+        async def call():
+            return await ensure_async(getattr(self.manager, method)(**kwargs))
+
+        return run_sync(call)()
+
+    def _alive(self) -> bool:
+        return self.manager is not None and bool(self._call("is_alive"))
+
+    def manager_for(self, framework: str):
+        """The kept kernel manager if it runs ``framework``, else None (a new kernel is started)."""
+        if self.framework != framework or not self._alive():
+            self.shutdown()
+            self.framework = framework
+        return self.manager
+
+    def shutdown(self) -> None:
+        if self.manager is not None:
+            try:
+                self._call("shutdown_kernel", now=True)
+            except Exception:  # already dead: nothing left to stop
+                pass
+        self.manager, self.framework = None, None
+
+
+def _execute(kernel: WarmKernel, job: dict) -> int:
+    """Run one job's notebook in the warm kernel; the kernel's output goes to OUTPUT.log."""
     import papermill
 
-    notebook = tracking.project_root() / "notebooks" / "train.ipynb"
+    output = Path(job["output"])
+    params = json.loads(Path(job["params"]).read_text(encoding="utf-8"))
+    notebook = _notebook_for(kernel.root, job["env"])
     with output.with_suffix(".log").open("w", encoding="utf-8") as log:
         try:
+            engine = _warm_engine(kernel, params.get("framework", ""))
             papermill.execute_notebook(
-                str(notebook), str(output), parameters=params, progress_bar=False, log_output=True,
-                stdout_file=log, stderr_file=log, cwd=str(tracking.project_root()),
-            )
+                notebook, str(output), parameters=params, engine_name=engine, progress_bar=False,
+                log_output=True, stdout_file=log, stderr_file=log, cwd=str(kernel.root),
+            )  # fmt: skip
         except Exception as exc:  # a failing trial is a result for the sweep to record, not a crash
             error_file(output).write_text(_error_text(exc), encoding="utf-8")
             return 1
     return 0
+
+
+WARM_ENGINE = "imagebench-warm"
+
+
+def _warm_engine_class():
+    from papermill.clientwrap import PapermillNotebookClient
+    from papermill.engines import NBClientEngine
+    from papermill.log import logger
+
+    class Engine(NBClientEngine):
+        """papermill's nbclient engine, executing in the worker's kept kernel instead of a new one."""
+
+        kernel: WarmKernel = None
+
+        @classmethod
+        def execute_managed_notebook(cls, nb_man, kernel_name, log_output=False, stdout_file=None, stderr_file=None,
+                                     start_timeout=60, execution_timeout=None, **kwargs):  # fmt: skip
+            client = PapermillNotebookClient(
+                nb_man, km=cls.kernel.manager_for(cls.framework), kernel_name=kernel_name, log=logger,
+                log_output=log_output, stdout_file=stdout_file, stderr_file=stderr_file, startup_timeout=start_timeout,
+                timeout=execution_timeout,
+            )  # fmt: skip
+            try:
+                return client.execute(cleanup_kc=False)  # the kernel outlives this job
+            finally:
+                cls.kernel.manager = client.km  # started by nbclient on first use: kept for the next job
+                if client.kc is not None:
+                    client.kc.stop_channels()  # this job's connection to it is closed
+
+    return Engine
+
+
+_engine = None
+
+
+def _warm_engine(kernel: WarmKernel, framework: str) -> str:
+    """papermill's engine name for the worker's kernel (the class is made on first use: papermill
+    is imported only when a job arrives)."""
+    global _engine
+    if _engine is None:
+        from papermill.engines import papermill_engines
+
+        _engine = _warm_engine_class()
+        papermill_engines.register(WARM_ENGINE, _engine)
+    _engine.kernel, _engine.framework = kernel, framework
+    return WARM_ENGINE
 
 
 def _exit_with_parent(parent_pid: int) -> None:
@@ -65,11 +184,26 @@ def _exit_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, daemon=True, name="parent-watch").start()
 
 
-def main(argv: list[str]) -> int:
-    params_path, _run_id, output = argv  # the run id travels in $IMAGEBENCH_RUN_ID; here for `ps`
+def serve(root: Path, fresh_kernel: bool, jobs=sys.stdin) -> int:
+    kernel = WarmKernel(root)
     _exit_with_parent(os.getppid())
-    params = json.loads(Path(params_path).read_text(encoding="utf-8"))
-    return execute(params, Path(output))
+    try:
+        for line in jobs:
+            if not line.strip():
+                continue
+            job = json.loads(line)
+            code = _execute(kernel, job)
+            if code != 0 or fresh_kernel:
+                kernel.shutdown()  # after a failure the kernel's state is unknown: the next trial gets a new one
+            status_file(Path(job["output"])).write_text(str(code), encoding="utf-8")
+    finally:
+        kernel.shutdown()
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    root = Path(argv[0])
+    return serve(root, fresh_kernel="--fresh-kernel" in argv[1:])
 
 
 if __name__ == "__main__":

@@ -29,7 +29,11 @@ LATENCY_RUNS = 20
 
 def configure(params: TrialParams) -> None:
     """Seed Python, NumPy and TensorFlow from params.seed (Keras draws initialisers and dropout from
-    it) and set the dtype policy layers are built with (global in Keras, so set for every trial)."""
+    it) and set the dtype policy layers are built with (global in Keras, so set for every trial).
+
+    A sweep's kernel serves several trials in turn: the last trial's models and traced graphs are
+    dropped first, so memory stays flat and layer names restart."""
+    keras.backend.clear_session()
     keras.utils.set_random_seed(params.seed)
     keras.mixed_precision.set_global_policy(_dtype_policy(params))
     threads = requested_threads()

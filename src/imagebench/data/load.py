@@ -13,7 +13,7 @@ from PIL import Image, ImageOps
 from sklearn.model_selection import train_test_split
 
 from imagebench.data.arrays import Split, TrialData
-from imagebench.data.cache import decode_cached
+from imagebench.data.cache import CACHE_VERSION, cache_root, cached_arrays, decode_cached, entry_key
 from imagebench.data.folders import (
     BUILTIN_DATASETS,
     DatasetError,
@@ -111,8 +111,24 @@ def _check_classes(class_names: list[str], where: str) -> None:
 
 
 # --- the two kinds of dataset
+def _builtin_images(dataset: str, size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The built-in set at ``size`` px, upscaled once per size into the decode cache (every trial of a
+    sweep starts by loading it: reading the cache is ~10x faster than resizing 1,797 images)."""
+    root = cache_root()
+    if root is None:
+        return load_digits_images(size)
+
+    def compute():
+        images, labels, class_names = load_digits_images(size)
+        return {"images": images, "labels": labels}, {"class_names": class_names}
+
+    folder = root / entry_key(dataset_fingerprint(dataset), size)
+    arrays, meta, _hit = cached_arrays(folder, ("images", "labels"), {"version": CACHE_VERSION, "builtin": dataset}, compute)
+    return arrays["images"], np.asarray(arrays["labels"]), meta["class_names"]
+
+
 def _load_builtin(params: TrialParams) -> TrialData:
-    images, labels, class_names = load_digits_images(params.image_size)
+    images, labels, class_names = _builtin_images(params.dataset, params.image_size)
     kept = cap_per_class(labels, params.max_per_class, params.seed)
     images, labels = images[kept], labels[kept]
     splits = stratified_split(labels, params.val_fraction, params.test_fraction, params.seed)
