@@ -32,10 +32,13 @@ test: $(STAMP)
 
 # Benchmarks print ratios against a baseline measured in the same run; JSON in results/benchmarks/.
 bench: $(STAMP)
-	$(PY) benchmarks/input_pipeline.py --framework keras
-	$(PY) benchmarks/input_pipeline.py --framework torch
-	$(PY) benchmarks/frozen_head_grid.py --framework torch
-	$(PY) benchmarks/frozen_head_grid.py --framework keras
+	for framework in keras torch; do \
+		$(PY) benchmarks/input_pipeline.py --framework $$framework && \
+		$(PY) benchmarks/frozen_head_grid.py --framework $$framework && \
+		$(PY) benchmarks/suite_overhead.py --framework $$framework && \
+		$(PY) benchmarks/papermill_overhead.py --framework $$framework && \
+		$(PY) benchmarks/throughput.py --framework $$framework || exit 1; \
+	done
 
 lab: $(STAMP)
 	$(PIP) install -e ".[lab]"

@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--frameworks", help="comma-separated frameworks, replacing the file's choice (keras,torch)")
     sweep.add_argument("--no-leaderboard", action="store_true", help="do not write the leaderboard afterwards")
     sweep.add_argument("--quiet", action="store_true", help="no progress display")
-    sweep.add_argument("--workers", type=int, default=1, help="trials run at once, each in its own process (default 1)")
+    sweep.add_argument("--workers", type=int, default=1, help="trials run at once, each on its own worker process and kernel (default 1)")
     sweep.add_argument("--strategy", default="grid", help="grid (default) | random:K (K per model and framework) | halving")
     sweep.add_argument("--eta", type=int, default=3, help="halving: keep the best 1/eta each rung, eta x the epochs (default 3)")
     sweep.add_argument("--repeats", type=int, default=1, help="run each family's best configuration with K seeds in all")
