@@ -25,7 +25,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-CACHE_VERSION = 1  # bump whenever decoding changes (resampling, colour handling, EXIF, 16-bit scaling)
+CACHE_VERSION = 2  # bump whenever decoding changes (resampling, colour handling, EXIF, 16-bit scaling)
 ENV_CACHE = "IMAGEBENCH_CACHE"  # cache root; "off" disables the cache
 
 

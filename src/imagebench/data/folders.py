@@ -59,10 +59,22 @@ def _images_under(folder: Path) -> list[Path]:
 
 
 def scan_class_folders(folder: Path) -> ImageList:
-    """Images of each class folder (searched recursively); NFC/NFD twins merge into one class."""
-    images = ImageList()
+    """Images of each class folder (searched recursively); NFC/NFD twins merge into one class.
+
+    A class folder without a single image is an error: silently dropping it would shift the class
+    indices the user expects and hide a copy that went wrong.
+    """
+    images, empty = ImageList(), []
     for class_dir in _visible_dirs(folder):
-        images.extend(_images_under(class_dir), nfc(class_dir.name))
+        files = _images_under(class_dir)
+        if not files:
+            empty.append(class_dir)
+        images.extend(files, nfc(class_dir.name))
+    merged_twins = {nfc(path.name) for path in empty} & set(images.labels)  # the other spelling has images
+    empty = [path for path in empty if nfc(path.name) not in merged_twins]
+    if empty:
+        listed = ", ".join(str(path) for path in empty)
+        raise DatasetError(f"class folder(s) with no images: {listed}; add images or remove the folder(s)")
     return images
 
 

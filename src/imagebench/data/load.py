@@ -6,6 +6,7 @@ The user's files are only ever opened for reading.
 from __future__ import annotations
 
 import warnings
+from typing import Optional
 from pathlib import Path
 
 import numpy as np
@@ -35,9 +36,10 @@ def decode_image(path: Path, size: int) -> np.ndarray:
         image.draft("RGB", (size, size))  # JPEG: decode at reduced scale, so huge photos stay cheap
         image = ImageOps.exif_transpose(image)
         if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-            # 16-bit greyscale: scale to 8 bits instead of letting convert() clip at 255
-            array = np.asarray(image, dtype=np.float64)
-            image = Image.fromarray((array / max(array.max(), 1) * 255).astype(np.uint8))
+            # 16-bit greyscale: 0..65535 scaled to 0..255 (convert() would clip at 255; stretching by
+            # the image's own maximum would turn a dark image white)
+            array = np.clip(np.asarray(image, dtype=np.float64), 0, 65535) / 257.0
+            image = Image.fromarray(np.rint(array).astype(np.uint8))
         if image.mode in ("RGBA", "LA", "P", "PA"):
             image = image.convert("RGBA")
             background = Image.new("RGBA", image.size, (255, 255, 255, 255))
@@ -84,7 +86,8 @@ def cap_per_class(labels: np.ndarray, max_per_class: int | None, seed: int) -> n
     return np.sort(np.concatenate(keep))
 
 
-def stratified_split(labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int) -> dict[str, np.ndarray]:
+def stratified_split(labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int,
+                     class_names: Optional[list[str]] = None) -> dict[str, np.ndarray]:  # fmt: skip
     indices = np.arange(len(labels))
     try:
         rest, test = train_test_split(indices, test_size=test_fraction, stratify=labels, random_state=seed)
@@ -92,13 +95,20 @@ def stratified_split(labels: np.ndarray, val_fraction: float, test_fraction: flo
             rest, test_size=val_fraction / (1 - test_fraction), stratify=labels[rest], random_state=seed
         )
     except ValueError as exc:
-        counts = dict(zip(*np.unique(labels, return_counts=True)))
-        smallest = min(counts, key=counts.get)
-        raise DatasetError(
-            f"cannot split stratified (val {val_fraction}, test {test_fraction}): {exc}. The smallest class "
-            f"(index {smallest}) has {counts[smallest]} images; add images or lower the fractions"
-        ) from None
+        raise DatasetError(_split_problem(labels, val_fraction, test_fraction, class_names, exc)) from None
     return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
+
+
+def _split_problem(labels, val_fraction, test_fraction, class_names, exc) -> str:
+    """Which classes are too small to split, by name (never by index alone)."""
+    counts = np.bincount(labels)
+    named = lambda index: f"'{class_names[index]}'" if class_names else f"index {index}"  # noqa: E731
+    # stratified train/val/test needs at least 2 per class at each cut: fewer than 3 cannot work
+    small = [index for index in np.argsort(counts, kind="stable") if counts[index] < 3] or [int(np.argmin(counts))]
+    listed = ", ".join(f"{named(index)} has {counts[index]} image(s)" for index in small[:10])
+    return (f"cannot split the classes stratified into train/val/test (val_fraction {val_fraction}, test_fraction "
+            f"{test_fraction}): {listed}. Add images to these classes, remove them, or lower the fractions "
+            f"(scikit-learn: {exc})")  # fmt: skip
 
 
 def _subset(images: np.ndarray, labels: np.ndarray, indices: np.ndarray) -> Split:
@@ -131,7 +141,7 @@ def _load_builtin(params: TrialParams) -> TrialData:
     images, labels, class_names = _builtin_images(params.dataset, params.image_size)
     kept = cap_per_class(labels, params.max_per_class, params.seed)
     images, labels = images[kept], labels[kept]
-    splits = stratified_split(labels, params.val_fraction, params.test_fraction, params.seed)
+    splits = stratified_split(labels, params.val_fraction, params.test_fraction, params.seed, class_names)
     parts = {name: _subset(images, labels, idx) for name, idx in splits.items()}
     return TrialData(class_names=class_names, fingerprint=dataset_fingerprint(params.dataset), source=params.dataset, **parts)
 
@@ -152,10 +162,14 @@ def _load_presplit(root: Path, folders: dict[str, Path], params: TrialParams) ->
         extra = sorted(set(listing.labels) - set(class_names))
         if extra:
             raise DatasetError(f"{folders[split]}: classes {extra} are not in {folders['train']}; add them there or remove them")
+        absent = sorted(set(class_names) - set(listing.labels))
+        if absent:  # a test or validation score over fewer classes would not mean what it says
+            raise DatasetError(f"{folders[split]}: classes {absent} of {folders['train']} have no images here; "
+                               f"add some, or remove the {split}/ folder to carve {split} from train")
     decoded = {split: _decode_split(listing, class_names, params.image_size, root) for split, listing in listings.items()}
     parts = {split: Split(images=d[0], labels=d[1]) for split, d in decoded.items()}
     if "val" not in parts or "test" not in parts:
-        parts = _split_missing(parts, params)
+        parts = _split_missing(parts, params, class_names)
     all_files = [f for listing in listings.values() for f in listing.files]
     skipped = [s for d in decoded.values() for s in d[2]]
     return TrialData(
@@ -163,7 +177,7 @@ def _load_presplit(root: Path, folders: dict[str, Path], params: TrialParams) ->
     )
 
 
-def _split_missing(parts: dict[str, Split], params: TrialParams) -> dict[str, Split]:
+def _split_missing(parts: dict[str, Split], params: TrialParams, class_names: list[str]) -> dict[str, Split]:
     """A dataset with only train/ (and maybe one of val/test): carve the missing split(s) from train."""
     train = parts["train"]
     missing = [name for name in ("val", "test") if name not in parts]
@@ -173,7 +187,7 @@ def _split_missing(parts: dict[str, Split], params: TrialParams) -> dict[str, Sp
             np.arange(len(train)), test_size=fraction, stratify=train.labels, random_state=params.seed
         )
         return {**parts, "train": _subset(train.images, train.labels, keep), missing[0]: _subset(train.images, train.labels, carved)}
-    splits = stratified_split(train.labels, params.val_fraction, params.test_fraction, params.seed)
+    splits = stratified_split(train.labels, params.val_fraction, params.test_fraction, params.seed, class_names)
     return {name: _subset(train.images, train.labels, idx) for name, idx in splits.items()}
 
 
@@ -183,7 +197,7 @@ def _load_class_folders(root: Path, params: TrialParams) -> TrialData:
     _check_classes(class_names, str(root))
     images, labels, skipped = _decode_split(listing, class_names, params.image_size, root)
     kept = cap_per_class(labels, params.max_per_class, params.seed)
-    splits = stratified_split(labels[kept], params.val_fraction, params.test_fraction, params.seed)
+    splits = stratified_split(labels[kept], params.val_fraction, params.test_fraction, params.seed, class_names)
     parts = {name: _subset(images[kept], labels[kept], idx) for name, idx in splits.items()}
     return TrialData(
         class_names=class_names, fingerprint=folder_fingerprint(listing.files, root), source=str(root), skipped_files=skipped, **parts

@@ -1,0 +1,112 @@
+"""Bad-input corpus (issue 5): every file is generated here with Pillow; each case checks the pixels or the message."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imagebench.data.load import decode_all, decode_image
+
+SIZE = 16
+
+
+def test_cmyk_jpeg_becomes_the_same_rgb(tmp_path):
+    path = tmp_path / "cmyk.jpg"
+    Image.new("RGB", (32, 32), (200, 40, 30)).convert("CMYK").save(path, quality=95)
+    pixels = decode_image(path, SIZE)
+    assert pixels.shape == (SIZE, SIZE, 3)
+    assert np.abs(pixels.reshape(-1, 3).mean(0) - [200, 40, 30]).max() < 12
+
+
+def test_16_bit_png_is_scaled_not_clipped_or_stretched(tmp_path):
+    path = tmp_path / "deep.png"
+    values = np.full((8, 8), 32896, dtype=np.uint16)  # half scale: 128 * 257
+    values[:, 4:] = 65535
+    Image.fromarray(values).save(path)
+    pixels = decode_image(path, 8)
+    assert pixels[0, 0].tolist() == [128, 128, 128] and pixels[0, 7].tolist() == [255, 255, 255]
+
+
+def test_16_bit_png_with_a_dark_maximum_stays_dark(tmp_path):
+    path = tmp_path / "dark.png"
+    Image.fromarray(np.full((8, 8), 257 * 20, dtype=np.uint16)).save(path)
+    assert decode_image(path, 8)[0, 0].tolist() == [20, 20, 20]  # not stretched to white
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    stored = np.zeros((10, 20, 3), np.uint8)
+    stored[:, :10] = (255, 0, 0)  # left half red, right half blue, as stored
+    stored[:, 10:] = (0, 0, 255)
+    image = Image.fromarray(stored)
+    exif = image.getexif()
+    exif[0x0112] = 6  # display rotated 90 degrees clockwise
+    path = tmp_path / "phone.jpg"
+    image.save(path, exif=exif, quality=95)
+    pixels = decode_image(path, 20)
+    assert pixels[2, 10, 0] > 200 and pixels[2, 10, 2] < 60  # the left (red) half is on top now
+    assert pixels[17, 10, 2] > 200 and pixels[17, 10, 0] < 60
+
+
+def test_palette_with_transparency_gets_a_white_background(tmp_path):
+    image = Image.new("P", (8, 8), 0)
+    image.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    image.info["transparency"] = 0
+    path = tmp_path / "palette.png"
+    image.save(path, transparency=0)
+    assert decode_image(path, 8)[0, 0].tolist() == [255, 255, 255]
+
+
+def test_broken_files_are_skipped_with_their_reason(tmp_path):
+    good = tmp_path / "good.png"
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(good)
+    whole = tmp_path / "whole.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(whole)
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(whole.read_bytes()[: len(whole.read_bytes()) // 2])
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    fake = tmp_path / "fake.jpg"
+    fake.write_text("this is a text file with an image extension")
+    with pytest.warns(UserWarning, match="skipped 3"):
+        images, kept, skipped = decode_all([good, truncated, empty, fake], 8)
+    assert kept == [0] and len(images) == 1
+    assert [entry.split(":")[0] for entry in skipped] == [str(truncated), str(empty), str(fake)]
+
+
+def _class_tree(root, counts):
+    for name, count in counts.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            Image.new("RGB", (8, 8), (i * 9 % 255, 40, 90)).save(root / name / f"{i}.png")
+    return root
+
+
+def _load(root, **values):
+    from imagebench.data.load import load_trial_data
+    from imagebench.params import make_params
+
+    return load_trial_data(make_params(dataset=str(root), image_size=32, **values))
+
+
+def test_an_empty_class_folder_is_named_not_dropped(tmp_path):
+    from imagebench.data.folders import DatasetError
+
+    root = _class_tree(tmp_path / "data", {"cat": 10, "dog": 10, "empty_one": 0})
+    with pytest.raises(DatasetError, match=r"no images: .*empty_one; add images or remove"):
+        _load(root)
+
+
+def test_a_class_missing_from_the_validation_folder_is_an_error(tmp_path):
+    from imagebench.data.folders import DatasetError
+
+    _class_tree(tmp_path / "data" / "train", {"cat": 10, "dog": 10, "fox": 10})
+    _class_tree(tmp_path / "data" / "val", {"cat": 3, "dog": 3})
+    with pytest.raises(DatasetError, match=r"val: classes \['fox'\] .* have no images here"):
+        _load(tmp_path / "data")
+
+
+def test_a_class_too_small_to_split_is_named(tmp_path):
+    from imagebench.data.folders import DatasetError
+
+    root = _class_tree(tmp_path / "data", {"cat": 10, "dog": 10, "rare": 1})
+    with pytest.raises(DatasetError, match=r"'rare' has 1 image\(s\)"):
+        _load(root)
