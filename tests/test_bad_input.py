@@ -1,5 +1,7 @@
 """Bad-input corpus (issue 5): every file is generated here with Pillow; each case checks the pixels or the message."""
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -110,3 +112,42 @@ def test_a_class_too_small_to_split_is_named(tmp_path):
     root = _class_tree(tmp_path / "data", {"cat": 10, "dog": 10, "rare": 1})
     with pytest.raises(DatasetError, match=r"'rare' has 1 image\(s\)"):
         _load(root)
+
+
+def test_a_huge_photo_decodes_in_little_memory(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "huge.jpg"
+    Image.new("RGB", (12000, 9000), (120, 40, 200)).save(path, quality=80)
+    code = ("import resource, sys; from pathlib import Path; from imagebench.data.load import decode_image; "
+            "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
+            f"pixels = decode_image(Path({str(path)!r}), 64); "
+            "grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before; "
+            "print(grown, pixels[0, 0].tolist())")
+    done = subprocess.run([sys.executable, "-W", "error::UserWarning", "-c", code], capture_output=True, text=True, check=True)
+    grown_kb, pixel = done.stdout.split(maxsplit=1)
+    assert int(grown_kb) < 100_000  # a full decode would take 324 MB; draft mode decodes at 1/8 scale
+    assert abs(json.loads(pixel)[2] - 200) < 6 and "DecompressionBomb" not in done.stderr
+
+
+def test_an_oversized_non_jpeg_is_skipped_with_the_reason(tmp_path, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # a small limit stands in for a 200-megapixel PNG
+    path = tmp_path / "big.png"
+    Image.new("RGB", (50, 50)).save(path)
+    with pytest.warns(UserWarning, match="skipped 1"):
+        _images, kept, skipped = decode_all([path], 8)
+    assert kept == [] and "too large to decode safely" in skipped[0]
+    jpeg = tmp_path / "big.jpg"
+    Image.new("RGB", (50, 50), (10, 200, 10)).save(jpeg)
+    assert decode_image(jpeg, 8)[0, 0, 1] > 180  # JPEGs decode at reduced scale: no limit needed
+
+
+def test_korean_class_names_are_drawn_not_boxes(recwarn):
+    import io
+
+    from imagebench import plots
+
+    figure = plots.confusion_matrix(np.eye(2, dtype=int), ["사과", "banana"], "test confusion matrix")
+    figure.savefig(io.BytesIO(), format="png")
+    assert not [w for w in recwarn if "missing from font" in str(w.message)]

@@ -3,6 +3,7 @@ same code draws into a notebook cell, an MLflow artifact and a PNG under results
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -10,6 +11,30 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 CURVE_PAIRS = (("loss", "train/loss", "val/loss"), ("accuracy", "train/accuracy", "val/accuracy"))
+# Class names are often Korean (seeds.md): DejaVu Sans has no Hangul, so glyphs it lacks fall back
+# to NanumGothic, shipped by the koreanize-matplotlib package (its fonts only; its rc changes are not used).
+HANGUL_FONT_PACKAGE = "koreanize_matplotlib"
+
+
+def _use_hangul_fallback() -> None:
+    import importlib.util
+
+    import matplotlib
+    from matplotlib import font_manager
+
+    spec = importlib.util.find_spec(HANGUL_FONT_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return  # not installed: Latin names still draw; Hangul shows as boxes
+    fonts = Path(list(spec.submodule_search_locations)[0]) / "fonts" / "NanumGothic.ttf"
+    if fonts.is_file():
+        font_manager.fontManager.addfont(str(fonts))
+        families = [name for name in matplotlib.rcParams["font.family"] if name != "NanumGothic"]
+        if families == ["sans-serif"]:
+            families = [matplotlib.rcParams["font.sans-serif"][0]]
+        matplotlib.rcParams["font.family"] = [*families, "NanumGothic"]
+
+
+_use_hangul_fallback()
 
 
 def learning_curves(history: Mapping[str, Sequence[float]], title: str = "", best_epoch: int | None = None) -> Figure:

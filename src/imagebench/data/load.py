@@ -30,9 +30,28 @@ MIN_CLASSES = 2
 
 
 # --- decoding
+def _open_image(path: Path) -> Image.Image:
+    """Image.open without Pillow's decompression-bomb refusal for JPEGs, which ``draft`` decodes
+    at 1/2..1/8 scale (a 12000x9000 photo costs ~20 MB, not 324 MB); other formats keep the check."""
+    limit = Image.MAX_IMAGE_PIXELS
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            image = Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = limit
+    pixels = image.width * image.height
+    if image.format != "JPEG" and limit and pixels > 2 * limit:
+        image.close()
+        raise ValueError(f"{image.width}x{image.height} pixels is too large to decode safely (over {2 * limit:,}); "
+                         "downscale the file or save it as JPEG")  # fmt: skip
+    return image
+
+
 def decode_image(path: Path, size: int) -> np.ndarray:
     """Read any Pillow-readable image as (size, size, 3) uint8 RGB, EXIF rotation applied."""
-    with Image.open(path) as image:
+    with _open_image(path) as image:
         image.draft("RGB", (size, size))  # JPEG: decode at reduced scale, so huge photos stay cheap
         image = ImageOps.exif_transpose(image)
         if image.mode in ("I;16", "I;16B", "I;16L", "I"):
