@@ -70,6 +70,16 @@ class WeightsError(FileNotFoundError):
     pass
 
 
+def wrong_weights_file(path: str, framework: str, model: str, error: BaseException) -> WeightsError:
+    """The error for a weights file that exists but does not fit the backbone being built."""
+    detail = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+    return WeightsError(
+        f"weights file '{path}' does not fit {framework}/{model}: {detail}. Give a file saved from the same "
+        f"backbone in {framework} ({'a Keras applications .h5/.weights.h5 without top' if framework == 'keras' else 'a timm state dict, .pth/.safetensors'}), "
+        "or use weights: imagenet / none"
+    )  # fmt: skip
+
+
 def require_weights(trials: Iterable[TrialParams]) -> None:
     problems = check_weights(trials)
     if problems:

@@ -310,3 +310,13 @@ def test_compile_switch_turns_on_xla():
     model = kb.build_model(_params(compile=True), 10)
     compile_model(model, _params(compile=True))
     assert model.jit_compile is True
+
+
+def test_a_weights_file_of_another_architecture_is_a_clear_error(tmp_path):
+    from imagebench.weights import WeightsError
+
+    wrong = tmp_path / "not_efficientnet.weights.h5"
+    tiny = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    tiny.save_weights(wrong)
+    with pytest.raises(WeightsError, match=r"does not fit keras/efficientnet_b0: .*use weights: imagenet / none"):
+        kb.build_model(_params(model="efficientnet_b0", weights=str(wrong)), 10)

@@ -347,3 +347,21 @@ def test_speed_switches_shape_the_training_step():
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     plain = TrainStep(_model(), make_optimizer(_params(), _model()), _params(), torch.device("cpu"))
     assert plain.autocast_dtype is None and plain.forward is plain.model
+
+
+def test_a_weights_file_of_another_architecture_is_a_clear_error(tmp_path):
+    from imagebench.weights import WeightsError
+
+    wrong = tmp_path / "not_efficientnet.pth"
+    torch.save(torch.nn.Linear(3, 2).state_dict(), wrong)
+    with pytest.raises(WeightsError, match=r"does not fit torch/efficientnet_b0: .*use weights: imagenet / none"):
+        _model(model="efficientnet_b0", weights=str(wrong))
+
+
+def test_a_weights_file_of_the_same_backbone_loads_exactly(tmp_path):
+    source = _model(model="efficientnet_b0")
+    path = tmp_path / "effnet_headless.pth"
+    torch.save(source.backbone.state_dict(), path)
+    loaded = _model(model="efficientnet_b0", weights=str(path), seed=7)
+    for name, tensor in source.backbone.state_dict().items():
+        assert torch.equal(tensor, loaded.backbone.state_dict()[name]), name

@@ -138,9 +138,16 @@ def _cnn_body(x, params: TrialParams):
 def _backbone_body(x, spec: ModelSpec, params: TrialParams):
     size = params.image_size
     constructor = getattr(keras.applications, spec.backbone.keras_class)
-    backbone = constructor(
-        include_top=False, weights=_backbone_weights(params), input_shape=(size, size, 3), name="backbone"
-    )
+    try:
+        backbone = constructor(
+            include_top=False, weights=_backbone_weights(params), input_shape=(size, size, 3), name="backbone"
+        )
+    except (ValueError, KeyError, OSError) as exc:  # a file from another architecture, or not weights
+        if params.weights in ("none", "imagenet"):
+            raise
+        from imagebench.weights import wrong_weights_file
+
+        raise wrong_weights_file(params.weights, "keras", params.model, exc) from exc
     _set_batchnorm_momentum(backbone)
     if params.freeze_backbone:
         freeze_backbone(backbone, params.train_bn)

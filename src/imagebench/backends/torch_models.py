@@ -87,14 +87,24 @@ def cnn_body(activation: str) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def _pretrained_kwargs(weights: str) -> dict:
-    if weights == "none":
-        return {"pretrained": False}
-    if weights == "imagenet":
-        return {"pretrained": True}
-    if not os.path.isfile(weights):
-        raise FileNotFoundError(f"weights={weights!r}: no such file (use 'imagenet', 'none' or a weights file)")
-    return {"pretrained": True, "pretrained_cfg_overlay": {"file": weights}}
+def _load_weights_file(model: nn.Module, path: str, backbone: Backbone) -> None:
+    """Load a local weights file strictly: timm's own loader accepts a file from another
+    architecture with only a warning, leaving a random backbone that looks pretrained."""
+    from imagebench.weights import wrong_weights_file
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"weights={path!r}: no such file (use 'imagenet', 'none' or a weights file)")
+    try:
+        state = timm.models.load_state_dict(path)
+    except Exception as exc:  # not a state dict at all (pickle/safetensors errors vary)
+        raise wrong_weights_file(path, "torch", backbone.name, exc) from exc
+    # the classifier (and VGG's pre-logits, dropped below) are not part of a headless backbone
+    head = tuple(f"{name}." for name in (model.pretrained_cfg.get("classifier"), "pre_logits") if name)
+    missing, unexpected = model.load_state_dict({k: v for k, v in state.items() if not k.startswith(head)}, strict=False)
+    missing = [key for key in missing if not key.startswith(head)]
+    if missing or unexpected:
+        detail = f"{len(missing)} of its tensors missing (e.g. {missing[:2]}), {len(unexpected)} unknown (e.g. {unexpected[:2]})"
+        raise wrong_weights_file(path, "torch", backbone.name, ValueError(detail))
 
 
 def timm_backbone(backbone: Backbone, weights: str) -> nn.Module:
@@ -102,9 +112,11 @@ def timm_backbone(backbone: Backbone, weights: str) -> nn.Module:
         backbone.timm_name,
         num_classes=0,
         global_pool="",
-        **_pretrained_kwargs(weights),
+        pretrained=weights == "imagenet",
         **_TIMM_KWARGS.get(backbone.name, {}),
     )
+    if weights not in ("none", "imagenet"):
+        _load_weights_file(model, weights, backbone)
     if backbone.timm_name.startswith("vgg"):
         # timm keeps VGG's fc6/fc7 as a conv `pre_logits` (ConvMlp, ~119M params) used only by
         # forward_head; Keras' include_top=False has no such layers. Drop them so the model and its
