@@ -20,15 +20,17 @@ def _run(args, cwd, **kwargs):
     return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=600, **kwargs)
 
 
-def _one_class_dataset(root: Path) -> Path:
-    """Valid at planning time, fails inside the trial (a classifier needs two classes)."""
-    (root / "only").mkdir(parents=True)
-    Image.new("RGB", (8, 8)).save(root / "only" / "0.png")
+def _unsplittable_dataset(root: Path) -> Path:
+    """Valid at planning time (two classes with images), fails inside the trial: one image per
+    class cannot be split into train, validation and test."""
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(root / name / "0.png")
     return root
 
 
 def test_sweep_runs_trials_in_papermill_and_survives_a_failing_trial(project):
-    bad = _one_class_dataset(project / "bad_data")
+    bad = _unsplittable_dataset(project / "bad_data")
     sweep_file = project / "params" / "e2e.yaml"
     sweep_file.write_text(textwrap.dedent(f"""
         experiment: e2e
@@ -41,7 +43,7 @@ def test_sweep_runs_trials_in_papermill_and_survives_a_failing_trial(project):
     done = _run([str(BIN / "imagebench"), "sweep", str(sweep_file)], cwd=project)
     assert done.returncode == 1, done.stderr[-3000:]  # one failed trial: the exit code says so
     assert "2 finished, 1 failed of 3 trials" in done.stdout
-    assert "need at least 2" in done.stdout  # the closing summary names the reason
+    assert "'a' has 1 image(s)" in done.stdout  # the closing summary names the reason
 
     client = tracking.client()
     parent = tracking.find_sweep_run("e2e")
@@ -53,7 +55,7 @@ def test_sweep_runs_trials_in_papermill_and_survives_a_failing_trial(project):
         notebooks = [item.path for item in client.list_artifacts(run.info.run_id, tracking.ARTIFACT_NOTEBOOK_DIR)]
         assert notebooks == [f"{tracking.ARTIFACT_NOTEBOOK_DIR}/{run.data.tags[tracking.TAG_TRIAL]}.ipynb"]
     assert len(by_status["FINISHED"]) == 2 and len(by_status["FAILED"]) == 1
-    assert "need at least 2" in by_status["FAILED"][0].data.tags[tracking.TAG_ERROR]
+    assert "'a' has 1 image(s)" in by_status["FAILED"][0].data.tags[tracking.TAG_ERROR]
     for run in by_status["FINISHED"]:
         assert_documented_record(run.info.run_id, num_classes=10)
 
@@ -106,3 +108,47 @@ def test_papermill_typo_parameter_is_an_error_not_a_warning(project):
                  "-p", "epochs", "1"], cwd=project)
     assert done.returncode != 0
     assert "did you mean 'learning_rate'" in done.stderr + done.stdout + (project / "out.ipynb").read_text()
+
+
+def _tree_digest(root: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        stat = path.stat()
+        digest.update(f"{path.relative_to(root)}|{stat.st_mtime_ns}|{stat.st_mode}".encode())
+        if path.is_file():
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _folder_sweep(project: Path, dataset: Path, name: str) -> Path:
+    sweep_file = project / "params" / f"{name}.yaml"
+    sweep_file.write_text(f"experiment: {name}\nbase: {{dataset: '{dataset}', image_size: 32, epochs: 1, batch_size: 16, "
+                          "val_fraction: 0.25, test_fraction: 0.25, framework: torch, model: cnn}\n")
+    return sweep_file
+
+
+def test_a_sweep_never_writes_to_the_users_dataset(project):
+    data = project / "user_data"
+    for index, name in enumerate(("cat", "dog", "사과")):
+        (data / name).mkdir(parents=True)
+        for i in range(8):
+            Image.new("RGB", (24, 24), (40 * index, 20 * i, 90)).save(data / name / f"{i}.jpg")
+    (data / ".DS_Store").write_bytes(b"\0")
+    before = _tree_digest(data)
+    done = _run([str(BIN / "imagebench"), "sweep", str(_folder_sweep(project, data, "readonly")), "--no-leaderboard"], cwd=project)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert _tree_digest(data) == before  # contents, names, modification times and modes
+
+
+def test_a_bad_dataset_layout_stops_the_sweep_before_its_first_trial(project):
+    data = project / "presplit"
+    for split, classes in (("train", ("cat", "dog", "fox")), ("val", ("cat", "dog")), ("test", ("cat", "dog", "fox"))):
+        for name in classes:
+            (data / split / name).mkdir(parents=True)
+            for i in range(3):
+                Image.new("RGB", (8, 8)).save(data / split / name / f"{i}.png")
+    done = _run([str(BIN / "imagebench"), "sweep", str(_folder_sweep(project, data, "layout"))], cwd=project)
+    assert done.returncode == 2 and "val: classes ['fox']" in done.stderr and "have no images here" in done.stderr
+    assert tracking.client().get_experiment_by_name("layout") is None  # nothing was started

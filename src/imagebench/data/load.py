@@ -173,7 +173,18 @@ def _decode_split(listing: ImageList, class_names: list[str], size: int, root: P
     return decoded.images, labels, decoded.skipped
 
 
-def _load_presplit(root: Path, folders: dict[str, Path], params: TrialParams) -> TrialData:
+def discover(root: Path) -> tuple[dict[str, ImageList], list[str]]:
+    """The image listings of a folder dataset (``{"all": ...}`` or per split) and its class names.
+
+    Every layout problem is raised here, before anything is decoded: the sweep calls this once per
+    dataset when it plans (through ``dataset_fingerprint``), so a bad folder stops it before trial 1.
+    """
+    folders = find_split_folders(root)
+    if not folders:
+        listing = scan_class_folders(root)
+        class_names = sorted(set(listing.labels))
+        _check_classes(class_names, str(root))
+        return {"all": listing}, class_names
     listings = {split: scan_class_folders(folder) for split, folder in folders.items()}
     class_names = sorted(set(listings["train"].labels))
     _check_classes(class_names, str(folders["train"]))
@@ -185,6 +196,10 @@ def _load_presplit(root: Path, folders: dict[str, Path], params: TrialParams) ->
         if absent:  # a test or validation score over fewer classes would not mean what it says
             raise DatasetError(f"{folders[split]}: classes {absent} of {folders['train']} have no images here; "
                                f"add some, or remove the {split}/ folder to carve {split} from train")
+    return listings, class_names
+
+
+def _load_presplit(root: Path, listings: dict[str, ImageList], class_names: list[str], params: TrialParams) -> TrialData:
     decoded = {split: _decode_split(listing, class_names, params.image_size, root) for split, listing in listings.items()}
     parts = {split: Split(images=d[0], labels=d[1]) for split, d in decoded.items()}
     if "val" not in parts or "test" not in parts:
@@ -210,10 +225,7 @@ def _split_missing(parts: dict[str, Split], params: TrialParams, class_names: li
     return {name: _subset(train.images, train.labels, idx) for name, idx in splits.items()}
 
 
-def _load_class_folders(root: Path, params: TrialParams) -> TrialData:
-    listing = scan_class_folders(root)
-    class_names = sorted(set(listing.labels))
-    _check_classes(class_names, str(root))
+def _load_class_folders(root: Path, listing: ImageList, class_names: list[str], params: TrialParams) -> TrialData:
     images, labels, skipped = _decode_split(listing, class_names, params.image_size, root)
     kept = cap_per_class(labels, params.max_per_class, params.seed)
     splits = stratified_split(labels[kept], params.val_fraction, params.test_fraction, params.seed, class_names)
@@ -230,14 +242,15 @@ def dataset_fingerprint(dataset: str) -> str:
 
         return f"{dataset}-sklearn{sklearn.__version__}"
     root = resolve_dataset_path(dataset)
-    folders = find_split_folders(root) or {"all": root}
-    files = [f for folder in folders.values() for f in scan_class_folders(folder).files]
-    return folder_fingerprint(files, root)
+    listings, _class_names = discover(root)
+    return folder_fingerprint([f for listing in listings.values() for f in listing.files], root)
 
 
 def load_trial_data(params: TrialParams) -> TrialData:
     if params.dataset in BUILTIN_DATASETS:
         return _load_builtin(params)
     root = resolve_dataset_path(params.dataset)
-    folders = find_split_folders(root)
-    return _load_presplit(root, folders, params) if folders else _load_class_folders(root, params)
+    listings, class_names = discover(root)
+    if "all" in listings:
+        return _load_class_folders(root, listings["all"], class_names, params)
+    return _load_presplit(root, listings, class_names, params)
