@@ -151,3 +151,32 @@ def test_korean_class_names_are_drawn_not_boxes(recwarn):
     figure = plots.confusion_matrix(np.eye(2, dtype=int), ["사과", "banana"], "test confusion matrix")
     figure.savefig(io.BytesIO(), format="png")
     assert not [w for w in recwarn if "missing from font" in str(w.message)]
+
+
+def test_check_data_reports_every_problem_at_once(tmp_path, capsys):
+    from imagebench.cli import main
+
+    root = tmp_path / "data"
+    for split, classes in (("train", {"cat": 6, "dog": 6, "fox": 6, "owl": 0}), ("val", {"cat": 2, "dog": 2}),
+                           ("test", {"cat": 2, "dog": 2, "fox": 2, "yak": 2})):
+        _class_tree(root / split, classes)
+    assert main(["check-data", str(root), "--json"]) == 2
+    report = json.loads(capsys.readouterr().out)
+    problems = "\n".join(report["problems"])
+    assert len(report["problems"]) == 3, problems
+    assert "no images: " in problems and "owl" in problems  # the empty class folder
+    assert "val: classes ['fox']" in problems  # a class missing from a split
+    assert "test: classes ['yak'] are not in" in problems  # a class only in test
+    assert report["summary"].endswith("3 problem(s) to fix, 0 unreadable file(s) skipped")
+
+
+def test_check_data_lists_skipped_files_and_counts_a_usable_dataset(tmp_path, capsys):
+    from imagebench.cli import main
+
+    root = _class_tree(tmp_path / "data", {"cat": 8, "dog": 8})
+    (root / "cat" / "broken.jpg").write_bytes(b"not a jpeg")
+    (root / "dog" / "Thumbs.db").write_bytes(b"\0")
+    assert main(["check-data", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert f"skipped: {root / 'cat' / 'broken.jpg'}" in out and "Thumbs" not in out
+    assert out.strip().splitlines()[-1].startswith(f"{root}: 0 problem(s) to fix, 1 unreadable file(s) skipped, 2 classes")

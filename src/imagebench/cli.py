@@ -131,29 +131,50 @@ def _cmd_trial(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _cmd_check_data(args: argparse.Namespace) -> int:
-    from imagebench.data.load import load_trial_data
+def _data_report(args: argparse.Namespace) -> dict:
+    """Everything check-data finds: layout problems first (all of them), then, if the layout is
+    usable, what decoding and splitting find (unreadable files, classes too small to split)."""
+    from imagebench.data.folders import BUILTIN_DATASETS, DatasetError, resolve_dataset_path
+    from imagebench.data.load import layout_problems, load_trial_data
     from imagebench.params import make_params
 
-    data = load_trial_data(make_params(dataset=args.path, image_size=args.image_size, seed=args.seed))
-    counts = data.class_counts().sum(axis=1).astype(int).to_dict()
-    report = {
-        "dataset": data.source,
-        "fingerprint": data.fingerprint,
-        "classes": data.num_classes,
-        "images_per_class": counts,
-        "splits": data.split_sizes(),
-        "skipped_files": data.skipped_files,
-    }
+    report = {"dataset": args.path, "problems": [], "skipped_files": [], "images_per_class": {}, "splits": {}}
+    if args.path not in BUILTIN_DATASETS:
+        _listings, _names, report["problems"] = layout_problems(resolve_dataset_path(args.path))
+    if not report["problems"]:
+        try:
+            data = load_trial_data(make_params(dataset=args.path, image_size=args.image_size, seed=args.seed))
+        except DatasetError as exc:
+            report["problems"].append(str(exc))
+        else:
+            report.update(dataset=data.source, fingerprint=data.fingerprint, splits=data.split_sizes(),
+                          images_per_class=data.class_counts().sum(axis=1).astype(int).to_dict(),
+                          skipped_files=data.skipped_files)  # fmt: skip
+    classes = len(report["images_per_class"])
+    report["summary"] = (
+        f"{report['dataset']}: {len(report['problems'])} problem(s) to fix, {len(report['skipped_files'])} unreadable "
+        f"file(s) skipped" + (f", {classes} classes, splits {report['splits']}" if classes else "")
+    )
+    return report
+
+
+def _cmd_check_data(args: argparse.Namespace) -> int:
+    import warnings
+
+    with warnings.catch_warnings():  # the report lists skipped files itself
+        warnings.simplefilter("ignore", UserWarning)
+        report = _data_report(args)
     if args.json:
         print(json.dumps(report, ensure_ascii=False, indent=2))
     else:
-        for name, count in counts.items():
+        for name, count in report["images_per_class"].items():
             print(f"  {name:<30} {count:>6}")
-        print(f"{data.source}: {data.num_classes} classes, splits {data.split_sizes()}, {len(data.skipped_files)} unreadable file(s) skipped")
-        for line in data.skipped_files:
+        for problem in report["problems"]:
+            print(f"  problem: {problem}")
+        for line in report["skipped_files"]:
             print(f"  skipped: {line}")
-    return EXIT_OK
+        print(report["summary"])
+    return EXIT_BAD_INPUT if report["problems"] else EXIT_OK
 
 
 def _cmd_models(args: argparse.Namespace) -> int:

@@ -40,6 +40,7 @@ def is_image_file(path: Path) -> bool:
 class ImageList:
     files: list[Path] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)  # NFC class names
+    empty_folders: list[Path] = field(default_factory=list)  # class folders without a single image
 
     def extend(self, files: list[Path], label: str) -> None:
         self.files.extend(files)
@@ -61,8 +62,8 @@ def _images_under(folder: Path) -> list[Path]:
 def scan_class_folders(folder: Path) -> ImageList:
     """Images of each class folder (searched recursively); NFC/NFD twins merge into one class.
 
-    A class folder without a single image is an error: silently dropping it would shift the class
-    indices the user expects and hide a copy that went wrong.
+    Class folders without a single image are listed in ``empty_folders`` (the loader refuses them:
+    silently dropping one would shift the class indices and hide a copy that went wrong).
     """
     images, empty = ImageList(), []
     for class_dir in _visible_dirs(folder):
@@ -71,10 +72,7 @@ def scan_class_folders(folder: Path) -> ImageList:
             empty.append(class_dir)
         images.extend(files, nfc(class_dir.name))
     merged_twins = {nfc(path.name) for path in empty} & set(images.labels)  # the other spelling has images
-    empty = [path for path in empty if nfc(path.name) not in merged_twins]
-    if empty:
-        listed = ", ".join(str(path) for path in empty)
-        raise DatasetError(f"class folder(s) with no images: {listed}; add images or remove the folder(s)")
+    images.empty_folders = [path for path in empty if nfc(path.name) not in merged_twins]
     return images
 
 

@@ -134,11 +134,6 @@ def _subset(images: np.ndarray, labels: np.ndarray, indices: np.ndarray) -> Spli
     return Split(images=images[indices], labels=labels[indices])
 
 
-def _check_classes(class_names: list[str], where: str) -> None:
-    if len(class_names) < MIN_CLASSES:
-        raise DatasetError(f"{where}: found {len(class_names)} class folder(s) {class_names}; need at least {MIN_CLASSES}")
-
-
 # --- the two kinds of dataset
 def _builtin_images(dataset: str, size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """The built-in set at ``size`` px, upscaled once per size into the decode cache (every trial of a
@@ -173,29 +168,37 @@ def _decode_split(listing: ImageList, class_names: list[str], size: int, root: P
     return decoded.images, labels, decoded.skipped
 
 
-def discover(root: Path) -> tuple[dict[str, ImageList], list[str]]:
-    """The image listings of a folder dataset (``{"all": ...}`` or per split) and its class names.
-
-    Every layout problem is raised here, before anything is decoded: the sweep calls this once per
-    dataset when it plans (through ``dataset_fingerprint``), so a bad folder stops it before trial 1.
-    """
-    folders = find_split_folders(root)
-    if not folders:
-        listing = scan_class_folders(root)
-        class_names = sorted(set(listing.labels))
-        _check_classes(class_names, str(root))
-        return {"all": listing}, class_names
+def layout_problems(root: Path) -> tuple[dict[str, ImageList], list[str], list[str]]:
+    """Listings (``{"all": ...}`` or per split), class names, and every layout problem found, each a
+    sentence naming the folder or class and what to do. Nothing is decoded."""
+    folders = find_split_folders(root) or {"all": root}
     listings = {split: scan_class_folders(folder) for split, folder in folders.items()}
-    class_names = sorted(set(listings["train"].labels))
-    _check_classes(class_names, str(folders["train"]))
+    main = "train" if "train" in listings else "all"
+    class_names = sorted(set(listings[main].labels))
+    problems = [f"class folder with no images: {path}; add images or remove the folder"
+                for listing in listings.values() for path in listing.empty_folders]  # fmt: skip
+    if len(class_names) < MIN_CLASSES:
+        problems.append(f"{folders[main]}: found {len(class_names)} class folder(s) {class_names}; need at least {MIN_CLASSES}")
     for split, listing in listings.items():
         extra = sorted(set(listing.labels) - set(class_names))
         if extra:
-            raise DatasetError(f"{folders[split]}: classes {extra} are not in {folders['train']}; add them there or remove them")
+            problems.append(f"{folders[split]}: classes {extra} are not in {folders[main]}; add them there or remove them")
         absent = sorted(set(class_names) - set(listing.labels))
         if absent:  # a test or validation score over fewer classes would not mean what it says
-            raise DatasetError(f"{folders[split]}: classes {absent} of {folders['train']} have no images here; "
-                               f"add some, or remove the {split}/ folder to carve {split} from train")
+            problems.append(f"{folders[split]}: classes {absent} of {folders[main]} have no images here; "
+                            f"add some, or remove the {split}/ folder to carve {split} from train")
+    return listings, class_names, problems
+
+
+def discover(root: Path) -> tuple[dict[str, ImageList], list[str]]:
+    """The listings and class names of a folder dataset, every layout problem raised at once.
+
+    Nothing is decoded: the sweep calls this once per dataset when it plans (through
+    ``dataset_fingerprint``), so a bad folder stops it before trial 1.
+    """
+    listings, class_names, problems = layout_problems(root)
+    if problems:
+        raise DatasetError("\n".join(problems))
     return listings, class_names
 
 
