@@ -167,3 +167,21 @@ def test_a_worker_keeps_its_kernel_warm_and_replaces_it_after_a_failure(project)
     done = _sweep(project, fresh_file, "--no-leaderboard", "--fresh-kernel")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert len({r.data.tags[tracking.TAG_KERNEL] for r in _runs("fresh")}) == 2
+
+
+def test_sigterm_ends_the_running_trial_killed_and_keeps_its_notebook(project):
+    _inject_cell(project, "import time\nprint('trial is running', flush=True)\ntime.sleep(120)\n")
+    sweep_file = _sweep_file(project, "term", "{learning_rate: [0.001, 0.002]}", epochs=1)
+    sweep = subprocess.Popen([str(BIN / "imagebench"), "sweep", str(sweep_file), "--no-leaderboard"], cwd=project,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log_dir = project / "results" / "term" / "runs"
+    _wait_for(lambda: any("trial is running" in p.read_text() for p in log_dir.glob("001-*.log")))
+    sweep.send_signal(signal.SIGTERM)
+    output, _ = sweep.communicate(timeout=120)
+    assert sweep.returncode == 130, output[-3000:]
+    runs = _runs("term")
+    assert [run.info.status for run in runs] == ["KILLED"]  # the second trial never started
+    assert "sweep interrupted" in runs[0].data.tags.get(tracking.TAG_ERROR, "")
+    assert tracking.client().list_artifacts(runs[0].info.run_id, tracking.ARTIFACT_NOTEBOOK_DIR)  # partial notebook kept
+    assert "interrupted" in output.lower()
+    _wait_for(lambda: not _workers_of(project), timeout=30)  # no worker or kernel left behind
