@@ -2,6 +2,7 @@
 builders, never trusting a damaged entry."""
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -94,3 +95,26 @@ def test_concurrent_builders_agree_and_leave_one_complete_entry(tmp_path, privat
     entries = [path for path in (private_decode_cache / "decoded").iterdir() if not path.name.startswith(".")]
     assert len(entries) == 1 and (entries[0] / "meta.json").exists()
     assert not list((private_decode_cache / "decoded").glob(".*partial"))  # no staging folder left behind
+
+
+def test_a_full_disk_while_writing_leaves_no_entry_and_the_trial_goes_on(tmp_path, private_decode_cache, monkeypatch):
+    import errno
+
+    make_tree(tmp_path / "data")
+    expected = load_trial_data(_params(tmp_path / "data", size=40)).train.images  # the reference, then clean up
+    for entry in (private_decode_cache / "decoded").iterdir():
+        shutil.rmtree(entry)
+    real_save = np.save
+
+    def save_until_full(path, array):
+        real_save(path, array[: len(array) // 2])  # half the bytes reach the disk, then it is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cache.np, "save", save_until_full)
+    with pytest.warns(UserWarning, match="No space left on device"):
+        data = load_trial_data(_params(tmp_path / "data", size=40))
+    np.testing.assert_array_equal(data.train.images, expected)  # decoded in memory: the trial goes on
+    assert not any((private_decode_cache / "decoded").iterdir())  # no half-written entry, no staging folder
+    monkeypatch.setattr(cache.np, "save", real_save)
+    assert not load_trial_data(_params(tmp_path / "data", size=40)).skipped_files  # later trials build it whole
+    assert len(list((private_decode_cache / "decoded").iterdir())) == 1
