@@ -6,7 +6,6 @@ writes ``results/benchmarks/<name>.json``; ratios > 1 mean ours is better (faste
 
 from __future__ import annotations
 
-import importlib.metadata as metadata
 import json
 import os
 import platform
@@ -15,6 +14,9 @@ import sys
 import time
 from pathlib import Path
 from typing import Callable
+
+from imagebench.resources import available_cores
+from imagebench.tracking import package_versions
 
 REPO = Path(__file__).resolve().parents[1]
 OUT_DIR = REPO / "results" / "benchmarks"
@@ -39,21 +41,8 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count()
-    return {"cores": cores, "cpu": cpu, "gpu": os.environ.get("IMAGEBENCH_BENCH_GPU", "none"), "python": platform.python_version()}
-
-
-def versions(names: list[str]) -> dict:
-    found = {}
-    for name in names:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return found
+    return {"cores": available_cores(), "cpu": cpu, "gpu": os.environ.get("IMAGEBENCH_BENCH_GPU", "none"),
+            "python": platform.python_version()}  # fmt: skip
 
 
 def write_record(name: str, baseline: list[float], ours: list[float], unit: str, goal: str, higher_is_better: bool,
@@ -62,7 +51,7 @@ def write_record(name: str, baseline: list[float], ours: list[float], unit: str,
     ratio = mine["median"] / base["median"] if higher_is_better else base["median"] / mine["median"]
     record = {
         "name": name, "baseline": base, "ours": mine, "unit": unit, "ratio": ratio, "goal": goal,
-        "machine": machine(), "versions": versions(["imagebench", "numpy", *packages]),
+        "machine": machine(), "versions": package_versions(["imagebench", "numpy", *packages]),
         "command": " ".join([Path(sys.executable).name, *sys.argv]), "notes": notes, **(extra or {}),
     }  # fmt: skip
     OUT_DIR.mkdir(parents=True, exist_ok=True)

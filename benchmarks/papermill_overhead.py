@@ -35,18 +35,16 @@ def short_trial(framework: str) -> dict:
 
 
 class Worker:
-    """The sweep's worker process (``imagebench.worker``), sent jobs as the scheduler sends them."""
+    """The sweep's worker process (``scheduler.WorkerProcess``), sent jobs as the scheduler sends them."""
 
     def __init__(self, folder: Path, fresh_kernel: bool = False):
         from imagebench import tracking
-        from imagebench.resources import thread_environment
+        from imagebench.resources import available_cores, thread_environment
+        from imagebench.scheduler import WorkerProcess
 
-        env = {**os.environ, **thread_environment(len(os.sched_getaffinity(0))), tracking.ENV_ROOT: str(REPO),
-               "PYTHONUNBUFFERED": "1"}  # fmt: skip
-        command = [sys.executable, "-m", "imagebench.worker", str(REPO), *(["--fresh-kernel"] if fresh_kernel else [])]
+        env = {**os.environ, **thread_environment(available_cores()), tracking.ENV_ROOT: str(REPO), "PYTHONUNBUFFERED": "1"}
         self.folder, self.jobs = folder, 0
-        self.process = subprocess.Popen(command, env=env, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+        self.worker = WorkerProcess.start(REPO, env, folder / f"worker-{fresh_kernel}.log", fresh_kernel)
 
     def trial_seconds(self, values: dict) -> float:
         """One trial from the moment the job is sent until the worker reports it done."""
@@ -59,14 +57,12 @@ class Worker:
         run_id = tracking.create_trial_run(params.experiment, f"worker-{self.jobs}", {}, None)
         params_file = self.folder / f"trial-{self.jobs}.params.json"
         params_file.write_text(json.dumps(params.model_dump()), encoding="utf-8")
-        output = self.folder / f"trial-{self.jobs}-{self.process.pid}.ipynb"
+        output = self.folder / f"trial-{self.jobs}-{self.worker.process.pid}.ipynb"
         started = time.perf_counter()
-        job = {"params": str(params_file), "run_id": run_id, "output": str(output), "env": {tracking.ENV_RUN_ID: run_id}}
-        self.process.stdin.write(json.dumps(job) + "\n")
-        self.process.stdin.flush()
+        self.worker.send(params_file, run_id, output, {tracking.ENV_RUN_ID: run_id})
         while not status_file(output).exists():
-            if self.process.poll() is not None:
-                raise SystemExit(f"the worker exited with status {self.process.returncode}")
+            if not self.worker.alive():
+                raise SystemExit(f"the worker exited with status {self.worker.process.returncode}; see {self.worker.log}")
             time.sleep(0.02)
         seconds = time.perf_counter() - started
         if status_file(output).read_text().strip() != "0" or tracking.client().get_run(run_id).info.status != "FINISHED":
@@ -74,8 +70,7 @@ class Worker:
         return seconds
 
     def close(self) -> None:
-        self.process.stdin.close()
-        self.process.wait(timeout=60)
+        self.worker.close()
 
 
 def fresh_process_seconds(code: str) -> float:

@@ -67,10 +67,23 @@ class WorkerProcess:
     log: Path
     framework: str = ""  # what its kernel last ran: the next trial of it skips the imports
 
+    @classmethod
+    def start(cls, root: Path, env: dict[str, str], log: Path, fresh_kernel: bool) -> "WorkerProcess":
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("ab") as worker_log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "imagebench.worker", str(root), *(["--fresh-kernel"] if fresh_kernel else [])],
+                env=env, stdout=worker_log, stderr=subprocess.STDOUT, stdin=subprocess.PIPE, cwd=str(root), text=True,
+                start_new_session=True,  # Ctrl-C reaches the sweep only; it stops the workers itself
+            )  # fmt: skip
+        return cls(process, log)
+
     def alive(self) -> bool:
         return self.process.poll() is None
 
-    def send(self, job: dict) -> None:
+    def send(self, params_file: Path, run_id: str, output: Path, env: dict[str, Optional[str]]) -> None:
+        """One job, in the format ``imagebench.worker`` reads; it writes ``status_file(output)`` when done."""
+        job = {"params": str(params_file), "run_id": run_id, "output": str(output), "env": env}
         self.process.stdin.write(json.dumps(job) + "\n")
         self.process.stdin.flush()
 
@@ -185,6 +198,7 @@ class Scheduler:
     display: Optional[Display] = None
     outcomes: list[TrialOutcome] = field(default_factory=list)
     idle: list[WorkerProcess] = field(default_factory=list)
+    spawned: int = 0  # workers started so far (names their logs)
 
     # --- starting a job
     def _worker_environment(self) -> dict[str, str]:
@@ -197,17 +211,9 @@ class Scheduler:
         }
 
     def _spawn_worker(self, folder: Path) -> WorkerProcess:
-        root = tracking.project_root()
-        log = folder / f"worker-{len(self.idle) + 1}-{time.strftime('%H%M%S')}.log"
-        folder.mkdir(parents=True, exist_ok=True)
-        with log.open("ab") as worker_log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "imagebench.worker", str(root), *(["--fresh-kernel"] if self.fresh_kernels else [])],
-                env=self._worker_environment(), stdout=worker_log, stderr=subprocess.STDOUT, stdin=subprocess.PIPE,
-                cwd=str(root), text=True,
-                start_new_session=True,  # Ctrl-C reaches the sweep only; it stops the workers itself
-            )  # fmt: skip
-        return WorkerProcess(process, log)
+        self.spawned += 1
+        log = folder / f"worker-{self.spawned}-{os.getpid()}.log"
+        return WorkerProcess.start(tracking.project_root(), self._worker_environment(), log, self.fresh_kernels)
 
     def _worker_for(self, job: Job) -> WorkerProcess:
         """An idle worker whose kernel already runs this framework, else any idle one, else a new one."""
@@ -230,7 +236,7 @@ class Scheduler:
         budget, checkpoint = job.epoch_budget, job.checkpoint
         env = {tracking.ENV_RUN_ID: job.run_id, ENV_EPOCH_BUDGET: None if budget is None else str(budget),
                ENV_CHECKPOINT: None if checkpoint is None else str(checkpoint)}  # fmt: skip
-        worker.send({"params": str(params_file), "run_id": job.run_id, "output": str(job.output), "env": env})
+        worker.send(params_file, job.run_id, job.output, env)
         return RunningJob(job, worker, time.monotonic())
 
     def _release(self, running: RunningJob) -> None:

@@ -160,6 +160,19 @@ def experiment_id(name: str) -> str:
         return experiment.experiment_id
 
 
+def package_versions(names: list[str]) -> dict[str, str]:
+    """Installed versions of those of ``names`` that are installed (for the versions tag, benchmarks)."""
+    import importlib.metadata as metadata
+
+    found = {}
+    for name in names:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
 def git_commit() -> str:
     try:
         out = subprocess.run(

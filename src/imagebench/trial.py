@@ -58,16 +58,8 @@ class TrialResult:
 
 
 def _versions(framework: str) -> str:
-    import importlib.metadata as metadata
-
     names = ["imagebench", "mlflow", "scikit-learn"] + (["tensorflow-cpu", "tensorflow", "keras"] if framework == "keras" else ["torch", "timm"])
-    found = {}
-    for name in names:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return json.dumps({"python": platform.python_version(), **found})
+    return json.dumps({"python": platform.python_version(), **tracking.package_versions(names)})
 
 
 def trial_tags(params: TrialParams, dataset_fingerprint: str) -> dict[str, str]:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Optional
 
 ENVIRONMENT_TAG = "injected-environment"
+WARM_ENGINE = "imagebench-warm"  # papermill engine name of the worker's kept kernel
 
 
 def error_file(output: Path) -> Path:
@@ -116,9 +117,6 @@ def _execute(kernel: WarmKernel, job: dict) -> int:
             error_file(output).write_text(_error_text(exc), encoding="utf-8")
             return 1
     return 0
-
-
-WARM_ENGINE = "imagebench-warm"
 
 
 def _warm_engine_class():

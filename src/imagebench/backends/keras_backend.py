@@ -17,8 +17,15 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from imagebench.backends.keras_models import backbone_model, build_model, head_model, pooled_features  # noqa: E402
-from imagebench.backends.keras_training import compile_model, fit, inference_fn, make_optimizer, predict_proba  # noqa: E402
+from imagebench.backends.keras_models import backbone_model, build_model, head_model  # noqa: E402
+from imagebench.backends.keras_training import (  # noqa: E402
+    compile_model,
+    fit,
+    inference_fn,
+    make_optimizer,
+    pooled_features,
+    predict_proba,
+)
 from imagebench.params import TrialParams  # noqa: E402
 from imagebench.resources import requested_threads  # noqa: E402
 

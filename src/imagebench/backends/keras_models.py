@@ -213,17 +213,3 @@ def head_model(model: keras.Model) -> keras.Model:
 def backbone_model(model: keras.Model) -> keras.Model:
     """Pixels -> pooled features: the layers up to pooling, as a model of their own (the feature cache)."""
     return keras.Model(model.inputs, _pooling_layer(model).output, name=f"{model.name}_backbone")
-
-
-def pooled_features(model: keras.Model, images, batch_size: int = 256):
-    """The frozen backbone's pooled features of uint8 pixels (N, H, W, 3), as float32 (N, D)."""
-    import numpy as np
-    import tensorflow as tf
-
-    extractor = backbone_model(model)
-    forward = tf.function(lambda pixels: extractor(pixels, training=False), reduce_retracing=True, autograph=False)
-    chunks = [
-        forward(tf.convert_to_tensor(np.asarray(images[start : start + batch_size]), tf.float32)).numpy()
-        for start in range(0, len(images), batch_size)
-    ]
-    return np.concatenate(chunks).astype(np.float32)

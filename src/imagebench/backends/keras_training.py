@@ -15,6 +15,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from imagebench import augment  # noqa: E402
+from imagebench.backends.keras_models import backbone_model  # noqa: E402
 from imagebench.data.arrays import Split, TrialData, batch_slices  # noqa: E402
 from imagebench.evaluation import loss_and_accuracy  # noqa: E402
 from imagebench.monitor import EpochMonitor, EpochRecord, epoch_rng  # noqa: E402
@@ -62,14 +63,24 @@ def inference_fn(model: keras.Model):
     return forward
 
 
-def predict_proba(model: keras.Model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Class probabilities (N, K), computed batch by batch through the traced forward."""
+def _outputs(model: keras.Model, images: np.ndarray, batch_size: int) -> np.ndarray:
+    """The model's inference outputs, computed batch by batch through the traced forward."""
     forward = inference_fn(model)
     chunks = [
         forward(tf.convert_to_tensor(images[start : start + batch_size], tf.float32)).numpy()
         for start in range(0, len(images), batch_size)
     ]
     return np.concatenate(chunks, axis=0)
+
+
+def predict_proba(model: keras.Model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Class probabilities (N, K): the classifier ends in softmax."""
+    return _outputs(model, images, batch_size)
+
+
+def pooled_features(model: keras.Model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """The frozen backbone's pooled features of uint8 pixels (N, H, W, 3), as float32 (N, D)."""
+    return _outputs(backbone_model(model), images, batch_size).astype(np.float32)
 
 
 def _warp(images: np.ndarray, theta: np.ndarray) -> np.ndarray:

@@ -20,10 +20,17 @@ from imagebench.backends.torch_models import (
     build_model,
     head_model,
     l2_penalty,
-    pooled_features,
     regularized_weights,
 )
-from imagebench.backends.torch_training import augment_batch, device_for, fit, make_optimizer, predict_proba, warp
+from imagebench.backends.torch_training import (
+    augment_batch,
+    device_for,
+    fit,
+    make_optimizer,
+    pooled_features,
+    predict_proba,
+    warp,
+)
 from imagebench.params import TrialParams
 from imagebench.resources import requested_threads
 

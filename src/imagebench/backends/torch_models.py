@@ -267,20 +267,6 @@ def backbone_model(model: ImageClassifier) -> BackboneOnly:
     return BackboneOnly(model)
 
 
-def pooled_features(model: ImageClassifier, images, batch_size: int = 256):
-    """The frozen backbone's pooled features of uint8 pixels (N, H, W, 3), as float32 (N, D)."""
-    import numpy as np
-
-    device = next(model.parameters()).device
-    backbone = backbone_model(model).eval()
-    chunks = []
-    with torch.inference_mode():
-        for start in range(0, len(images), batch_size):
-            pixels = torch.as_tensor(np.asarray(images[start : start + batch_size]), device=device).float()
-            chunks.append(backbone(pixels).float().cpu().numpy())
-    return np.concatenate(chunks).astype(np.float32)
-
-
 def regularized_weights(model: ImageClassifier) -> list[torch.Tensor]:
     """Kernels of our Conv2d/Linear layers: what Keras' kernel_regularizer covers (no biases)."""
     return [

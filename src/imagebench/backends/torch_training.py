@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from imagebench import augment
-from imagebench.backends.torch_models import l2_penalty
+from imagebench.backends.torch_models import backbone_model, l2_penalty
 from imagebench.data.arrays import Split, TrialData, batch_slices
 from imagebench.evaluation import loss_and_accuracy
 from imagebench.monitor import EpochMonitor, EpochRecord, epoch_rng
@@ -64,15 +64,26 @@ def augment_batch(images: torch.Tensor, spec: augment.AugmentSpec, rng: np.rando
 
 
 
-def predict_proba(model: nn.Module, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    model.eval()
-    device = next(model.parameters()).device
+def _outputs(module: nn.Module, images: np.ndarray, batch_size: int, transform=lambda out: out) -> list[np.ndarray]:
+    """``transform(module(batch))`` batch by batch in inference mode, as float32 NumPy chunks."""
+    module.eval()
+    device = next(module.parameters()).device
     chunks = []
     with torch.inference_mode():
         for start in range(0, len(images), batch_size):
             batch = torch.from_numpy(np.array(images[start : start + batch_size])).to(device)  # a copy: caches are read-only
-            chunks.append(torch.softmax(model(batch).float(), dim=1).cpu().numpy())
+            chunks.append(transform(module(batch).float()).cpu().numpy())
+    return chunks
+
+
+def predict_proba(model: nn.Module, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    chunks = _outputs(model, images, batch_size, lambda logits: torch.softmax(logits, dim=1))
     return np.concatenate(chunks) if chunks else np.zeros((0, model.classifier.out_features), np.float32)
+
+
+def pooled_features(model: nn.Module, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """The frozen backbone's pooled features of uint8 pixels (N, H, W, 3), as float32 (N, D)."""
+    return np.concatenate(_outputs(backbone_model(model), images, batch_size)).astype(np.float32)
 
 
 class TrainStep:

@@ -6,8 +6,8 @@ The user's files are only ever opened for reading.
 from __future__ import annotations
 
 import warnings
-from typing import Optional
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 from PIL import Image, ImageOps
