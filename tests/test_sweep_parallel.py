@@ -185,3 +185,62 @@ def test_sigterm_ends_the_running_trial_killed_and_keeps_its_notebook(project):
     assert tracking.client().list_artifacts(runs[0].info.run_id, tracking.ARTIFACT_NOTEBOOK_DIR)  # partial notebook kept
     assert "interrupted" in output.lower()
     _wait_for(lambda: not _workers_of(project), timeout=30)  # no worker or kernel left behind
+
+
+def test_a_store_that_stays_down_stops_the_sweep_and_relog_loses_nothing(project, monkeypatch):
+    import sqlite3
+
+    from conftest import assert_documented_record
+
+    _inject_cell(project, "import pathlib, time\nprint('waiting for the store to go down', flush=True)\n"
+                          "while not pathlib.Path('STORE-LOCKED').exists():\n    time.sleep(0.1)\n")
+    sweep_file = _sweep_file(project, "outage", "{learning_rate: [0.001, 0.002]}", epochs=2)
+    monkeypatch.setenv(tracking.ENV_STORE_PATIENCE, "2")
+    sweep = subprocess.Popen([str(BIN / "imagebench"), "sweep", str(sweep_file)], cwd=project,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log_dir = project / "results" / "outage" / "runs"
+    _wait_for(lambda: any("waiting for the store" in p.read_text() for p in log_dir.glob("001-*.log")))
+    lock = sqlite3.connect(project / "mlflow.db", isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")  # another program holds the database: every MLflow call is refused
+    (project / "STORE-LOCKED").touch()
+    try:
+        output, _ = sweep.communicate(timeout=300)
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    assert sweep.returncode == 3, output[-3000:]
+    assert "stopped because MLflow store" in output and f"imagebench relog {log_dir}" in output
+    runs = _runs("outage")
+    assert [run.info.status for run in runs] == ["RUNNING"]  # the second trial never started
+    run_id = runs[0].info.run_id
+    assert not tracking.client().get_metric_history(run_id, "val/accuracy")  # trained, but nothing reached the store
+
+    relog = subprocess.run([str(BIN / "imagebench"), "relog", str(project / "results")], cwd=project,
+                           capture_output=True, text=True, timeout=120)
+    assert relog.returncode == 0, relog.stdout + relog.stderr
+    assert_documented_record(run_id, num_classes=10)  # every param, epoch metric, final metric and artifact
+    assert tracking.client().list_artifacts(run_id, tracking.ARTIFACT_NOTEBOOK_DIR)
+
+    done = _sweep(project, sweep_file, "--no-leaderboard")  # resume: the relogged trial counts as done
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "1 finished, 0 failed of 1 trials run, 1 already finished (skipped)" in done.stdout
+
+
+def test_a_full_disk_while_writing_a_notebook_fails_that_trial_clearly(project):
+    from imagebench import grid
+
+    sweep_file = _sweep_file(project, "fulldisk", "{learning_rate: [0.001, 0.002]}", epochs=1)
+    first, second = grid.plan_sweep(sweep_file).trials
+    runs_dir = project / "results" / "fulldisk" / "runs"
+    runs_dir.mkdir(parents=True)
+    (runs_dir / f"{first.name}.ipynb").symlink_to("/dev/full")  # every write there: ENOSPC, no space left
+    done = _sweep(project, sweep_file, "--no-leaderboard")
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "1 finished, 1 failed of 2 trials run" in done.stdout
+    runs = {run.data.tags[tracking.TAG_TRIAL]: run for run in _runs("fulldisk")}
+    failed, finished = runs[first.name], runs[second.name]
+    assert failed.info.status == "FAILED" and finished.info.status == "FINISHED"
+    error = failed.data.tags[tracking.TAG_ERROR]
+    assert "disk full while writing" in error and first.name in error and "run the sweep again" in error
+    assert not tracking.client().list_artifacts(failed.info.run_id, tracking.ARTIFACT_NOTEBOOK_DIR)  # nothing half-written attached
+    assert tracking.client().list_artifacts(finished.info.run_id, tracking.ARTIFACT_NOTEBOOK_DIR)

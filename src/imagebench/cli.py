@@ -1,4 +1,4 @@
-"""``imagebench sweep | leaderboard | trial | check-data | models``.
+"""``imagebench sweep | leaderboard | trial | check-data | models | relog``.
 
 Imports stay light here: TensorFlow and torch load only in a trial (its own kernel/process) or in
 ``models`` for the one framework asked for.
@@ -7,6 +7,7 @@ Imports stay light here: TensorFlow and torch load only in a trial (its own kern
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import signal
 import sys
@@ -16,6 +17,7 @@ from typing import Optional
 from imagebench.params import ParamsError
 
 EXIT_OK, EXIT_TRIALS_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_ENVIRONMENT = 3  # nothing wrong with the inputs: the MLflow store is down or the disk is full
 
 
 def _add_set(parser: argparse.ArgumentParser) -> None:
@@ -78,10 +80,12 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         require_weights(trial.params for trial in plan.trials)  # raises with the whole list, before any trial
     summary = sweep.run_sweep(plan, options)
     print(summary.text())
-    if not args.no_leaderboard and (summary.outcomes or summary.skipped):
+    if not args.no_leaderboard and not summary.store_error and (summary.outcomes or summary.skipped):
         _write_leaderboard(plan.experiment, None)
     if summary.interrupted:
         return EXIT_INTERRUPTED
+    if summary.store_error:
+        return EXIT_ENVIRONMENT
     return EXIT_TRIALS_FAILED if summary.failed else EXIT_OK
 
 
@@ -196,6 +200,27 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_relog(args: argparse.Namespace) -> int:
+    from imagebench import record
+
+    journals = record.journals_under(args.paths)
+    if not journals:
+        print(f"nothing to re-log under {', '.join(args.paths)} (no {record.JOURNAL} left)")
+        return EXIT_OK
+    failed = 0
+    for journal in journals:
+        try:
+            done = record.relog(journal, args.store)
+        except record.RelogError as exc:
+            failed += 1
+            print(f"error: {exc}", file=sys.stderr)
+            continue
+        print(f"re-logged run {done.run_id}: {done.entries} entries, ended {done.status or 'without an end (still RUNNING)'}"
+              f"  <- {journal}")  # fmt: skip
+    print(f"{len(journals) - failed} of {len(journals)} journal(s) re-logged")
+    return EXIT_BAD_INPUT if failed else EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imagebench", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -243,11 +268,17 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--classes", type=int, default=10)
     models.add_argument("--json", action="store_true")
     models.set_defaults(func=_cmd_models)
+
+    relog = commands.add_parser("relog", help="write trial records kept locally while the MLflow store was down into the store")
+    relog.add_argument("paths", nargs="+", help="record folders, journal.jsonl files, or folders above them (e.g. results/)")
+    relog.add_argument("--store", help="tracking URI to write to (default: the store each journal was meant for)")
+    relog.set_defaults(func=_cmd_relog)
     return parser
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     from imagebench.data.folders import DatasetError
+    from imagebench.tracking import StoreUnavailable
     from imagebench.weights import WeightsError
 
     args = build_parser().parse_args(argv)
@@ -258,6 +289,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     except (ParamsError, DatasetError, WeightsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except StoreUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ENVIRONMENT
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        print(f"error: disk full while writing {exc.filename or 'a file'}: free space and run the same command again "
+              f"(a sweep skips the trials that finished)", file=sys.stderr)  # fmt: skip
+        return EXIT_ENVIRONMENT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

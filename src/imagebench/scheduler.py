@@ -23,7 +23,7 @@ from typing import Callable, Optional
 
 from tqdm.auto import tqdm
 
-from imagebench import tracking
+from imagebench import record, tracking
 from imagebench.grid import Trial
 from imagebench.resources import thread_environment
 from imagebench.trial import ENV_CHECKPOINT, ENV_EPOCH_BUDGET
@@ -31,6 +31,33 @@ from imagebench.worker import error_file, status_file
 
 EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+)", re.MULTILINE)
 POLL_SECONDS = 0.5
+JOURNALED = "JOURNALED"  # outcome of a job that ended while the store was down: its record is in its journal
+LOW_DISK_BYTES = 1 << 20
+
+
+def disk_full_note(folder: Path) -> str:
+    """' (disk full: N bytes free on FOLDER)' when that is why writing failed, else ''."""
+    import shutil
+
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return ""
+    return f" (disk full: {free} bytes free on {folder})" if free < LOW_DISK_BYTES else ""
+
+
+def notebook_problem(path: Path) -> Optional[str]:
+    """Why ``path`` is not a whole notebook to attach to the run (missing, not a file, cut short
+    by a full disk), or None. A half-written notebook is never attached as if it were the trial's."""
+    import nbformat
+
+    if not path.is_file():
+        return f"no output notebook at {path}" + ("" if not path.exists() else " (not a regular file)")
+    try:
+        nbformat.read(path, as_version=4)
+    except Exception as exc:
+        return f"output notebook {path} is incomplete ({type(exc).__name__}: disk full while writing it?), not attached"
+    return None
 
 
 @dataclass
@@ -47,6 +74,11 @@ class Job:
     @property
     def label(self) -> str:
         return self.output.stem
+
+    @property
+    def record_dir(self) -> Path:
+        """Where the trial journals what the store does not take (one per trial: halving rungs share it)."""
+        return self.output.parent / f"{self.trial.name}.record"
 
 
 @dataclass
@@ -195,6 +227,7 @@ class Scheduler:
     trial_timeout: Optional[float] = None  # seconds per job
     threads: int = 1  # framework threads per worker
     fresh_kernels: bool = False  # a new kernel for every job instead of one kept warm per worker
+    store_error: Optional[tracking.StoreUnavailable] = None  # the MLflow store stayed down: start nothing more
     display: Optional[Display] = None
     outcomes: list[TrialOutcome] = field(default_factory=list)
     idle: list[WorkerProcess] = field(default_factory=list)
@@ -235,7 +268,8 @@ class Scheduler:
         worker.framework = job.trial.params.framework
         budget, checkpoint = job.epoch_budget, job.checkpoint
         env = {tracking.ENV_RUN_ID: job.run_id, ENV_EPOCH_BUDGET: None if budget is None else str(budget),
-               ENV_CHECKPOINT: None if checkpoint is None else str(checkpoint)}  # fmt: skip
+               ENV_CHECKPOINT: None if checkpoint is None else str(checkpoint),
+               record.ENV_RECORD_DIR: str(job.record_dir)}  # fmt: skip
         worker.send(params_file, job.run_id, job.output, env)
         return RunningJob(job, worker, time.monotonic())
 
@@ -281,13 +315,32 @@ class Scheduler:
         if returncode is not None and returncode < 0:
             name = _signal_name(returncode)
             return f"worker killed by {name}" + (" (out of memory?)" if name == "SIGKILL" else "")
-        return f"worker exited with status {returncode}; see {running.worker.log}"
+        full = disk_full_note(running.job.output.parent)
+        return f"worker exited with status {returncode}{full}; see {running.worker.log}"
 
     def _record(self, running: RunningJob) -> TrialOutcome:
-        job, error = running.job, self._failure_reason(running)
-        if job.output.exists():
+        """Close the job's record in the store; while the store is down, in the trial's journal."""
+        error = self._failure_reason(running)
+        if self.store_error is None:
+            try:
+                return self._record_in_store(running, error)
+            except tracking.StoreUnavailable as exc:
+                self.store_error = exc  # no further job starts; those running finish into their journals
+        return self._record_in_journal(running, error)
+
+    def _record_in_store(self, running: RunningJob, error: Optional[str]) -> TrialOutcome:
+        job = running.job
+        journal = job.record_dir / record.JOURNAL
+        if journal.is_file():  # the store was down during the trial and answers again: complete the record now
+            record.relog(journal)
+            if error and error.startswith(tracking.StoreUnavailable.__name__):
+                error = None
+        problem = notebook_problem(job.output)
+        if problem is None:
             tracking.client().log_artifact(job.run_id, str(job.output), tracking.ARTIFACT_NOTEBOOK_DIR)
             tracking.set_tags(job.run_id, {tracking.TAG_NOTEBOOK: str(job.output)})
+        elif job.output.exists() or job.output.is_symlink():
+            error = f"{error}; {problem}" if error else problem
         status = tracking.run_status(job.run_id)
         if status == "RUNNING":  # the kernel died or never reached the trial code: close the record here
             status = "FAILED" if error else "FINISHED"
@@ -296,6 +349,20 @@ class Scheduler:
             tracking.set_tags(job.run_id, {tracking.TAG_ERROR: error})
         return TrialOutcome(job.trial, job.run_id, status, time.monotonic() - running.started, job.output, error or "")
 
+    def _record_in_journal(self, running: RunningJob, error: Optional[str]) -> TrialOutcome:
+        """The store is down: the notebook and, if the trial did not record its own end, the
+        outcome go to the trial's journal, replayed later by ``imagebench relog``."""
+        job = running.job
+        recorder = record.RunRecorder(job.run_id, job.record_dir, self.store_error)
+        if notebook_problem(job.output) is None:
+            recorder.log_artifact(job.output, tracking.ARTIFACT_NOTEBOOK_DIR)
+            recorder.set_tags({tracking.TAG_NOTEBOOK: str(job.output)})
+        if not record.journal_has_end(job.record_dir):
+            recorder.end("FAILED" if error else "FINISHED", error)
+        note = f"store unavailable: record kept in {recorder.journal}"
+        return TrialOutcome(job.trial, job.run_id, JOURNALED, time.monotonic() - running.started, job.output,
+                            f"{error}; {note}" if error else note)  # fmt: skip
+
     def _check_timeout(self, running: RunningJob) -> None:
         if self.trial_timeout and not running.stop_reason and time.monotonic() - running.started > self.trial_timeout:
             running.stop_reason = f"stopped after --trial-timeout {self.trial_timeout:g}s ({running.epoch_text})"
@@ -303,12 +370,15 @@ class Scheduler:
 
     # --- the loop
     def run(self, jobs: list[Job], scores=lambda outcome: "") -> list[TrialOutcome]:
-        """Run ``jobs`` (at most ``workers`` at once) and return their outcomes in finishing order."""
+        """Run ``jobs`` (at most ``workers`` at once) and return their outcomes in finishing order.
+
+        If the MLflow store stays down, no further job starts; running ones finish into their
+        journals, then ``StoreUnavailable`` is raised (the jobs not started are simply not run).
+        """
         pending, running, outcomes = deque(jobs), [], []
         try:
-            while pending or running:
-                while pending and len(running) < self.workers:
-                    running.append(self._start(pending.popleft()))
+            while running or (pending and self.store_error is None):
+                self._start_jobs(pending, running)
                 time.sleep(POLL_SECONDS)
                 for job in list(running):
                     self._read_progress(job)
@@ -320,7 +390,8 @@ class Scheduler:
                     outcome = self._record(job)
                     outcomes.append(outcome)
                     if self.display:
-                        self.display.finished(outcome, scores(outcome), running, len(pending))
+                        shown = scores(outcome) if self.store_error is None else outcome.error
+                        self.display.finished(outcome, shown, running, len(pending))
                 if self.display:
                     self.display.update_running(running, len(pending))
         except KeyboardInterrupt:
@@ -329,7 +400,17 @@ class Scheduler:
         finally:
             self.outcomes.extend(outcomes)
             self.close()
+        if self.store_error is not None:
+            raise self.store_error
         return outcomes
+
+    def _start_jobs(self, pending: deque, running: list[RunningJob]) -> None:
+        while pending and len(running) < self.workers and self.store_error is None:
+            try:
+                running.append(self._start(pending[0]))
+                pending.popleft()
+            except tracking.StoreUnavailable as exc:  # its run could not be created: the job never started
+                self.store_error = exc
 
     def _stop_all(self, running: list[RunningJob], outcomes: list[TrialOutcome]) -> None:
         """Interrupted: stop every worker, mark its run KILLED, keep its partial notebook."""

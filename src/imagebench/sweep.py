@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from imagebench import tracking
+from imagebench import record, tracking
 from imagebench.grid import SweepPlan, Trial, make_trial
 from imagebench.params import ParamsError
 from imagebench.resources import threads_per_worker
@@ -154,6 +154,8 @@ class SweepSummary:
     trial_epochs: int = 0
     seconds: float = 0.0
     interrupted: bool = False
+    store_error: str = ""  # the MLflow store stayed down: the sweep stopped, records kept in journals
+    runs_dir: Optional[Path] = None
 
     @property
     def failed(self) -> list[TrialOutcome]:
@@ -161,7 +163,7 @@ class SweepSummary:
 
     def text(self) -> str:
         ran = len(self.outcomes)
-        head = "interrupted" if self.interrupted else f"{self.strategy} done"
+        head = "interrupted" if self.interrupted else "stopped" if self.store_error else f"{self.strategy} done"
         lines = [
             f"sweep '{self.experiment}' {head}: {ran - len(self.failed)} finished, {len(self.failed)} failed of {ran} "
             f"trials run, {self.skipped} already finished (skipped), in {self.seconds / 60:.1f} min; "
@@ -172,6 +174,10 @@ class SweepSummary:
         for outcome in self.failed:
             lines.append(f"  {outcome.status} {outcome.notebook.stem}: {outcome.error or outcome.status}")
             lines.append(f"      notebook: {outcome.notebook}  log: {outcome.notebook.with_suffix('.log')}")
+        if self.store_error:
+            lines.append(f"  stopped because {self.store_error}")
+            lines.append(f"  When the store is back: `{record.relog_command(self.runs_dir)}` (replays every kept record), "
+                         f"then run this sweep again: finished trials are skipped, the rest run.")  # fmt: skip
         return "\n".join(lines)
 
 
@@ -196,7 +202,7 @@ class SweepRunner:
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         self.parent_run_id = tracking.start_sweep_run(plan.experiment, plan.source)
         tracking.set_tags(self.parent_run_id, {tracking.TAG_STRATEGY: options.strategy, tracking.TAG_OWNER: tracking.process_owner()})
-        self.summary = SweepSummary(plan.experiment, self.parent_run_id, options.strategy)
+        self.summary = SweepSummary(plan.experiment, self.parent_run_id, options.strategy, runs_dir=self.runs_dir)
         self.summary.marked_killed = mark_abandoned_runs(plan.experiment)
         self.records = TrialRecords(plan.experiment)
         self.run_of: dict[str, str] = {}  # fingerprint -> the run that holds the trial in this sweep
@@ -330,9 +336,12 @@ class SweepRunner:
                 self.run_repeats(trials)
         except KeyboardInterrupt:
             self.summary.interrupted = True
+        except tracking.StoreUnavailable as exc:
+            self.summary.store_error = str(exc)
         self.summary.outcomes = self.scheduler.outcomes
         self.summary.seconds = time.perf_counter() - started
-        self._close()
+        if not self.summary.store_error:  # nothing more can be written; the parent run is reused on resume
+            self._close()
         return self.summary
 
     def _close(self) -> None:

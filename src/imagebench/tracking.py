@@ -12,6 +12,7 @@ import re
 import socket
 import subprocess
 import time
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Optional
@@ -90,26 +91,64 @@ def tracking_uri() -> str:
 
 # Several processes (the sweep, parallel trial kernels) write one SQLite store; SQLite answers
 # "database is locked" when a writer holds it, and a tracking server may be briefly unreachable.
-# Every client call is retried with backoff on those errors, so no metric is dropped.
+# Every client call is retried with backoff on those errors for up to the store patience, so no
+# metric is dropped by a short outage. A store still down after that is StoreUnavailable: the
+# trial's recorder (``record.RunRecorder``) then keeps the rest of its record in a local journal.
 RETRY_MARKERS = ("database is locked", "database table is locked", "busy", "connection refused",
-                 "max retries exceeded", "temporarily unavailable")  # fmt: skip
-RETRY_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0, 5.0, 5.0, 5.0)
+                 "max retries exceeded", "temporarily unavailable", "unable to open database file",
+                 "disk i/o error", "failed to establish a new connection", "connection aborted",
+                 "connection reset", "read timed out", "service unavailable", "bad gateway")  # fmt: skip
+ENV_STORE_PATIENCE = "IMAGEBENCH_STORE_PATIENCE"
+DEFAULT_STORE_PATIENCE = 60.0  # seconds a store may be unreachable before a write is given up
+FIRST_DELAY, LONGEST_DELAY = 0.05, 5.0
+
+
+class StoreUnavailable(RuntimeError):
+    """The MLflow store did not answer within the store patience (``$IMAGEBENCH_STORE_PATIENCE``)."""
+
+    @classmethod
+    def after(cls, uri: str, seconds: float, cause: BaseException) -> "StoreUnavailable":
+        first_line = (str(cause).strip().splitlines() or [type(cause).__name__])[0][:300]
+        return cls(
+            f"MLflow store {uri} still unavailable after {seconds:.0f}s of retries ({type(cause).__name__}: {first_line}). "
+            f"Check that the tracking server runs / the database file is not held by another program; "
+            f"wait longer with {ENV_STORE_PATIENCE}=SECONDS"
+        )
+
+
+def store_patience() -> float:
+    text = os.environ.get(ENV_STORE_PATIENCE, "").strip()
+    if not text:
+        return DEFAULT_STORE_PATIENCE
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if value < 0:
+        raise ValueError(f"{ENV_STORE_PATIENCE}={text!r} is invalid: give the seconds to wait for the MLflow store (e.g. 60)")
+    return value
 
 
 def is_transient(error: BaseException) -> bool:
+    if isinstance(error, StoreUnavailable):
+        return False  # already retried for the whole patience
     text = f"{type(error).__name__}: {error}".lower()
     return any(marker in text for marker in RETRY_MARKERS)
 
 
 def with_retries(call, *args, **kwargs):
-    for delay in RETRY_DELAYS:
+    started, delay = time.monotonic(), FIRST_DELAY
+    deadline = started + store_patience()
+    while True:
         try:
             return call(*args, **kwargs)
         except Exception as exc:
             if not is_transient(exc):
                 raise
+            if time.monotonic() + delay > deadline:
+                raise StoreUnavailable.after(tracking_uri(), time.monotonic() - started, exc) from exc
             time.sleep(delay * (1 + random.random()))  # jitter: writers must not retry in lock-step
-    return call(*args, **kwargs)
+            delay = min(2 * delay, LONGEST_DELAY)
 
 
 class RetryingClient:
@@ -133,7 +172,8 @@ def _client_for(uri: str):
 
 
 def client():
-    return _client_for(tracking_uri())
+    # creating the client opens the store (SQLite: a schema check that a held lock blocks): retried too
+    return with_retries(_client_for, tracking_uri())
 
 
 def _artifact_location(name: str) -> Optional[str]:
@@ -252,10 +292,14 @@ def create_trial_run(experiment: str, trial_name: str, tags: dict[str, str], par
     return run.info.run_id
 
 
-def end_run(run_id: str, status: str, error: Optional[str] = None) -> None:
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def end_run(run_id: str, status: str, error: Optional[str] = None, end_time: Optional[int] = None) -> None:
     if error:
         client().set_tag(run_id, TAG_ERROR, error[:5000])
-    client().set_terminated(run_id, status=status, end_time=int(time.time() * 1000))
+    client().set_terminated(run_id, status=status, end_time=end_time or now_ms())
 
 
 def run_status(run_id: str) -> str:
@@ -265,19 +309,19 @@ def run_status(run_id: str) -> str:
 def log_params(run_id: str, values: dict[str, Any]) -> None:
     from mlflow.entities import Param
 
-    client().log_batch(run_id, params=[Param(key, _param_text(value)) for key, value in values.items()])
+    client().log_batch(run_id, params=[Param(key, param_text(value)) for key, value in values.items()])
 
 
-def _param_text(value: Any) -> str:
+def param_text(value: Any) -> str:
     if isinstance(value, list):
         return ",".join(str(item) for item in value)
     return str(value)
 
 
-def log_metrics(run_id: str, values: dict[str, float], step: int = 0) -> None:
+def log_metrics(run_id: str, values: dict[str, float], step: int = 0, timestamp: Optional[int] = None) -> None:
     from mlflow.entities import Metric
 
-    timestamp = int(time.time() * 1000)
+    timestamp = timestamp or now_ms()
     metrics = [Metric(key, float(value), timestamp, step) for key, value in values.items()]
     client().log_batch(run_id, metrics=metrics)
 
@@ -286,3 +330,18 @@ def set_tags(run_id: str, tags: dict[str, str]) -> None:
     from mlflow.entities import RunTag
 
     client().log_batch(run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])
+
+
+@contextmanager
+def using_store(uri: Optional[str]):
+    """Talk to ``uri`` inside the block (``imagebench relog`` writes to the store a journal names)."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        os.environ["MLFLOW_TRACKING_URI"] = uri
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = before

@@ -22,6 +22,7 @@ from imagebench.evaluation import Evaluation, evaluate
 from imagebench.fingerprint import config_fingerprint, trial_fingerprint
 from imagebench.monitor import EpochMonitor, EpochRecord
 from imagebench.params import TrialParams, make_params
+from imagebench.record import RunRecorder, record_folder
 from imagebench.weights import require_weights
 
 PREDICT_BATCH = 256
@@ -72,9 +73,9 @@ def trial_tags(params: TrialParams, dataset_fingerprint: str) -> dict[str, str]:
     }
 
 
-def _epoch_reporter(run_id: str, params: TrialParams, verbose: bool):
+def _epoch_reporter(recorder: RunRecorder, params: TrialParams, verbose: bool):
     def report(record: EpochRecord) -> None:
-        tracking.log_metrics(run_id, record.as_metrics(), step=record.epoch)
+        recorder.log_metrics(record.as_metrics(), step=record.epoch)
         if verbose:
             # One plain line per epoch: readable in a notebook, a log file, and parsed by the sweep's progress bar.
             print(
@@ -86,39 +87,40 @@ def _epoch_reporter(run_id: str, params: TrialParams, verbose: bool):
     return report
 
 
-def _log_data(run_id: str, params: TrialParams, data: TrialData) -> None:
-    client = tracking.client()
-    client.log_dict(run_id, data.class_map(), tracking.ARTIFACT_CLASS_MAP)
-    tracking.set_tags(run_id, {**trial_tags(params, data.fingerprint), "imagebench.dataset_source": data.source})
+def _log_data(recorder: RunRecorder, params: TrialParams, data: TrialData) -> None:
+    recorder.log_dict(data.class_map(), tracking.ARTIFACT_CLASS_MAP)
+    recorder.set_tags({**trial_tags(params, data.fingerprint), "imagebench.dataset_source": data.source})
     sizes = {f"data/{split}_images": count for split, count in data.split_sizes().items()}
-    tracking.log_metrics(run_id, {**sizes, "data/classes": data.num_classes, "data/skipped_files": len(data.skipped_files)})
+    recorder.log_metrics({**sizes, "data/classes": data.num_classes, "data/skipped_files": len(data.skipped_files)})
     if data.skipped_files:
-        client.log_text(run_id, "\n".join(data.skipped_files), tracking.ARTIFACT_SKIPPED)
+        recorder.log_text("\n".join(data.skipped_files), tracking.ARTIFACT_SKIPPED)
 
 
-def _log_results(run_id: str, result: TrialResult, evaluation: Evaluation) -> None:
-    client = tracking.client()
+def _log_results(recorder: RunRecorder, result: TrialResult, evaluation: Evaluation) -> None:
     # at the last epoch's step: a continued trial (halving) shows its final metrics per rung
-    tracking.log_metrics(run_id, result.metrics, step=len(result.history))
-    client.log_text(run_id, evaluation.report, tracking.ARTIFACT_REPORT)
-    client.log_dict(
-        run_id, {"labels": result.class_names, "matrix": evaluation.confusion.tolist()}, tracking.ARTIFACT_CONFUSION_JSON
-    )
-    client.log_figure(run_id, result.confusion_figure(), tracking.ARTIFACT_CONFUSION_PNG)
-    client.log_figure(run_id, result.learning_curves_figure(), tracking.ARTIFACT_CURVES_PNG)
+    recorder.log_metrics(result.metrics, step=len(result.history))
+    recorder.log_text(evaluation.report, tracking.ARTIFACT_REPORT)
+    recorder.log_dict({"labels": result.class_names, "matrix": evaluation.confusion.tolist()}, tracking.ARTIFACT_CONFUSION_JSON)
+    recorder.log_figure(result.confusion_figure(), tracking.ARTIFACT_CONFUSION_PNG)
+    recorder.log_figure(result.learning_curves_figure(), tracking.ARTIFACT_CURVES_PNG)
 
 
-def _open_run(params: TrialParams, run_id: Optional[str]) -> str:
-    """Fill the run the sweep created (``$IMAGEBENCH_RUN_ID``) or start a standalone one."""
+def _open_run(params: TrialParams, run_id: Optional[str]) -> RunRecorder:
+    """Fill the run the sweep created (``$IMAGEBENCH_RUN_ID``) or start a standalone one.
+
+    A store that is down before the run exists fails the trial at once: nothing has been computed yet.
+    """
     run_id = run_id or os.environ.get(tracking.ENV_RUN_ID)
+    name = run_id
     if not run_id:
         # Tags that need the data are set once it loads, so a bad dataset still leaves a FAILED run.
         name = f"{params.framework}-{params.model}-{time.strftime('%Y%m%d-%H%M%S')}"
         tags = {tracking.TAG_MODEL: params.model, tracking.TAG_FRAMEWORK: params.framework}
         run_id = tracking.create_trial_run(params.experiment, name, tags, None)  # owned by this kernel
-    tracking.log_params(run_id, params.tracked())
-    tracking.set_tags(run_id, {tracking.TAG_VERSIONS: _versions(params.framework), tracking.TAG_KERNEL: tracking.process_owner()})
-    return run_id
+    recorder = RunRecorder(run_id, record_folder(params.experiment, name))
+    recorder.log_params(params.tracked())
+    recorder.set_tags({tracking.TAG_VERSIONS: _versions(params.framework), tracking.TAG_KERNEL: tracking.process_owner()})
+    return recorder
 
 
 def _env_budget() -> Optional[int]:
@@ -164,23 +166,23 @@ def _latency_ms(backend, model, fit_model, fit_data: TrialData, cached: Optional
     return cached.backbone_latency_ms + backend.latency_ms(fit_model, np.array(fit_data.test.images[:1]))
 
 
-def _train_and_test(run_id: str, params: TrialParams, verbose: bool,
+def _train_and_test(recorder: RunRecorder, params: TrialParams, verbose: bool,
                     epoch_budget: Optional[int] = None, checkpoint: Optional[Path] = None) -> TrialResult:
     require_weights([params])  # a clear error instead of a download attempt with no network
     data = load_trial_data(params)
-    _log_data(run_id, params, data)
+    _log_data(recorder, params, data)
     backend = get_backend(params.framework)
     backend.configure(params)
     model = backend.build_model(params, data.num_classes)
     total_params, trainable_params = backend.count_params(model)
     if verbose:
         print(f"{params.framework}/{params.model}: {total_params:,} params ({trainable_params:,} trainable); data {data.split_sizes()}")
-    monitor = EpochMonitor(params, on_epoch=_epoch_reporter(run_id, params, verbose))
+    monitor = EpochMonitor(params, on_epoch=_epoch_reporter(recorder, params, verbose))
     fit_model, fit_data, cached = model, data, None
     if features.applies(params):  # frozen backbone: train the head on cached pooled features
         cached = features.feature_data(backend, model, params, data)
         fit_model, fit_data = backend.head_model(model), cached.data
-        tracking.set_tags(run_id, {tracking.TAG_FEATURE_CACHE: "hit" if cached.hit else "computed"})
+        recorder.set_tags({tracking.TAG_FEATURE_CACHE: "hit" if cached.hit else "computed"})
         if verbose:
             print(f"frozen backbone: head trained on {'cached' if cached.hit else 'newly computed'} pooled features")
     train_seconds = _fit(backend, fit_model, params, fit_data, monitor, epoch_budget, checkpoint)
@@ -199,10 +201,10 @@ def _train_and_test(run_id: str, params: TrialParams, verbose: bool,
         "cost/latency_ms": _latency_ms(backend, model, fit_model, fit_data, cached),
     }
     result = TrialResult(
-        run_id, params, metrics, monitor.history, data.class_names, evaluation.confusion, evaluation.report, data.split_sizes()
+        recorder.run_id, params, metrics, monitor.history, data.class_names, evaluation.confusion, evaluation.report, data.split_sizes()
     )
-    _log_results(run_id, result, evaluation)
-    tracking.set_tags(run_id, {tracking.TAG_EPOCH_BUDGET: monitor.last_epoch(epoch_budget)})
+    _log_results(recorder, result, evaluation)
+    recorder.set_tags({tracking.TAG_EPOCH_BUDGET: monitor.last_epoch(epoch_budget)})
     return result
 
 
@@ -215,6 +217,9 @@ def run_trial(
 ) -> TrialResult:
     """Run one trial and record it in MLflow; the run ends FINISHED, FAILED (error tagged) or KILLED.
 
+    If the store stays down during the trial, the trial trains to its end with the rest of its
+    record kept in a local journal, then raises ``StoreUnavailable`` naming it (see ``record``).
+
     ``epoch_budget`` and ``checkpoint`` (default: ``$IMAGEBENCH_EPOCH_BUDGET``, ``$IMAGEBENCH_CHECKPOINT``)
     let successive halving train a trial in rungs: each call continues from the checkpoint, trains
     up to the budget, and saves the state for the next rung.
@@ -222,17 +227,19 @@ def run_trial(
     params = params if isinstance(params, TrialParams) else make_params(params)
     epoch_budget = epoch_budget or _env_budget()
     checkpoint = checkpoint or os.environ.get(ENV_CHECKPOINT) or None
-    run_id = _open_run(params, run_id)
+    recorder = _open_run(params, run_id)
     try:
-        result = _train_and_test(run_id, params, verbose, epoch_budget, Path(checkpoint) if checkpoint else None)
+        result = _train_and_test(recorder, params, verbose, epoch_budget, Path(checkpoint) if checkpoint else None)
     except KeyboardInterrupt:
-        tracking.end_run(run_id, "KILLED", "interrupted (KeyboardInterrupt)")
+        recorder.end("KILLED", "interrupted (KeyboardInterrupt)")
         raise
     except BaseException as exc:
-        tracking.end_run(run_id, "FAILED", f"{type(exc).__name__}: {exc}")
+        recorder.end("FAILED", f"{type(exc).__name__}: {exc}")
         raise
-    tracking.end_run(run_id, "FINISHED")
+    recorder.end("FINISHED")
     if verbose:
         shown = {key: round(value, 4) for key, value in result.metrics.items() if key.startswith(("test/", "best"))}
-        print(f"finished run {run_id}: {shown}", file=sys.stdout, flush=True)
+        print(f"finished run {recorder.run_id}: {shown}", file=sys.stdout, flush=True)
+    if recorder.offline:
+        raise recorder.unavailable()
     return result

@@ -16,6 +16,7 @@ A timeout or a dead sweep kills the worker with its kernel.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -36,10 +37,13 @@ def status_file(output: Path) -> Path:
     return output.with_suffix(".status")
 
 
-def _error_text(exc: BaseException) -> str:
+def _error_text(exc: BaseException, output: Path) -> str:
     ename, evalue = getattr(exc, "ename", None), getattr(exc, "evalue", None)
     if ename:  # papermill's PapermillExecutionError carries the notebook's own exception
         return f"{ename}: {evalue}"
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:  # papermill saving the notebook as it runs
+        return (f"disk full while writing {exc.filename or output} ({exc.strerror}): free space on that disk and run "
+                f"the sweep again (finished trials are skipped)")  # fmt: skip
     return f"{type(exc).__name__}: {exc}".strip()
 
 
@@ -114,7 +118,10 @@ def _execute(kernel: WarmKernel, job: dict) -> int:
                 log_output=True, stdout_file=log, stderr_file=log, cwd=str(kernel.root),
             )  # fmt: skip
         except Exception as exc:  # a failing trial is a result for the sweep to record, not a crash
-            error_file(output).write_text(_error_text(exc), encoding="utf-8")
+            try:
+                error_file(output).write_text(_error_text(exc, output), encoding="utf-8")
+            except OSError:  # the disk is full: the sweep finds the reason itself when this worker exits
+                pass
             return 1
     return 0
 

@@ -1,0 +1,213 @@
+"""One trial run's record: written to the MLflow store, or kept in a local journal while the store is down.
+
+Every write of a trial (params, epoch metrics, tags, artifacts, the end status) is an *entry*. A
+``RunRecorder`` sends each entry to the store (``tracking`` retries a short outage for the store
+patience). If the store stays down, the recorder stops trying for the rest of the run and appends
+each entry to ``journal.jsonl`` in the run's record folder, artifacts saved beside it: the trial
+trains to the end and then fails with ``StoreUnavailable`` naming the folder. Nothing is lost:
+``imagebench relog FOLDER`` (or ``relog``) replays the journal once the store is back. Replaying
+is safe to repeat: metrics keep their steps and timestamps (MLflow drops exact duplicates), params
+and tags are written with the same values, artifacts overwrite themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional
+
+from imagebench import tracking
+
+JOURNAL = "journal.jsonl"
+ARTIFACTS = "artifacts"
+ENV_RECORD_DIR = "IMAGEBENCH_RECORD_DIR"  # set by the sweep: the trial's folder beside its notebook
+TAG_RELOGGED = "imagebench.relogged"
+
+
+class RelogError(RuntimeError):
+    """A journal that cannot be replayed as it is (unreadable, or its run is not in the store)."""
+
+
+def record_folder(experiment: str, run_name: str) -> Path:
+    """Where a run keeps what the store did not take: ``$IMAGEBENCH_RECORD_DIR`` in a sweep, else
+    ``results/<experiment>/runs/<run name>.record``."""
+    if os.environ.get(ENV_RECORD_DIR):
+        return Path(os.environ[ENV_RECORD_DIR])
+    return tracking.project_root() / "results" / experiment / "runs" / f"{run_name}.record"
+
+
+def relog_command(folder: Path) -> str:
+    return f"imagebench relog {folder}"
+
+
+def _apply(run_id: str, entry: dict[str, Any]) -> None:
+    """Send one entry to the current store (the one place that knows how each kind is written)."""
+    kind = entry["op"]
+    if kind == "params":
+        tracking.log_params(run_id, entry["values"])
+    elif kind == "metrics":
+        tracking.log_metrics(run_id, entry["values"], step=entry["step"], timestamp=entry["timestamp"])
+    elif kind == "tags":
+        tracking.set_tags(run_id, entry["values"])
+    elif kind == "artifact":
+        tracking.client().log_artifact(run_id, entry["file"], entry.get("artifact_path"))
+    elif kind == "end":
+        tracking.end_run(run_id, entry["status"], entry.get("error"), end_time=entry["end_time"])
+    else:
+        raise RelogError(f"unknown journal entry {kind!r}: written by a newer imagebench?")
+
+
+class RunRecorder:
+    """Writes one run's record; after the store has stayed down once, journals the rest locally."""
+
+    def __init__(self, run_id: str, folder: Path, store_error: Optional[tracking.StoreUnavailable] = None):
+        self.run_id, self.folder = run_id, Path(folder)
+        self.store_error = store_error  # set: the store is down, every write goes to the journal
+
+    @property
+    def offline(self) -> bool:
+        return self.store_error is not None
+
+    @property
+    def journal(self) -> Path:
+        return self.folder / JOURNAL
+
+    def _write(self, entry: dict[str, Any]) -> None:
+        if not self.offline:
+            try:
+                _apply(self.run_id, entry)
+                return
+            except tracking.StoreUnavailable as exc:
+                self.store_error = exc  # one patience spent is enough: the rest of the run goes to the journal
+        self._append(entry)
+
+    def _append(self, entry: dict[str, Any]) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        lines = []
+        if not self.journal.exists():
+            lines.append({"op": "run", "run_id": self.run_id, "store": tracking.tracking_uri(), "reason": str(self.store_error)})
+        lines.append(entry)
+        with self.journal.open("a", encoding="utf-8") as handle:
+            handle.write("".join(json.dumps(line) + "\n" for line in lines))
+            handle.flush()
+            os.fsync(handle.fileno())  # a kernel killed after this line still leaves it on disk
+
+    # --- what a trial writes
+    def log_params(self, values: dict[str, Any]) -> None:
+        self._write({"op": "params", "values": {key: tracking.param_text(value) for key, value in values.items()}})
+
+    def log_metrics(self, values: dict[str, float], step: int = 0) -> None:
+        values = {key: float(value) for key, value in values.items()}
+        self._write({"op": "metrics", "values": values, "step": step, "timestamp": tracking.now_ms()})
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        self._write({"op": "tags", "values": {key: str(value) for key, value in tags.items()}})
+
+    def end(self, status: str, error: Optional[str] = None) -> None:
+        self._write({"op": "end", "status": status, "error": error, "end_time": tracking.now_ms()})
+
+    def log_artifact(self, path: Path, artifact_path: Optional[str] = None) -> None:
+        self._write({"op": "artifact", "file": str(Path(path).resolve()), "artifact_path": artifact_path})
+
+    def log_text(self, text: str, name: str) -> None:
+        self._log_file(name, lambda path: path.write_text(text, encoding="utf-8"))
+
+    def log_dict(self, data: dict, name: str) -> None:
+        self._log_file(name, lambda path: path.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8"))
+
+    def log_figure(self, figure, name: str) -> None:
+        self._log_file(name, figure.savefig)
+
+    def _log_file(self, name: str, write: Callable[[Path], Any]) -> None:
+        """Written to a temporary file and sent; once offline, kept in the record folder instead."""
+        if not self.offline:
+            with tempfile.TemporaryDirectory(prefix="imagebench-artifact-") as scratch:
+                path = Path(scratch) / name
+                write(path)
+                self.log_artifact(path)
+                if not self.offline:
+                    return
+        kept = self.folder / ARTIFACTS / name
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        write(kept)
+        self.log_artifact(kept)
+
+    def unavailable(self) -> tracking.StoreUnavailable:
+        """The error a trial ends with when the store stayed down: where its record is and what to do."""
+        return tracking.StoreUnavailable(
+            f"{self.store_error}. Nothing is lost: the rest of run {self.run_id}'s record is in {self.journal}; "
+            f"once the store is back, run `{relog_command(self.folder)}` (a sweep does it itself when it "
+            f"can reach the store again)."
+        )
+
+
+# --- replaying journals
+@dataclass
+class Relogged:
+    journal: Path
+    run_id: str
+    entries: int
+    status: Optional[str]  # the end status the journal held, None if the trial never reached its end
+
+
+def read_journal(journal: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    lines, texts = [], journal.read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(texts, 1):
+        if not line.strip():
+            continue
+        try:
+            lines.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number == len(texts):
+                break  # the last line was cut short by a crash mid-write: everything before it counts
+            raise RelogError(f"{journal}:{number}: not a journal line ({line[:80]!r}); the file was edited or damaged")
+    if not lines or lines[0].get("op") != "run":
+        raise RelogError(f"{journal}: no header line naming the run; not an imagebench journal")
+    return lines[0], lines[1:]
+
+
+def relog(journal: Path, store: Optional[str] = None) -> Relogged:
+    """Replay one journal into ``store`` (default: the store it was meant for), then set it aside
+    as ``journal.relogged-<time>.jsonl`` so it is not replayed again."""
+    header, entries = read_journal(journal)
+    run_id = header["run_id"]
+    with tracking.using_store(store or header.get("store")):
+        try:
+            tracking.client().get_run(run_id)
+        except tracking.StoreUnavailable:
+            raise
+        except Exception as exc:
+            raise RelogError(
+                f"{journal}: run {run_id} is not in the store {tracking.tracking_uri()} ({type(exc).__name__}); "
+                f"re-log into the store the trial was written to: --store {header.get('store')}"
+            ) from exc
+        for entry in entries:
+            _apply(run_id, entry)
+        tracking.set_tags(run_id, {TAG_RELOGGED: f"{len(entries)} entries from {journal} ({header.get('reason', '')[:300]})"})
+    journal.rename(journal.with_name(f"journal.relogged-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"))
+    ends = [entry["status"] for entry in entries if entry["op"] == "end"]
+    return Relogged(journal, run_id, len(entries), ends[-1] if ends else None)
+
+
+def journals_under(paths: Iterable[Path]) -> list[Path]:
+    """Journals still to replay: each path may be a journal, a record folder, or any folder above them."""
+    found = []
+    for path in map(Path, paths):
+        if path.is_file():
+            found.append(path)
+        elif (path / JOURNAL).is_file():
+            found.append(path / JOURNAL)
+        elif path.is_dir():
+            found.extend(sorted(path.rglob(JOURNAL)))
+        else:
+            raise RelogError(f"{path}: no such file or folder (give a record folder, a journal.jsonl or results/)")
+    return found
+
+
+def journal_has_end(folder: Path) -> bool:
+    journal = Path(folder) / JOURNAL
+    return journal.is_file() and any(entry["op"] == "end" for entry in read_journal(journal)[1])

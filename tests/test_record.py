@@ -1,0 +1,150 @@
+"""The MLflow store going away: short outages are retried, a store that stays down makes the run's
+record go to a local journal, and `imagebench relog` writes it into the store once it is back."""
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+from matplotlib.figure import Figure
+
+from imagebench import record, tracking
+from imagebench.cli import EXIT_BAD_INPUT, EXIT_ENVIRONMENT, EXIT_OK, main
+from imagebench.scheduler import notebook_problem
+
+
+def _closed_port_uri() -> str:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}"  # nothing listens there: a tracking server that is down
+
+
+@pytest.fixture
+def store_down(monkeypatch):
+    """Call it to take the tracking server down (MLflow's own HTTP retries off, our patience short)."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv(tracking.ENV_STORE_PATIENCE, "0.3")
+    uri = _closed_port_uri()
+    return lambda: monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+
+
+def test_a_short_outage_is_retried_and_a_long_one_is_named(monkeypatch):
+    monkeypatch.setenv(tracking.ENV_STORE_PATIENCE, "5")
+    answers = iter([RuntimeError("database is locked"), RuntimeError("database is locked"), "written"])
+
+    def flaky():
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    assert tracking.with_retries(flaky) == "written"
+
+    monkeypatch.setenv(tracking.ENV_STORE_PATIENCE, "0.2")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////somewhere/mlflow.db")
+    with pytest.raises(tracking.StoreUnavailable) as caught:
+        tracking.with_retries(lambda: (_ for _ in ()).throw(RuntimeError("Connection refused")))
+    assert "sqlite:////somewhere/mlflow.db" in str(caught.value) and tracking.ENV_STORE_PATIENCE in str(caught.value)
+    with pytest.raises(ValueError, match="Changing param"):  # a real error is not waited on
+        tracking.with_retries(lambda: (_ for _ in ()).throw(ValueError("Changing param values is not allowed")))
+
+    monkeypatch.setenv(tracking.ENV_STORE_PATIENCE, "soon")
+    with pytest.raises(ValueError, match="IMAGEBENCH_STORE_PATIENCE='soon'"):
+        tracking.with_retries(lambda: 1)
+
+
+def _history(run_id: str, key: str) -> list[tuple[int, float]]:
+    return [(m.step, m.value) for m in tracking.client().get_metric_history(run_id, key)]
+
+
+def test_a_store_down_mid_run_is_journaled_and_relogged_without_loss(project, store_down, capsys):
+    store = tracking.tracking_uri()
+    run_id = tracking.create_trial_run("outage", "001-trial", {}, None)
+    folder = project / "results" / "outage" / "runs" / "001-trial.record"
+    recorder = record.RunRecorder(run_id, folder)
+    recorder.log_params({"learning_rate": 0.007, "dense_units": [512, 256]})
+    recorder.log_metrics({"val/accuracy": 0.5}, step=1)
+    assert not recorder.journal.exists()  # nothing journaled while the store answers
+
+    store_down()
+    recorder.log_metrics({"val/accuracy": 0.75}, step=2)
+    assert recorder.offline and "still unavailable" in str(recorder.store_error)
+    recorder.log_metrics({"val/accuracy": 0.875}, step=3)
+    recorder.log_text("precision recall", tracking.ARTIFACT_REPORT)
+    figure = Figure()
+    figure.subplots().plot([1, 2, 3])
+    recorder.log_figure(figure, tracking.ARTIFACT_CURVES_PNG)
+    recorder.set_tags({tracking.TAG_EPOCH_BUDGET: 3})
+    recorder.end("FINISHED")
+    message = str(recorder.unavailable())
+    assert str(recorder.journal) in message and f"imagebench relog {folder}" in message
+
+    header, entries = record.read_journal(recorder.journal)
+    assert header["run_id"] == run_id
+    assert [entry["op"] for entry in entries] == ["metrics", "metrics", "artifact", "artifact", "tags", "end"]
+    assert (folder / "artifacts" / tracking.ARTIFACT_CURVES_PNG).stat().st_size > 1000
+
+    # the store the journal names is still down: a clear error, the journal kept
+    assert main(["relog", str(folder)]) == EXIT_ENVIRONMENT
+    assert "still unavailable" in capsys.readouterr().err and recorder.journal.exists()
+
+    with tracking.using_store(store):  # back (here: the store that holds the run)
+        assert main(["relog", str(project / "results"), "--store", store]) == EXIT_OK
+        assert "re-logged run" in capsys.readouterr().out
+        run = tracking.client().get_run(run_id)
+        assert run.info.status == "FINISHED"
+        assert _history(run_id, "val/accuracy") == [(1, 0.5), (2, 0.75), (3, 0.875)]
+        assert run.data.params["dense_units"] == "512,256" and run.data.tags[tracking.TAG_EPOCH_BUDGET] == "3"
+        assert "6 entries" in run.data.tags[record.TAG_RELOGGED]
+        artifacts = {item.path for item in tracking.client().list_artifacts(run_id)}
+        assert {tracking.ARTIFACT_REPORT, tracking.ARTIFACT_CURVES_PNG} <= artifacts
+        assert not recorder.journal.exists() and list(folder.glob("journal.relogged-*.jsonl"))
+
+        assert main(["relog", str(folder)]) == EXIT_OK  # nothing left: says so
+        assert "nothing to re-log" in capsys.readouterr().out
+        # replaying the same journal again (a relog interrupted and run twice) adds nothing
+        replayed = next(folder.glob("journal.relogged-*.jsonl"))
+        again = folder / record.JOURNAL
+        again.write_text(replayed.read_text())
+        record.relog(again, store)
+        assert _history(run_id, "val/accuracy") == [(1, 0.5), (2, 0.75), (3, 0.875)]
+
+
+def test_a_journal_cut_short_or_for_a_missing_run_is_reported(project, tmp_path, capsys):
+    run_id = tracking.create_trial_run("outage", "002-trial", {}, None)
+    header = {"op": "run", "run_id": run_id, "store": tracking.tracking_uri(), "reason": "down"}
+    metrics = {"op": "metrics", "values": {"val/loss": 1.5}, "step": 1, "timestamp": 1700000000000}
+    cut = tmp_path / "cut" / record.JOURNAL
+    cut.parent.mkdir()
+    cut.write_text(json.dumps(header) + "\n" + json.dumps(metrics) + "\n" + '{"op": "metr')  # killed mid-line
+    assert record.relog(cut).entries == 1  # everything before the cut line counts
+    assert _history(run_id, "val/loss") == [(1, 1.5)]
+
+    damaged = tmp_path / "damaged" / record.JOURNAL
+    damaged.parent.mkdir()
+    damaged.write_text(json.dumps(header) + "\nnot json\n" + json.dumps(metrics) + "\n")
+    with pytest.raises(record.RelogError, match=r"journal.jsonl:2: not a journal line"):
+        record.relog(damaged)
+
+    unknown = tmp_path / "unknown" / record.JOURNAL
+    unknown.parent.mkdir()
+    unknown.write_text(json.dumps({**header, "run_id": "0" * 32}) + "\n")
+    assert main(["relog", str(unknown.parent)]) == EXIT_BAD_INPUT
+    assert f"run {'0' * 32} is not in the store" in capsys.readouterr().err
+    assert unknown.exists()  # kept for a relog into the right store
+
+
+def test_a_half_written_notebook_is_never_attached(tmp_path):
+    import nbformat
+
+    whole = tmp_path / "whole.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1 + 1")]), whole)
+    assert notebook_problem(whole) is None
+    cut = tmp_path / "cut.ipynb"
+    cut.write_bytes(whole.read_bytes()[:40])  # what a full disk leaves
+    assert "incomplete" in notebook_problem(cut)
+    device = tmp_path / "device.ipynb"
+    device.symlink_to("/dev/full")
+    assert "not a regular file" in notebook_problem(device)
+    assert "no output notebook" in notebook_problem(tmp_path / "missing.ipynb")
