@@ -96,7 +96,7 @@ def test_a_store_down_mid_run_is_journaled_and_relogged_without_loss(project, st
         assert run.info.status == "FINISHED"
         assert _history(run_id, "val/accuracy") == [(1, 0.5), (2, 0.75), (3, 0.875)]
         assert run.data.params["dense_units"] == "512,256" and run.data.tags[tracking.TAG_EPOCH_BUDGET] == "3"
-        assert "6 entries" in run.data.tags[record.TAG_RELOGGED]
+        assert "6 entries" in run.data.tags[tracking.TAG_RELOGGED]
         artifacts = {item.path for item in tracking.client().list_artifacts(run_id)}
         assert {tracking.ARTIFACT_REPORT, tracking.ARTIFACT_CURVES_PNG} <= artifacts
         assert not recorder.journal.exists() and list(folder.glob("journal.relogged-*.jsonl"))

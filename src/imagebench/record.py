@@ -25,7 +25,6 @@ from imagebench import tracking
 JOURNAL = "journal.jsonl"
 ARTIFACTS = "artifacts"
 ENV_RECORD_DIR = "IMAGEBENCH_RECORD_DIR"  # set by the sweep: the trial's folder beside its notebook
-TAG_RELOGGED = "imagebench.relogged"
 
 
 class RelogError(RuntimeError):
@@ -187,7 +186,7 @@ def relog(journal: Path, store: Optional[str] = None) -> Relogged:
             ) from exc
         for entry in entries:
             _apply(run_id, entry)
-        tracking.set_tags(run_id, {TAG_RELOGGED: f"{len(entries)} entries from {journal} ({header.get('reason', '')[:300]})"})
+        tracking.set_tags(run_id, {tracking.TAG_RELOGGED: f"{len(entries)} entries from {journal} ({header.get('reason', '')[:300]})"})
     journal.rename(journal.with_name(f"journal.relogged-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"))
     ends = [entry["status"] for entry in entries if entry["op"] == "end"]
     return Relogged(journal, run_id, len(entries), ends[-1] if ends else None)

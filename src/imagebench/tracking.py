@@ -38,6 +38,7 @@ TAG_RUNG = "imagebench.rung"
 TAG_FEATURE_CACHE = "imagebench.feature_cache"  # "hit" / "computed" when the head trained on cached features
 TAG_KERNEL = "imagebench.kernel"  # host:pid of the process that trained it (a sweep's warm kernel serves several)
 TAG_CONFIG = "imagebench.config"  # fingerprint without the seed: repeats of one configuration share it
+TAG_RELOGGED = "imagebench.relogged"  # the record was replayed from a local journal (store was down)
 TAG_PARENT = "mlflow.parentRunId"
 TAG_RUN_NAME = "mlflow.runName"
 
