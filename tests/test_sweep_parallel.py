@@ -244,3 +244,24 @@ def test_a_full_disk_while_writing_a_notebook_fails_that_trial_clearly(project):
     assert "disk full while writing" in error and first.name in error and "run the sweep again" in error
     assert not tracking.client().list_artifacts(failed.info.run_id, tracking.ARTIFACT_NOTEBOOK_DIR)  # nothing half-written attached
     assert tracking.client().list_artifacts(finished.info.run_id, tracking.ARTIFACT_NOTEBOOK_DIR)
+
+
+def test_a_store_back_before_the_sweep_records_the_trial_gets_its_journal_replayed(project, monkeypatch):
+    # the trial's own kernel holds the database for the whole trial: every write of that trial is
+    # refused; the lock goes with the kernel, so the store answers again when the sweep records it
+    _inject_cell(project, "import sqlite3\nif params.learning_rate == 0.001:\n"
+                          "    _hold = sqlite3.connect('mlflow.db', isolation_level=None)\n"
+                          "    _hold.execute('BEGIN EXCLUSIVE')\n")
+    sweep_file = _sweep_file(project, "blip", "{learning_rate: [0.001, 0.002]}", epochs=2)
+    monkeypatch.setenv(tracking.ENV_STORE_PATIENCE, "2")
+    done = _sweep(project, sweep_file, "--no-leaderboard")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "2 finished, 0 failed of 2 trials run" in done.stdout
+    runs = {run.data.params["learning_rate"]: run for run in _runs("blip")}
+    replayed = runs["0.001"]
+    assert replayed.info.status == "FINISHED" and tracking.TAG_ERROR not in replayed.data.tags
+    assert "entries from" in replayed.data.tags[tracking.TAG_RELOGGED]
+    steps = [m.step for m in tracking.client().get_metric_history(replayed.info.run_id, "val/accuracy")]
+    assert steps == [1, 2]
+    assert tracking.client().list_artifacts(replayed.info.run_id, tracking.ARTIFACT_NOTEBOOK_DIR)
+    assert tracking.TAG_RELOGGED not in runs["0.002"].data.tags  # the store was up for it: nothing journaled

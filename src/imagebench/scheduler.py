@@ -201,7 +201,7 @@ class Display:
 
     def finished(self, outcome: TrialOutcome, scores: str, running: list[RunningJob], pending: int) -> None:
         self.done += 1
-        self.failed += outcome.status != "FINISHED"
+        self.failed += outcome.status not in ("FINISHED", JOURNALED)
         self.durations.append(outcome.seconds)
         self.bar.update(1)
         line = (
@@ -357,9 +357,11 @@ class Scheduler:
         if notebook_problem(job.output) is None:
             recorder.log_artifact(job.output, tracking.ARTIFACT_NOTEBOOK_DIR)
             recorder.set_tags({tracking.TAG_NOTEBOOK: str(job.output)})
+        if error and error.startswith(tracking.StoreUnavailable.__name__):
+            error = None  # the trial itself reported the outage (said once, in the sweep's summary)
         if not record.journal_has_end(job.record_dir):
             recorder.end("FAILED" if error else "FINISHED", error)
-        note = f"store unavailable: record kept in {recorder.journal}"
+        note = f"record kept in {recorder.journal} (store unavailable)"
         return TrialOutcome(job.trial, job.run_id, JOURNALED, time.monotonic() - running.started, job.output,
                             f"{error}; {note}" if error else note)  # fmt: skip
 

@@ -25,7 +25,7 @@ from imagebench import record, tracking
 from imagebench.grid import SweepPlan, Trial, make_trial
 from imagebench.params import ParamsError
 from imagebench.resources import threads_per_worker
-from imagebench.scheduler import Display, Job, Scheduler, TrialOutcome
+from imagebench.scheduler import JOURNALED, Display, Job, Scheduler, TrialOutcome
 from imagebench.trial import trial_tags
 
 STRATEGIES = ("grid", "random:K", "halving")
@@ -159,19 +159,25 @@ class SweepSummary:
 
     @property
     def failed(self) -> list[TrialOutcome]:
-        return [o for o in self.outcomes if o.status != "FINISHED"]
+        return [o for o in self.outcomes if o.status not in ("FINISHED", JOURNALED)]
+
+    @property
+    def journaled(self) -> list[TrialOutcome]:
+        return [o for o in self.outcomes if o.status == JOURNALED]
 
     def text(self) -> str:
-        ran = len(self.outcomes)
+        ran, finished = len(self.outcomes), len(self.outcomes) - len(self.failed) - len(self.journaled)
         head = "interrupted" if self.interrupted else "stopped" if self.store_error else f"{self.strategy} done"
+        journaled = f", {len(self.journaled)} kept in journals" if self.journaled else ""
+        epochs = "" if self.store_error else f"; {self.trial_epochs} trial-epochs trained"
         lines = [
-            f"sweep '{self.experiment}' {head}: {ran - len(self.failed)} finished, {len(self.failed)} failed of {ran} "
-            f"trials run, {self.skipped} already finished (skipped), in {self.seconds / 60:.1f} min; "
-            f"{self.trial_epochs} trial-epochs trained (parent run {self.parent_run_id})"
+            f"sweep '{self.experiment}' {head}: {finished} finished, {len(self.failed)} failed{journaled} of {ran} "
+            f"trials run, {self.skipped} already finished (skipped), in {self.seconds / 60:.1f} min"
+            f"{epochs} (parent run {self.parent_run_id})"
         ]
         if self.marked_killed:
             lines.append(f"  marked KILLED (left RUNNING by an earlier sweep, run again): {', '.join(self.marked_killed)}")
-        for outcome in self.failed:
+        for outcome in self.failed + self.journaled:
             lines.append(f"  {outcome.status} {outcome.notebook.stem}: {outcome.error or outcome.status}")
             lines.append(f"      notebook: {outcome.notebook}  log: {outcome.notebook.with_suffix('.log')}")
         if self.store_error:

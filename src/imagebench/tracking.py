@@ -167,8 +167,13 @@ class RetryingClient:
 
 @lru_cache(maxsize=4)
 def _client_for(uri: str):
+    import logging
+
     from mlflow import MlflowClient
 
+    # MLflow's SQL store logs every database error with a full traceback before raising it; the
+    # error reaches us anyway (retried, or named in StoreUnavailable), so the traceback is noise
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     return RetryingClient(MlflowClient(tracking_uri=uri))
 
 
