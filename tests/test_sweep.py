@@ -21,29 +21,40 @@ def _run(args, cwd, **kwargs):
 
 
 def _unsplittable_dataset(root: Path) -> Path:
-    """Valid at planning time (two classes with images), fails inside the trial: one image per
-    class cannot be split into train, validation and test."""
+    """A valid layout (two classes with images) that cannot be split: one image per class cannot
+    make train, validation and test."""
     for name in ("a", "b"):
         (root / name).mkdir(parents=True)
         Image.new("RGB", (8, 8)).save(root / name / "0.png")
     return root
 
 
+def _fail_in_notebook(project: Path, when: str, message: str) -> None:
+    """This test project's train.ipynb raises ``message`` after its parameters cell when ``when`` holds."""
+    path = project / "notebooks" / "train.ipynb"
+    notebook = json.loads(path.read_text())
+    position = next(i for i, cell in enumerate(notebook["cells"]) if "parameters" in cell["metadata"].get("tags", [])) + 2
+    source = f"if {when}:\n    raise RuntimeError({message!r})\n"
+    notebook["cells"].insert(position, {"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [], "source": source})
+    path.write_text(json.dumps(notebook))
+
+
 def test_sweep_runs_trials_in_papermill_and_survives_a_failing_trial(project):
-    bad = _unsplittable_dataset(project / "bad_data")
+    _fail_in_notebook(project, "params.learning_rate == 0.0123", "this trial fails on purpose")
     sweep_file = project / "params" / "e2e.yaml"
-    sweep_file.write_text(textwrap.dedent(f"""
+    sweep_file.write_text(textwrap.dedent("""
         experiment: e2e
-        base: {{dataset: digits, image_size: 32, epochs: 2, batch_size: 64, max_per_class: 12,
-                val_fraction: 0.25, test_fraction: 0.25}}
-        matrix: {{framework: [keras, torch], model: [cnn]}}
+        base: {dataset: digits, image_size: 32, epochs: 2, batch_size: 64, max_per_class: 12,
+                val_fraction: 0.25, test_fraction: 0.25}
+        matrix: {framework: [keras, torch], model: [cnn]}
         include:
-          - {{framework: keras, model: cnn, dataset: "{bad}"}}
+          - {framework: keras, model: cnn, learning_rate: 0.0123}
     """))
     done = _run([str(BIN / "imagebench"), "sweep", str(sweep_file)], cwd=project)
     assert done.returncode == 1, done.stderr[-3000:]  # one failed trial: the exit code says so
     assert "2 finished, 1 failed of 3 trials" in done.stdout
-    assert "'a' has 1 image(s)" in done.stdout  # the closing summary names the reason
+    assert "this trial fails on purpose" in done.stdout  # the closing summary names the reason
+    assert "data digits at 32 px: 10 classes" in done.stdout  # checked once before the first trial
 
     client = tracking.client()
     parent = tracking.find_sweep_run("e2e")
@@ -55,7 +66,7 @@ def test_sweep_runs_trials_in_papermill_and_survives_a_failing_trial(project):
         notebooks = [item.path for item in client.list_artifacts(run.info.run_id, tracking.ARTIFACT_NOTEBOOK_DIR)]
         assert notebooks == [f"{tracking.ARTIFACT_NOTEBOOK_DIR}/{run.data.tags[tracking.TAG_TRIAL]}.ipynb"]
     assert len(by_status["FINISHED"]) == 2 and len(by_status["FAILED"]) == 1
-    assert "'a' has 1 image(s)" in by_status["FAILED"][0].data.tags[tracking.TAG_ERROR]
+    assert "this trial fails on purpose" in by_status["FAILED"][0].data.tags[tracking.TAG_ERROR]
     for run in by_status["FINISHED"]:
         assert_documented_record(run.info.run_id, num_classes=10)
 
@@ -152,3 +163,23 @@ def test_a_bad_dataset_layout_stops_the_sweep_before_its_first_trial(project):
     done = _run([str(BIN / "imagebench"), "sweep", str(_folder_sweep(project, data, "layout"))], cwd=project)
     assert done.returncode == 2 and "val: classes ['fox']" in done.stderr and "have no images here" in done.stderr
     assert tracking.client().get_experiment_by_name("layout") is None  # nothing was started
+
+
+def test_data_problems_stop_the_sweep_before_any_run_and_unreadable_files_are_reported_once(project):
+    bad = _unsplittable_dataset(project / "tiny_data")
+    done = _run([str(BIN / "imagebench"), "sweep", str(_folder_sweep(project, bad, "unsplittable"))], cwd=project)
+    assert done.returncode == 2, done.stdout[-3000:] + done.stderr[-3000:]
+    assert str(bad) in done.stderr and "'a' has 1 image(s)" in done.stderr
+    assert tracking.client().get_experiment_by_name("unsplittable") is None  # nothing was started
+
+    data = project / "photos"
+    for index, name in enumerate(("cat", "dog")):
+        (data / name).mkdir(parents=True)
+        for i in range(8):
+            Image.new("RGB", (24, 24), (90 * index, 20 * i, 90)).save(data / name / f"{i}.jpg")
+    (data / "dog" / "cut.jpg").write_bytes((data / "dog" / "0.jpg").read_bytes()[:60])  # truncated upload
+    done = _run([str(BIN / "imagebench"), "sweep", str(_folder_sweep(project, data, "photos")), "--no-leaderboard"], cwd=project)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.stdout.count("1 unreadable file(s) skipped") == 1 and "cut.jpg" in done.stdout
+    run = tracking.search_trial_runs("photos")[0]
+    assert run.data.metrics["data/skipped_files"] == 1  # and the trial's record says so too

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import random
 import time
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -367,8 +368,57 @@ class SweepRunner:
                          "sweep interrupted" if self.summary.interrupted else None)  # fmt: skip
 
 
+# the parameters that decide which images a trial gets; trials agreeing on them share one data check
+DATA_SETTINGS = ("dataset", "image_size", "max_per_class", "val_fraction", "test_fraction")
+
+
+def check_sweep_data(trials: list[Trial]) -> list[str]:
+    """Decode and split every dataset once per data setting the trials use, before any run exists.
+
+    A class too small to split stops the sweep here (``DatasetError`` naming dataset and classes,
+    all problems at once) instead of failing trial after trial; unreadable files are reported once.
+    The decoded images stay in the decode cache, so the trials start from them (and parallel
+    workers do not decode the same photos side by side). Returns one line per setting.
+    """
+    from imagebench.data.cache import cache_root
+    from imagebench.data.folders import DatasetError
+    from imagebench.data.load import load_trial_data
+
+    if cache_root() is None:
+        return ["data check left to each trial: the decode cache is off (IMAGEBENCH_CACHE=off)"]
+    settings = {}
+    for trial in trials:
+        settings.setdefault(tuple(getattr(trial.params, name) for name in DATA_SETTINGS), trial.params)
+    lines, problems = [], []
+    for params in settings.values():
+        try:
+            with warnings.catch_warnings():  # unreadable files are reported below, once
+                warnings.simplefilter("ignore", UserWarning)
+                data = load_trial_data(params)
+        except DatasetError as exc:
+            problem = str(exc) if params.dataset in str(exc) else f"{params.dataset}: {exc}"
+            problems += [problem] if problem not in problems else []
+            continue
+        lines.append(_data_line(params.image_size, data))
+    if problems:
+        raise DatasetError("\n".join(problems))
+    return lines
+
+
+def _data_line(size: int, data) -> str:
+    line = f"data {data.source} at {size} px: {data.num_classes} classes, splits {data.split_sizes()}"
+    if data.skipped_files:
+        line += (f"; {len(data.skipped_files)} unreadable file(s) skipped (each trial's run lists them in "
+                 f"{tracking.ARTIFACT_SKIPPED}; `imagebench check-data {data.source}` shows why), first: {data.skipped_files[0]}")  # fmt: skip
+    return line
+
+
 def run_sweep(plan: SweepPlan, options: Optional[SweepOptions] = None, show_progress: Optional[bool] = None) -> SweepSummary:
+    """Check the data, then run the sweep (the parent run is created only once the data is usable)."""
     options = options or SweepOptions()
     if show_progress is not None:
         options.show_progress = show_progress
+    for line in check_sweep_data(plan.trials):
+        if options.show_progress:
+            print(line, flush=True)
     return SweepRunner(plan, options).run()

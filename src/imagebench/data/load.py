@@ -69,8 +69,11 @@ def decode_image(path: Path, size: int) -> np.ndarray:
 
 def decode_all(files: list[Path], size: int) -> tuple[np.ndarray, list[int], list[str]]:
     """Decode every file; unreadable ones are skipped and returned by name, never fatal."""
+    from tqdm.auto import tqdm
+
     images, kept, skipped = [], [], []
-    for index, path in enumerate(files):
+    # a bar in a terminal (a sweep's data check, check-data); nothing in notebooks' logs
+    for index, path in enumerate(tqdm(files, desc=f"decoding at {size} px", unit="img", disable=None, leave=False)):
         try:
             images.append(decode_image(path, size))
             kept.append(index)
