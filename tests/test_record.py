@@ -111,6 +111,20 @@ def test_a_store_down_mid_run_is_journaled_and_relogged_without_loss(project, st
         assert _history(run_id, "val/accuracy") == [(1, 0.5), (2, 0.75), (3, 0.875)]
 
 
+def test_a_store_lost_while_sending_an_artifact_keeps_the_file_itself(project, store_down):
+    store = tracking.tracking_uri()
+    run_id = tracking.create_trial_run("outage", "003-trial", {}, None)
+    recorder = record.RunRecorder(run_id, project / "rec")
+    store_down()
+    recorder.log_text("kept, not lost with a temporary folder", tracking.ARTIFACT_REPORT)
+    _header, entries = record.read_journal(recorder.journal)
+    assert [entry["file"] for entry in entries] == [str(project / "rec" / "artifacts" / tracking.ARTIFACT_REPORT)]
+    with tracking.using_store(store):
+        record.relog(recorder.journal, store)
+        path = tracking.client().download_artifacts(run_id, tracking.ARTIFACT_REPORT, str(project))
+        assert Path(path).read_text() == "kept, not lost with a temporary folder"
+
+
 def test_a_journal_cut_short_or_for_a_missing_run_is_reported(project, tmp_path, capsys):
     run_id = tracking.create_trial_run("outage", "002-trial", {}, None)
     header = {"op": "run", "run_id": run_id, "store": tracking.tracking_uri(), "reason": "down"}

@@ -75,14 +75,20 @@ class RunRecorder:
     def journal(self) -> Path:
         return self.folder / JOURNAL
 
+    def _send(self, entry: dict[str, Any]) -> bool:
+        """Write ``entry`` to the store; False once the store is down (the caller journals it)."""
+        if self.offline:
+            return False
+        try:
+            _apply(self.run_id, entry)
+            return True
+        except tracking.StoreUnavailable as exc:
+            self.store_error = exc  # one patience spent is enough: the rest of the run goes to the journal
+            return False
+
     def _write(self, entry: dict[str, Any]) -> None:
-        if not self.offline:
-            try:
-                _apply(self.run_id, entry)
-                return
-            except tracking.StoreUnavailable as exc:
-                self.store_error = exc  # one patience spent is enough: the rest of the run goes to the journal
-        self._append(entry)
+        if not self._send(entry):
+            self._append(entry)
 
     def _append(self, entry: dict[str, Any]) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -127,9 +133,8 @@ class RunRecorder:
             with tempfile.TemporaryDirectory(prefix="imagebench-artifact-") as scratch:
                 path = Path(scratch) / name
                 write(path)
-                self.log_artifact(path)
-                if not self.offline:
-                    return
+                if self._send({"op": "artifact", "file": str(path), "artifact_path": None}):
+                    return  # (never journaled with this path: the file goes with the temporary folder)
         kept = self.folder / ARTIFACTS / name
         kept.parent.mkdir(parents=True, exist_ok=True)
         write(kept)
@@ -209,4 +214,7 @@ def journals_under(paths: Iterable[Path]) -> list[Path]:
 
 def journal_has_end(folder: Path) -> bool:
     journal = Path(folder) / JOURNAL
-    return journal.is_file() and any(entry["op"] == "end" for entry in read_journal(journal)[1])
+    try:
+        return journal.is_file() and any(entry["op"] == "end" for entry in read_journal(journal)[1])
+    except RelogError:  # damaged: relog will name it; an extra end entry changes nothing
+        return False
