@@ -121,6 +121,21 @@ def mark_abandoned_runs(experiment: str) -> list[str]:
     return marked
 
 
+def relog_journals(runs_dir: Path) -> tuple[list[str], list[str]]:
+    """Replay the journals an earlier sweep of this experiment left while the store was down
+    (see ``record``): the trials they hold count as what they were, not as lost. Returns the
+    replayed trials' folder names and the problems of journals that could not be replayed (kept)."""
+    replayed, problems = [], []
+    for journal in record.journals_under([runs_dir]) if runs_dir.is_dir() else []:
+        try:
+            record.relog(journal)
+        except record.RelogError as exc:
+            problems.append(str(exc))
+            continue
+        replayed.append(journal.parent.name.removesuffix(".record"))
+    return replayed, problems
+
+
 def trained_budget(run) -> int:
     """Epochs a run's trial was trained up to (halving rungs train in steps)."""
     tag = run.data.tags.get(tracking.TAG_EPOCH_BUDGET)
@@ -152,6 +167,8 @@ class SweepSummary:
     outcomes: list[TrialOutcome] = field(default_factory=list)
     skipped: int = 0
     marked_killed: list[str] = field(default_factory=list)
+    relogged: list[str] = field(default_factory=list)  # trials replayed from journals left by an outage
+    relog_errors: list[str] = field(default_factory=list)
     trial_epochs: int = 0
     seconds: float = 0.0
     interrupted: bool = False
@@ -176,6 +193,9 @@ class SweepSummary:
             f"trials run, {self.skipped} already finished (skipped), in {self.seconds / 60:.1f} min"
             f"{epochs} (parent run {self.parent_run_id})"
         ]
+        if self.relogged:
+            lines.append(f"  re-logged from their journals (the store was down when they ran): {', '.join(self.relogged)}")
+        lines += [f"  journal not replayed: {problem}" for problem in self.relog_errors]
         if self.marked_killed:
             lines.append(f"  marked KILLED (left RUNNING by an earlier sweep, run again): {', '.join(self.marked_killed)}")
         for outcome in self.failed + self.journaled:
@@ -183,8 +203,8 @@ class SweepSummary:
             lines.append(f"      notebook: {outcome.notebook}  log: {outcome.notebook.with_suffix('.log')}")
         if self.store_error:
             lines.append(f"  stopped because {self.store_error}")
-            lines.append(f"  When the store is back: `{record.relog_command(self.runs_dir)}` (replays every kept record), "
-                         f"then run this sweep again: finished trials are skipped, the rest run.")  # fmt: skip
+            lines.append("  When the store is back, run this sweep again: it first replays the kept records (or "
+                         f"`{record.relog_command(self.runs_dir)}` alone), skips finished trials and runs the rest.")  # fmt: skip
         return "\n".join(lines)
 
 
@@ -210,6 +230,8 @@ class SweepRunner:
         self.parent_run_id = tracking.start_sweep_run(plan.experiment, plan.source)
         tracking.set_tags(self.parent_run_id, {tracking.TAG_STRATEGY: options.strategy, tracking.TAG_OWNER: tracking.process_owner()})
         self.summary = SweepSummary(plan.experiment, self.parent_run_id, options.strategy, runs_dir=self.runs_dir)
+        # before the abandoned-run check: a run journaled while the store was down is complete, not abandoned
+        self.summary.relogged, self.summary.relog_errors = relog_journals(self.runs_dir)
         self.summary.marked_killed = mark_abandoned_runs(plan.experiment)
         self.records = TrialRecords(plan.experiment)
         self.run_of: dict[str, str] = {}  # fingerprint -> the run that holds the trial in this sweep
