@@ -162,3 +162,19 @@ def test_a_half_written_notebook_is_never_attached(tmp_path):
     device.symlink_to("/dev/full")
     assert "not a regular file" in notebook_problem(device)
     assert "no output notebook" in notebook_problem(tmp_path / "missing.ipynb")
+
+
+def test_commands_facing_a_store_that_is_down_say_so_and_exit_3(project, store_down, capsys):
+    store_down()
+    assert main(["trial", "--set", "dataset=digits", "--set", "epochs=1"]) == EXIT_ENVIRONMENT
+    assert main(["leaderboard", "--experiment", "anything"]) == EXIT_ENVIRONMENT
+    errors = capsys.readouterr().err
+    assert errors.count("still unavailable") == 2 and tracking.ENV_STORE_PATIENCE in errors
+    assert "Traceback" not in errors
+
+
+def test_a_trial_keeps_its_record_beside_its_notebook_or_under_results(project, monkeypatch):
+    monkeypatch.delenv(record.ENV_RECORD_DIR, raising=False)
+    assert record.record_folder("flowers", "torch-cnn-20261123") == project / "results" / "flowers" / "runs" / "torch-cnn-20261123.record"
+    monkeypatch.setenv(record.ENV_RECORD_DIR, str(project / "results" / "sweep" / "runs" / "001.record"))
+    assert record.record_folder("flowers", "ignored") == project / "results" / "sweep" / "runs" / "001.record"
