@@ -46,6 +46,11 @@ def disk_full_note(folder: Path) -> str:
     return f" (disk full: {free} bytes free on {folder})" if free < LOW_DISK_BYTES else ""
 
 
+def _without_store_error(error: Optional[str]) -> Optional[str]:
+    """A trial that raised only because the store was down did not fail: its journal holds its real end."""
+    return None if error and error.startswith(tracking.StoreUnavailable.__name__) else error
+
+
 def notebook_problem(path: Path) -> Optional[str]:
     """Why ``path`` is not a whole notebook to attach to the run (missing, not a file, cut short
     by a full disk), or None. A half-written notebook is never attached as if it were the trial's."""
@@ -333,8 +338,7 @@ class Scheduler:
         journal = job.record_dir / record.JOURNAL
         if journal.is_file():  # the store was down during the trial and answers again: complete the record now
             record.relog(journal)
-            if error and error.startswith(tracking.StoreUnavailable.__name__):
-                error = None
+            error = _without_store_error(error)
         problem = notebook_problem(job.output)
         if problem is None:
             tracking.client().log_artifact(job.run_id, str(job.output), tracking.ARTIFACT_NOTEBOOK_DIR)
@@ -357,8 +361,7 @@ class Scheduler:
         if notebook_problem(job.output) is None:
             recorder.log_artifact(job.output, tracking.ARTIFACT_NOTEBOOK_DIR)
             recorder.set_tags({tracking.TAG_NOTEBOOK: str(job.output)})
-        if error and error.startswith(tracking.StoreUnavailable.__name__):
-            error = None  # the trial itself reported the outage (said once, in the sweep's summary)
+        error = _without_store_error(error)  # the outage is said once, in the sweep's summary
         if not record.journal_has_end(job.record_dir):
             recorder.end("FAILED" if error else "FINISHED", error)
         note = f"record kept in {recorder.journal} (store unavailable)"
