@@ -262,3 +262,15 @@ def test_a_store_back_before_the_sweep_records_the_trial_gets_its_journal_replay
     assert steps == [1, 2]
     assert tracking.client().list_artifacts(replayed.info.run_id, tracking.ARTIFACT_NOTEBOOK_DIR)
     assert tracking.TAG_RELOGGED not in runs["0.002"].data.tags  # the store was up for it: nothing journaled
+
+
+def test_a_kernel_grown_past_its_memory_limit_is_replaced(project, monkeypatch):
+    monkeypatch.setenv("IMAGEBENCH_KERNEL_MAX_MB", "1")  # every kernel is over 1 MB after a trial
+    sweep_file = _sweep_file(project, "recycle", "{learning_rate: [0.001, 0.002]}", epochs=1)
+    done = _sweep(project, sweep_file, "--no-leaderboard")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert len({r.data.tags[tracking.TAG_KERNEL] for r in _runs("recycle")}) == 2
+
+    monkeypatch.setenv("IMAGEBENCH_KERNEL_MAX_MB", "lots")
+    done = _sweep(project, sweep_file, "--no-leaderboard")
+    assert done.returncode == 2 and "IMAGEBENCH_KERNEL_MAX_MB='lots' is invalid" in done.stderr

@@ -28,6 +28,7 @@ from imagebench.params import ParamsError
 from imagebench.resources import threads_per_worker
 from imagebench.scheduler import JOURNALED, Display, Job, Scheduler, TrialOutcome
 from imagebench.trial import trial_tags
+from imagebench.worker import kernel_memory_limit_mb
 
 STRATEGIES = ("grid", "random:K", "halving")
 RANKING = ("best/val_accuracy", "best/val_loss")  # the leaderboard's rule: validation, never test
@@ -55,6 +56,7 @@ class SweepOptions:
                 raise ParamsError(f"{name} {value} is invalid: it must be at least {least}")
         if self.trial_timeout is not None and self.trial_timeout <= 0:
             raise ParamsError(f"--trial-timeout {self.trial_timeout} is invalid: give seconds > 0")
+        kernel_memory_limit_mb()  # a bad $IMAGEBENCH_KERNEL_MAX_MB is named here, not in every worker
 
 
 def parse_strategy(text: str) -> tuple[str, Optional[int]]:
