@@ -90,10 +90,10 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _write_leaderboard(experiment: str, out: Optional[str]) -> None:
-    from imagebench import leaderboard, sweep
+    from imagebench import leaderboard, tracking
 
     board = leaderboard.build(experiment)
-    out_dir = Path(out) if out else sweep.results_dir(experiment)
+    out_dir = Path(out) if out else tracking.results_dir(experiment)
     leaderboard.write(board, out_dir)
     print(leaderboard.markdown_table(board.leaders))
     print(f"\nleaderboard written to {out_dir}/leaderboard.md|.csv|.html (+ PNG plots)")
@@ -136,24 +136,22 @@ def _cmd_trial(args: argparse.Namespace) -> int:
 
 
 def _data_report(args: argparse.Namespace) -> dict:
-    """Everything check-data finds: layout problems first (all of them), then, if the layout is
-    usable, what decoding and splitting find (unreadable files, classes too small to split)."""
-    from imagebench.data.folders import BUILTIN_DATASETS, DatasetError, resolve_dataset_path
-    from imagebench.data.load import layout_problems, load_trial_data
+    """Everything check-data finds: every layout problem at once (the loader raises them one per
+    line before decoding anything), else what decoding and splitting find (unreadable files,
+    classes too small to split)."""
+    from imagebench.data.folders import DatasetError
+    from imagebench.data.load import load_trial_data
     from imagebench.params import make_params
 
     report = {"dataset": args.path, "problems": [], "skipped_files": [], "images_per_class": {}, "splits": {}}
-    if args.path not in BUILTIN_DATASETS:
-        _listings, _names, report["problems"] = layout_problems(resolve_dataset_path(args.path))
-    if not report["problems"]:
-        try:
-            data = load_trial_data(make_params(dataset=args.path, image_size=args.image_size, seed=args.seed))
-        except DatasetError as exc:
-            report["problems"].append(str(exc))
-        else:
-            report.update(dataset=data.source, fingerprint=data.fingerprint, splits=data.split_sizes(),
-                          images_per_class=data.class_counts().sum(axis=1).astype(int).to_dict(),
-                          skipped_files=data.skipped_files)  # fmt: skip
+    try:
+        data = load_trial_data(make_params(dataset=args.path, image_size=args.image_size, seed=args.seed))
+    except DatasetError as exc:
+        report["problems"] = str(exc).splitlines()
+    else:
+        report.update(dataset=data.source, fingerprint=data.fingerprint, splits=data.split_sizes(),
+                      images_per_class=data.class_counts().sum(axis=1).astype(int).to_dict(),
+                      skipped_files=data.skipped_files)  # fmt: skip
     classes = len(report["images_per_class"])
     report["summary"] = (
         f"{report['dataset']}: {len(report['problems'])} problem(s) to fix, {len(report['skipped_files'])} unreadable "
@@ -207,18 +205,14 @@ def _cmd_relog(args: argparse.Namespace) -> int:
     if not journals:
         print(f"nothing to re-log under {', '.join(args.paths)} (no {record.JOURNAL} left)")
         return EXIT_OK
-    failed = 0
-    for journal in journals:
-        try:
-            done = record.relog(journal, args.store)
-        except record.RelogError as exc:
-            failed += 1
-            print(f"error: {exc}", file=sys.stderr)
-            continue
-        print(f"re-logged run {done.run_id}: {done.entries} entries, ended {done.status or 'without an end (still RUNNING)'}"
-              f"  <- {journal}")  # fmt: skip
-    print(f"{len(journals) - failed} of {len(journals)} journal(s) re-logged")
-    return EXIT_BAD_INPUT if failed else EXIT_OK
+    done, problems = record.relog_all(journals, args.store)
+    for replayed in done:
+        ended = replayed.status or "without an end (still RUNNING)"
+        print(f"re-logged run {replayed.run_id}: {replayed.entries} entries, ended {ended}  <- {replayed.journal}")
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    print(f"{len(done)} of {len(journals)} journal(s) re-logged")
+    return EXIT_BAD_INPUT if problems else EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:

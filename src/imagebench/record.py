@@ -36,7 +36,7 @@ def record_folder(experiment: str, run_name: str) -> Path:
     ``results/<experiment>/runs/<run name>.record``."""
     if os.environ.get(ENV_RECORD_DIR):
         return Path(os.environ[ENV_RECORD_DIR])
-    return tracking.project_root() / "results" / experiment / "runs" / f"{run_name}.record"
+    return tracking.runs_dir(experiment) / f"{run_name}.record"
 
 
 def relog_command(folder: Path) -> str:
@@ -195,6 +195,18 @@ def relog(journal: Path, store: Optional[str] = None) -> Relogged:
     journal.rename(journal.with_name(f"journal.relogged-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"))
     ends = [entry["status"] for entry in entries if entry["op"] == "end"]
     return Relogged(journal, run_id, len(entries), ends[-1] if ends else None)
+
+
+def relog_all(journals: Iterable[Path], store: Optional[str] = None) -> tuple[list[Relogged], list[str]]:
+    """Replay every journal; one that cannot be (damaged, run not in the store) is kept and its
+    problem returned, the others still replayed. ``StoreUnavailable`` stops it: nothing more can go."""
+    done, problems = [], []
+    for journal in journals:
+        try:
+            done.append(relog(journal, store))
+        except RelogError as exc:
+            problems.append(str(exc))
+    return done, problems
 
 
 def journals_under(paths: Iterable[Path]) -> list[Path]:

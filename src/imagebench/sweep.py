@@ -19,7 +19,6 @@ import time
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Optional
 
 from imagebench import record, tracking
@@ -27,6 +26,7 @@ from imagebench.grid import SweepPlan, Trial, make_trial
 from imagebench.params import ParamsError
 from imagebench.resources import threads_per_worker
 from imagebench.scheduler import JOURNALED, Display, Job, Scheduler, TrialOutcome
+from imagebench.tracking import results_dir  # noqa: F401  (the leaderboard notebook calls sweep.results_dir)
 from imagebench.trial import trial_tags
 from imagebench.worker import kernel_memory_limit_mb
 
@@ -34,8 +34,6 @@ STRATEGIES = ("grid", "random:K", "halving")
 RANKING = ("best/val_accuracy", "best/val_loss")  # the leaderboard's rule: validation, never test
 
 
-def results_dir(experiment: str) -> Path:
-    return tracking.project_root() / "results" / experiment
 
 
 @dataclass
@@ -123,19 +121,13 @@ def mark_abandoned_runs(experiment: str) -> list[str]:
     return marked
 
 
-def relog_journals(runs_dir: Path) -> tuple[list[str], list[str]]:
+def relog_journals(experiment: str) -> tuple[list[str], list[str]]:
     """Replay the journals an earlier sweep of this experiment left while the store was down
     (see ``record``): the trials they hold count as what they were, not as lost. Returns the
     replayed trials' folder names and the problems of journals that could not be replayed (kept)."""
-    replayed, problems = [], []
-    for journal in record.journals_under([runs_dir]) if runs_dir.is_dir() else []:
-        try:
-            record.relog(journal)
-        except record.RelogError as exc:
-            problems.append(str(exc))
-            continue
-        replayed.append(journal.parent.name.removesuffix(".record"))
-    return replayed, problems
+    folder = tracking.runs_dir(experiment)
+    done, problems = record.relog_all(record.journals_under([folder]) if folder.is_dir() else [])
+    return [replayed.journal.parent.name.removesuffix(".record") for replayed in done], problems
 
 
 def trained_budget(run) -> int:
@@ -175,7 +167,6 @@ class SweepSummary:
     seconds: float = 0.0
     interrupted: bool = False
     store_error: str = ""  # the MLflow store stayed down: the sweep stopped, records kept in journals
-    runs_dir: Optional[Path] = None
 
     @property
     def failed(self) -> list[TrialOutcome]:
@@ -206,7 +197,7 @@ class SweepSummary:
         if self.store_error:
             lines.append(f"  stopped because {self.store_error}")
             lines.append("  When the store is back, run this sweep again: it first replays the kept records (or "
-                         f"`{record.relog_command(self.runs_dir)}` alone), skips finished trials and runs the rest.")  # fmt: skip
+                         f"`{record.relog_command(tracking.runs_dir(self.experiment))}` alone), skips finished trials and runs the rest.")  # fmt: skip
         return "\n".join(lines)
 
 
@@ -226,14 +217,14 @@ class SweepRunner:
 
     def __init__(self, plan: SweepPlan, options: SweepOptions):
         self.plan, self.options = plan, options
-        self.runs_dir = results_dir(plan.experiment) / "runs"
-        self.checkpoints_dir = results_dir(plan.experiment) / "checkpoints"
+        self.runs_dir = tracking.runs_dir(plan.experiment)
+        self.checkpoints_dir = tracking.results_dir(plan.experiment) / "checkpoints"
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         self.parent_run_id = tracking.start_sweep_run(plan.experiment, plan.source)
         tracking.set_tags(self.parent_run_id, {tracking.TAG_STRATEGY: options.strategy, tracking.TAG_OWNER: tracking.process_owner()})
-        self.summary = SweepSummary(plan.experiment, self.parent_run_id, options.strategy, runs_dir=self.runs_dir)
+        self.summary = SweepSummary(plan.experiment, self.parent_run_id, options.strategy)
         # before the abandoned-run check: a run journaled while the store was down is complete, not abandoned
-        self.summary.relogged, self.summary.relog_errors = relog_journals(self.runs_dir)
+        self.summary.relogged, self.summary.relog_errors = relog_journals(plan.experiment)
         self.summary.marked_killed = mark_abandoned_runs(plan.experiment)
         self.records = TrialRecords(plan.experiment)
         self.run_of: dict[str, str] = {}  # fingerprint -> the run that holds the trial in this sweep

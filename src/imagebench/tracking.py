@@ -82,6 +82,16 @@ def project_root() -> Path:
     return cwd
 
 
+def results_dir(experiment: str) -> Path:
+    """Where an experiment's leaderboard, plots and per-trial outputs go."""
+    return project_root() / "results" / experiment
+
+
+def runs_dir(experiment: str) -> Path:
+    """Per-trial outputs: executed notebooks, logs, and record folders kept while the store was down."""
+    return results_dir(experiment) / "runs"
+
+
 def default_tracking_uri() -> str:
     return f"sqlite:///{project_root() / 'mlflow.db'}"
 
