@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
 	$(PIP) install $(TORCH_PIN)
-	$(PIP) install -e ".[keras,torch,dev]"
+	$(PIP) install -e ".[keras,torch,dev,cluster,server]"
 	touch $(STAMP)
 
 demo: $(STAMP)

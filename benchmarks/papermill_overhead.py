@@ -35,12 +35,12 @@ def short_trial(framework: str) -> dict:
 
 
 class Worker:
-    """The sweep's worker process (``scheduler.WorkerProcess``), sent jobs as the scheduler sends them."""
+    """The sweep's worker process (``executors.local.WorkerProcess``), sent jobs as the scheduler sends them."""
 
     def __init__(self, folder: Path, fresh_kernel: bool = False):
         from imagebench import tracking
         from imagebench.resources import available_cores, thread_environment
-        from imagebench.scheduler import WorkerProcess
+        from imagebench.executors.local import WorkerProcess
 
         env = {**os.environ, **thread_environment(available_cores()), tracking.ENV_ROOT: str(REPO), "PYTHONUNBUFFERED": "1"}
         self.folder, self.jobs = folder, 0

@@ -11,16 +11,8 @@ import pytest
 
 from imagebench import grid, leaderboard, tracking
 from imagebench.params import ParamsError
-from imagebench.sweep import (
-    SweepOptions,
-    SweepRunner,
-    halving_budgets,
-    mark_abandoned_runs,
-    parse_strategy,
-    promote,
-    random_subset,
-    survivors_count,
-)
+from imagebench.strategies import halving_budgets, parse_strategy, promote, random_subset, survivors_count
+from imagebench.sweep import SweepOptions, SweepRunner, mark_abandoned_runs
 from imagebench.trial import trial_tags
 
 
@@ -100,7 +92,7 @@ def test_resume_skips_finished_reruns_failed_and_killed_and_marks_abandoned_runs
     assert runner.summary.marked_killed == [t[2].name]
     assert tracking.run_status(abandoned) == "KILLED"
     assert tracking.run_status(alive) == "RUNNING" and tracking.run_status(elsewhere) == "RUNNING"
-    jobs = runner._whole_trial_jobs(plan.trials)
+    jobs = runner.whole_trial_jobs(plan.trials)
     assert runner.summary.skipped == 1
     assert [job.trial.name for job in jobs] == [trial.name for trial in t[1:]]
     assert len(tracking.search_trial_runs("resume")) == 6  # runs are created when a job starts, not when planned
@@ -109,7 +101,7 @@ def test_resume_skips_finished_reruns_failed_and_killed_and_marks_abandoned_runs
 
     forced = SweepRunner(plan, SweepOptions(rerun=True))
     assert forced.parent_run_id == runner.parent_run_id  # the sweep's parent run is reused
-    assert len(forced._whole_trial_jobs(plan.trials)) == len(plan.trials)
+    assert len(forced.whole_trial_jobs(plan.trials)) == len(plan.trials)
 
 
 def test_mark_abandoned_only_touches_trials_of_that_experiment(project, tmp_path):

@@ -32,31 +32,31 @@ def _sweep_options(args: argparse.Namespace):
     return SweepOptions(
         workers=args.workers, strategy=args.strategy, eta=args.eta, repeats=args.repeats, rerun=args.rerun,
         trial_timeout=args.trial_timeout, fresh_kernels=args.fresh_kernel, show_progress=not args.quiet,
+        executor=args.executor, address=args.address, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
     )  # fmt: skip
+
+
+def _whole_number(text: str) -> int:
+    """A count of workers, CPUs or GPUs: a whole number (argparse names the option with the message)."""
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0 (e.g. 1)")
+    return int(text)
 
 
 def _print_plan(plan, options) -> None:
     import pandas as pd
 
-    from imagebench.sweep import grouped, halving_budgets, parse_strategy, random_subset, survivors_count
+    from imagebench.strategies import strategy_for
 
-    name, count = parse_strategy(options.strategy)
-    trials = random_subset(plan.trials, count, plan.trials[0].params.seed) if name == "random" else plan.trials
+    strategy, count = strategy_for(options.strategy)
+    trials = strategy.select(plan.trials, count)
     with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 200):
         table = plan.table()
         print(table[table["trial"].isin({t.name for t in trials})].to_string(index=False))
         print("\n" + plan.counts().to_string(index=False))
     print(f"\n{len(plan.trials)} trials in experiment '{plan.experiment}'")
-    if name == "random":
-        print(f"strategy random:{count}: {len(trials)} of them run ({count} per model and framework, seed {plan.trials[0].params.seed})")
-    if name == "halving":
-        budgets = halving_budgets(max(t.params.epochs for t in trials), options.eta)
-        for members in grouped(trials).values():
-            entrants, rungs = len(members), []
-            for budget in budgets:
-                rungs.append(f"{entrants} trials x {budget} epochs")
-                entrants = survivors_count(entrants, options.eta)
-            print(f"halving (eta {options.eta}) {members[0].params.framework}/{members[0].params.model}: " + " -> ".join(rungs))
+    for line in strategy.describe(trials, options):
+        print(line)
     if options.repeats > 1:
         print(f"then the best configuration of each model and framework runs with {options.repeats - 1} more seed(s)")
     print("(dry run: nothing executed)")
@@ -227,7 +227,16 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--frameworks", help="comma-separated frameworks, replacing the file's choice (keras,torch)")
     sweep.add_argument("--no-leaderboard", action="store_true", help="do not write the leaderboard afterwards")
     sweep.add_argument("--quiet", action="store_true", help="no progress display")
-    sweep.add_argument("--workers", type=int, default=1, help="trials run at once, each on its own worker process and kernel (default 1)")
+    sweep.add_argument("--workers", type=_whole_number,
+                       help="trials run at once, each on its own worker process and kernel (default: 1 locally; "
+                            "with --executor ray, as many as the cluster's resources hold)")
+    sweep.add_argument("--executor", default="local",
+                       help="where trials run: local (worker processes on this machine, default) | ray (a Ray cluster)")
+    sweep.add_argument("--address", help="--executor ray: the cluster to join (auto = the one `ray start` made here, "
+                                         "HOST:PORT of its head, or ray://HOST:10001); default auto")
+    sweep.add_argument("--cpus-per-trial", type=_whole_number, help="--executor ray: CPUs each trial asks Ray for (default 1)")
+    sweep.add_argument("--gpus-per-trial", type=_whole_number,
+                       help="--executor ray: GPUs each trial asks Ray for (default 0); a trial only starts where they are")
     sweep.add_argument("--strategy", default="grid", help="grid (default) | random:K (K per model and framework) | halving")
     sweep.add_argument("--eta", type=int, default=3, help="halving: keep the best 1/eta each rung, eta x the epochs (default 3)")
     sweep.add_argument("--repeats", type=int, default=1, help="run each family's best configuration with K seeds in all")

@@ -24,7 +24,7 @@ from imagebench import tracking
 
 JOURNAL = "journal.jsonl"
 ARTIFACTS = "artifacts"
-ENV_RECORD_DIR = "IMAGEBENCH_RECORD_DIR"  # set by the sweep: the trial's folder beside its notebook
+from imagebench.contract import ENV_RECORD_DIR  # noqa: E402  (set by the sweep: the trial's folder)
 
 
 class RelogError(RuntimeError):
@@ -43,8 +43,9 @@ def relog_command(folder: Path) -> str:
     return f"imagebench relog {folder}"
 
 
-def _apply(run_id: str, entry: dict[str, Any]) -> None:
-    """Send one entry to the current store (the one place that knows how each kind is written)."""
+def _apply(run_id: str, entry: dict[str, Any], folder: Path) -> None:
+    """Send one entry to the current store (the one place that knows how each kind is written);
+    an artifact's relative path is inside the record ``folder``."""
     kind = entry["op"]
     if kind == "params":
         tracking.log_params(run_id, entry["values"])
@@ -53,7 +54,7 @@ def _apply(run_id: str, entry: dict[str, Any]) -> None:
     elif kind == "tags":
         tracking.set_tags(run_id, entry["values"])
     elif kind == "artifact":
-        tracking.client().log_artifact(run_id, entry["file"], entry.get("artifact_path"))
+        tracking.client().log_artifact(run_id, str(folder / entry["file"]), entry.get("artifact_path"))
     elif kind == "end":
         tracking.end_run(run_id, entry["status"], entry.get("error"), end_time=entry["end_time"])
     else:
@@ -80,7 +81,7 @@ class RunRecorder:
         if self.offline:
             return False
         try:
-            _apply(self.run_id, entry)
+            _apply(self.run_id, entry, self.folder)
             return True
         except tracking.StoreUnavailable as exc:
             self.store_error = exc  # one patience spent is enough: the rest of the run goes to the journal
@@ -116,7 +117,12 @@ class RunRecorder:
         self._write({"op": "end", "status": status, "error": error, "end_time": tracking.now_ms()})
 
     def log_artifact(self, path: Path, artifact_path: Optional[str] = None) -> None:
-        self._write({"op": "artifact", "file": str(Path(path).resolve()), "artifact_path": artifact_path})
+        path = Path(path).resolve()
+        try:  # relative inside the record folder: the folder may travel (a Ray node's comes back to the sweep)
+            stored = str(path.relative_to(self.folder.resolve()))
+        except ValueError:
+            stored = str(path)
+        self._write({"op": "artifact", "file": stored, "artifact_path": artifact_path})
 
     def log_text(self, text: str, name: str) -> None:
         self._log_file(name, lambda path: path.write_text(text, encoding="utf-8"))
@@ -190,7 +196,7 @@ def relog(journal: Path, store: Optional[str] = None) -> Relogged:
                 f"re-log into the store the trial was written to: --store {header.get('store')}"
             ) from exc
         for entry in entries:
-            _apply(run_id, entry)
+            _apply(run_id, entry, journal.parent)
         tracking.set_tags(run_id, {tracking.TAG_RELOGGED: f"{len(entries)} entries from {journal} ({header.get('reason', '')[:300]})"})
     journal.rename(journal.with_name(f"journal.relogged-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"))
     ends = [entry["status"] for entry in entries if entry["op"] == "end"]

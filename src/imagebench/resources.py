@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-ENV_THREADS = "IMAGEBENCH_THREADS"
+from imagebench.contract import ENV_THREADS  # noqa: E402
 # Native pools read these at start-up (OpenMP/MKL/OpenBLAS in torch and numpy; TF's own pools).
 NATIVE_THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS")
 

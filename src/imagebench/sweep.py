@@ -3,9 +3,10 @@
 - **Resume**: a trial whose fingerprint already has a FINISHED child run (trained to the budget
   asked) is skipped; FAILED and KILLED ones run again; runs left RUNNING by a sweep that died are
   marked KILLED first. The parent run is reused. ``rerun=True`` runs everything again.
-- **Strategies**: ``grid`` (every trial), ``random:K`` (a seeded K per model and framework),
-  ``halving`` (successive halving over epochs, continuing each survivor from its checkpoint).
+- **Strategies** (``strategies``, a registry): ``grid``, ``random:K``, ``halving``.
 - **Repeats**: the best configuration of each (model, framework) is run again with more seeds.
+- **Where** the jobs run is the executor's business (``executors``: local worker processes or a Ray
+  cluster); everything above, and recording how each job ended, is decided here once for both.
 
 Each trial is a child run created here before its notebook starts (``$IMAGEBENCH_RUN_ID``), so a
 trial whose kernel dies is still on record, FAILED with the reason and its partial notebook.
@@ -14,7 +15,6 @@ trial whose kernel dies is still on record, FAILED with the reason and its parti
 from __future__ import annotations
 
 import math
-import random
 import time
 import warnings
 from collections import defaultdict
@@ -22,23 +22,22 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from imagebench import record, tracking
+from imagebench.executors import Executor, Job, check_executor_options, executor_entry, make_executor
 from imagebench.grid import SweepPlan, Trial, make_trial
+from imagebench.outcomes import JOURNALED, TrialOutcome
 from imagebench.params import ParamsError
-from imagebench.resources import threads_per_worker
-from imagebench.scheduler import JOURNALED, Display, Job, Scheduler, TrialOutcome
+from imagebench.scheduler import Display, Scheduler
+from imagebench.strategies import grouped, promote, strategy_for
 from imagebench.tracking import results_dir  # noqa: F401  (the leaderboard notebook calls sweep.results_dir)
 from imagebench.trial import trial_tags
 from imagebench.worker import kernel_memory_limit_mb
 
-STRATEGIES = ("grid", "random:K", "halving")
 RANKING = ("best/val_accuracy", "best/val_loss")  # the leaderboard's rule: validation, never test
-
-
 
 
 @dataclass
 class SweepOptions:
-    workers: int = 1
+    workers: Optional[int] = None  # jobs at once; None: 1 locally, what the cluster holds on Ray
     strategy: str = "grid"
     eta: int = 3
     repeats: int = 1
@@ -46,65 +45,23 @@ class SweepOptions:
     trial_timeout: Optional[float] = None
     fresh_kernels: bool = False
     show_progress: bool = True
+    executor: str = "local"
+    address: Optional[str] = None  # Ray: the cluster to join ("auto", host:port, ray://host:port)
+    cpus_per_trial: Optional[int] = None  # Ray: resources each trial asks for
+    gpus_per_trial: Optional[int] = None
 
     def __post_init__(self) -> None:
-        parse_strategy(self.strategy)
-        for name, value, least in (("--workers", self.workers, 1), ("--eta", self.eta, 2), ("--repeats", self.repeats, 1)):
-            if value < least:
-                raise ParamsError(f"{name} {value} is invalid: it must be at least {least}")
+        strategy_for(self.strategy)
+        executor_entry(self.executor)
+        check_executor_options(self.executor, {"--address": self.address, "--cpus-per-trial": self.cpus_per_trial,
+                                               "--gpus-per-trial": self.gpus_per_trial})  # fmt: skip
+        for name, value, least in (("--workers", self.workers, 1), ("--eta", self.eta, 2), ("--repeats", self.repeats, 1),
+                                   ("--cpus-per-trial", self.cpus_per_trial, 1), ("--gpus-per-trial", self.gpus_per_trial, 0)):  # fmt: skip
+            if value is not None and (not isinstance(value, int) or value < least):
+                raise ParamsError(f"{name} {value} is invalid: it must be a whole number of at least {least}")
         if self.trial_timeout is not None and self.trial_timeout <= 0:
             raise ParamsError(f"--trial-timeout {self.trial_timeout} is invalid: give seconds > 0")
         kernel_memory_limit_mb()  # a bad $IMAGEBENCH_KERNEL_MAX_MB is named here, not in every worker
-
-
-def parse_strategy(text: str) -> tuple[str, Optional[int]]:
-    name, _, count = text.partition(":")
-    if name in ("grid", "halving") and not count:
-        return name, None
-    if name == "random" and count.isdigit() and int(count) > 0:
-        return name, int(count)
-    raise ParamsError(f"--strategy '{text}' is invalid: use one of {', '.join(STRATEGIES)} (K a positive number)")
-
-
-# --- the arithmetic of strategies (pure: tested on its own)
-def group_key(trial: Trial) -> tuple[str, str]:
-    return trial.params.model, trial.params.framework
-
-
-def grouped(trials: list[Trial]) -> dict[tuple[str, str], list[Trial]]:
-    groups: dict[tuple[str, str], list[Trial]] = defaultdict(list)
-    for trial in trials:
-        groups[group_key(trial)].append(trial)
-    return dict(groups)
-
-
-def random_subset(trials: list[Trial], count: int, seed: int) -> list[Trial]:
-    """``count`` trials per (model, framework), drawn with ``seed``; plan order kept."""
-    groups = grouped(trials)
-    chosen = {t.name for members in groups.values() for t in random.Random(seed).sample(members, min(count, len(members)))}
-    return [trial for trial in trials if trial.name in chosen]
-
-
-def halving_budgets(max_epochs: int, eta: int) -> list[int]:
-    """Epoch budget per rung, smallest first: ..., E/eta^2, E/eta, E (integer division, at least 1)."""
-    budgets = [max_epochs]
-    while budgets[0] // eta >= 1:
-        budgets.insert(0, budgets[0] // eta)
-    return budgets
-
-
-def survivors_count(entrants: int, eta: int) -> int:
-    return max(1, entrants // eta)
-
-
-def promote(scores: dict[str, tuple[float, float]], eta: int) -> list[str]:
-    """The best 1/eta of a rung (at least one): highest val accuracy, ties to lower val loss.
-
-    ``scores`` maps each trial that finished the rung to (val accuracy, val loss); trials that
-    failed are absent and never promoted.
-    """
-    ranked = sorted(scores, key=lambda name: (-scores[name][0], scores[name][1], name))
-    return ranked[: survivors_count(len(scores), eta)] if scores else []
 
 
 # --- what already exists in MLflow
@@ -213,25 +170,26 @@ def _scores(outcome: TrialOutcome) -> str:
 
 
 class SweepRunner:
-    """One invocation of ``imagebench sweep``: owns the parent run, the scheduler and the bookkeeping."""
+    """One invocation of ``imagebench sweep``: owns the parent run, the scheduler and the bookkeeping.
+    The strategy (``strategies``) drives it through ``whole_trial_jobs``/``rung_jobs``, ``execute``
+    and ``best``."""
 
-    def __init__(self, plan: SweepPlan, options: SweepOptions):
+    def __init__(self, plan: SweepPlan, options: SweepOptions, executor: Optional[Executor] = None):
         self.plan, self.options = plan, options
         self.runs_dir = tracking.runs_dir(plan.experiment)
         self.checkpoints_dir = tracking.results_dir(plan.experiment) / "checkpoints"
         self.runs_dir.mkdir(parents=True, exist_ok=True)
+        self.executor = executor or make_executor(options.executor, options)
         self.parent_run_id = tracking.start_sweep_run(plan.experiment, plan.source)
-        tracking.set_tags(self.parent_run_id, {tracking.TAG_STRATEGY: options.strategy, tracking.TAG_OWNER: tracking.process_owner()})
+        tracking.set_tags(self.parent_run_id, {tracking.TAG_STRATEGY: options.strategy, tracking.TAG_OWNER: tracking.process_owner(),
+                                               tracking.TAG_EXECUTOR: options.executor})  # fmt: skip
         self.summary = SweepSummary(plan.experiment, self.parent_run_id, options.strategy)
         # before the abandoned-run check: a run journaled while the store was down is complete, not abandoned
         self.summary.relogged, self.summary.relog_errors = relog_journals(plan.experiment)
         self.summary.marked_killed = mark_abandoned_runs(plan.experiment)
         self.records = TrialRecords(plan.experiment)
         self.run_of: dict[str, str] = {}  # fingerprint -> the run that holds the trial in this sweep
-        self.scheduler = Scheduler(
-            workers=options.workers, trial_timeout=options.trial_timeout, threads=threads_per_worker(options.workers),
-            fresh_kernels=options.fresh_kernels,
-        )
+        self.scheduler = Scheduler(self.executor, trial_timeout=options.trial_timeout)
 
     # --- jobs
     def _new_run(self, trial: Trial, tags: dict[str, str]) -> str:
@@ -249,7 +207,7 @@ class SweepRunner:
             self.run_of.setdefault(trial.fingerprint, run.info.run_id)
         return run is not None
 
-    def _whole_trial_jobs(self, trials: list[Trial], strategy_tag: str = "") -> list[Job]:
+    def whole_trial_jobs(self, trials: list[Trial], strategy_tag: str = "") -> list[Job]:
         jobs = []
         for trial in trials:
             if self._already_done(trial, trial.params.epochs):
@@ -259,37 +217,21 @@ class SweepRunner:
             jobs.append(Job(trial, lambda trial=trial, tags=tags: self._new_run(trial, tags), self.runs_dir / f"{trial.name}.ipynb"))
         return jobs
 
-    def _execute(self, jobs: list[Job], title: str) -> list[TrialOutcome]:
+    def execute(self, jobs: list[Job], title: str) -> list[TrialOutcome]:
         if not jobs:
             return []
-        self.scheduler.display = Display(title, len(jobs), self.options.workers, self.options.show_progress)
+        self.scheduler.display = Display(title, len(jobs), self.executor.slots, self.options.show_progress)
         try:
             return self.scheduler.run(jobs, scores=_scores)
         finally:
             self.scheduler.display.close()
 
-    # --- strategies
-    def run_grid(self, trials: list[Trial]) -> None:
-        self._execute(self._whole_trial_jobs(trials), f"{self.plan.experiment}")
-
-    def run_halving(self, trials: list[Trial]) -> None:
-        budgets = halving_budgets(max(t.params.epochs for t in trials), self.options.eta)
-        alive = grouped(trials)
-        for rung, budget in enumerate(budgets):
-            jobs = [job for members in alive.values() for job in self._rung_jobs(members, rung, budget, len(budgets))]
-            self._execute(jobs, f"{self.plan.experiment} rung {rung + 1}/{len(budgets)} ({budget} epochs)")
-            if rung + 1 < len(budgets):
-                promoted = {key: self._promoted(members) for key, members in alive.items()}
-                self._drop_checkpoints(t for key, members in alive.items() for t in members if t not in promoted[key])
-                alive = {key: members for key, members in promoted.items() if members}
-        self._drop_checkpoints(t for members in alive.values() for t in members)
-
-    def _drop_checkpoints(self, trials) -> None:
+    def drop_checkpoints(self, trials) -> None:
         """A trial that will not train further needs no state on disk (ResNet50's is ~300 MB)."""
         for trial in trials:
             (self.checkpoints_dir / f"{trial.name}.pkl").unlink(missing_ok=True)
 
-    def _rung_jobs(self, members: list[Trial], rung: int, budget: int, rungs: int) -> list[Job]:
+    def rung_jobs(self, members: list[Trial], rung: int, budget: int, rungs: int) -> list[Job]:
         jobs = []
         for trial in members:
             trial_budget = min(trial.params.epochs, budget)
@@ -327,39 +269,39 @@ class SweepRunner:
                 scores[trial.name] = (metrics[RANKING[0]], metrics.get(RANKING[1], math.inf))
         return scores
 
-    def _promoted(self, members: list[Trial]) -> list[Trial]:
-        chosen = set(promote(self._scores(members), self.options.eta))
+    def best(self, members: list[Trial], eta: int) -> list[Trial]:
+        """The members promoted with ``eta`` (the best 1/eta that finished), in plan order."""
+        chosen = set(promote(self._scores(members), eta))
         return [trial for trial in members if trial.name in chosen]
 
     def run_repeats(self, trials: list[Trial]) -> None:
         """Run each (model, framework)'s best configuration again with seeds seed+1 … seed+K-1."""
         extra = []
         for members in grouped(trials).values():
-            scores = self._scores(members)
-            best = next((t for t in members if scores and t.name == promote(scores, len(scores) + 1)[0]), None)
-            if best is None:
+            leaders = self.best(members, eta=len(members) + 1)  # exactly one: the best that finished
+            if not leaders:
                 continue  # nothing of this family finished: nothing to repeat
+            best = leaders[0]
             for offset in range(1, self.options.repeats):
                 params = best.params.model_copy(update={"seed": best.params.seed + offset})
                 extra.append(make_trial(best.index, params, best.dataset_fingerprint, best.varying, f"-seed{params.seed}"))
-        self._execute(self._whole_trial_jobs(extra, strategy_tag="repeat"), f"{self.plan.experiment} repeats")
+        self.execute(self.whole_trial_jobs(extra, strategy_tag="repeat"), f"{self.plan.experiment} repeats")
 
     # --- the whole sweep
     def run(self) -> SweepSummary:
         started = time.perf_counter()
-        name, count = parse_strategy(self.options.strategy)
-        trials = random_subset(self.plan.trials, count, self.plan.trials[0].params.seed) if name == "random" else self.plan.trials
+        strategy, count = strategy_for(self.options.strategy)
+        trials = strategy.select(self.plan.trials, count)
         try:
-            if name == "halving":
-                self.run_halving(trials)
-            else:
-                self.run_grid(trials)
+            strategy.run(self, trials)
             if self.options.repeats > 1:
                 self.run_repeats(trials)
         except KeyboardInterrupt:
             self.summary.interrupted = True
         except tracking.StoreUnavailable as exc:
             self.summary.store_error = str(exc)
+        finally:
+            self.executor.close()
         self.summary.outcomes = self.scheduler.outcomes
         self.summary.seconds = time.perf_counter() - started
         if not self.summary.store_error:  # nothing more can be written; the parent run is reused on resume
@@ -429,11 +371,19 @@ def _data_line(size: int, data) -> str:
 
 
 def run_sweep(plan: SweepPlan, options: Optional[SweepOptions] = None, show_progress: Optional[bool] = None) -> SweepSummary:
-    """Check the data, then run the sweep (the parent run is created only once the data is usable)."""
+    """Reach the store and the executor (a Ray cluster answers and has the resources asked for),
+    check the data, then run the sweep: nothing is created in MLflow until all of that holds."""
     options = options or SweepOptions()
     if show_progress is not None:
         options.show_progress = show_progress
-    for line in check_sweep_data(plan.trials):
-        if options.show_progress:
-            print(line, flush=True)
-    return SweepRunner(plan, options).run()
+    tracking.check_store_answers()
+    executor = make_executor(options.executor, options)
+    try:
+        for line in [*getattr(executor, "describe", lambda: [])(), *check_sweep_data(plan.trials)]:
+            if options.show_progress:
+                print(line, flush=True)
+        runner = SweepRunner(plan, options, executor)
+    except BaseException:
+        executor.close()
+        raise
+    return runner.run()

@@ -17,8 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Optional
 
-ENV_RUN_ID = "IMAGEBENCH_RUN_ID"  # set by the sweep so a notebook trial fills the child run it created
-ENV_ROOT = "IMAGEBENCH_ROOT"
+from imagebench.contract import ENV_ROOT, ENV_RUN_ID  # noqa: F401  (the sweep-kernel contract names them)
 
 TAG_ROLE = "imagebench.role"  # "sweep" (parent) or "trial" (child)
 TAG_SWEEP = "imagebench.sweep"
@@ -34,9 +33,11 @@ TAG_NOTEBOOK = "imagebench.notebook"
 TAG_EPOCH_BUDGET = "imagebench.epoch_budget"  # epochs the trial has been trained up to (halving: per rung)
 TAG_OWNER = "imagebench.owner"  # host:pid of the process that drives the run (finds runs left RUNNING)
 TAG_STRATEGY = "imagebench.strategy"
+TAG_EXECUTOR = "imagebench.executor"  # where the sweep ran its trials: local | ray
 TAG_RUNG = "imagebench.rung"
 TAG_FEATURE_CACHE = "imagebench.feature_cache"  # "hit" / "computed" when the head trained on cached features
 TAG_KERNEL = "imagebench.kernel"  # host:pid of the process that trained it (a sweep's warm kernel serves several)
+TAG_NODE = "imagebench.node"  # where the executor ran the trial (a Ray node: host, address and node id)
 TAG_CONFIG = "imagebench.config"  # fingerprint without the seed: repeats of one configuration share it
 TAG_RELOGGED = "imagebench.relogged"  # the record was replayed from a local journal (store was down)
 TAG_PARENT = "mlflow.parentRunId"
@@ -190,6 +191,27 @@ def _client_for(uri: str):
 def client():
     # creating the client opens the store (SQLite: a schema check that a held lock blocks): retried too
     return with_retries(_client_for, tracking_uri())
+
+
+def check_store_answers(timeout: float = 5.0) -> None:
+    """A tracking server that does not answer is named before a sweep creates anything (a file or
+    SQLite store always 'answers'; its problems surface as errors of their own)."""
+    import urllib.error
+    import urllib.request
+
+    uri = tracking_uri()
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+            return
+    except urllib.error.HTTPError:
+        return  # it answers (an auth proxy or an older server without /health): MLflow's calls decide
+    except (OSError, ValueError) as exc:
+        raise StoreUnavailable(
+            f"MLflow tracking server {uri} does not answer ({getattr(exc, 'reason', exc)}): start it (`make server`) "
+            f"or set MLFLOW_TRACKING_URI to your team's server; nothing was run"
+        ) from exc
 
 
 def _artifact_location(name: str) -> Optional[str]:

@@ -28,8 +28,7 @@ from imagebench.weights import require_weights
 PREDICT_BATCH = 256
 # How the sweep runs a trial (not what the trial is, so not parameters): halving gives a rung an
 # epoch budget and a checkpoint file to continue from and save to.
-ENV_EPOCH_BUDGET = "IMAGEBENCH_EPOCH_BUDGET"
-ENV_CHECKPOINT = "IMAGEBENCH_CHECKPOINT"
+from imagebench.contract import ENV_CHECKPOINT, ENV_EPOCH_BUDGET  # noqa: E402
 
 
 @dataclass

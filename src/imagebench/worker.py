@@ -30,7 +30,7 @@ ENVIRONMENT_TAG = "injected-environment"
 WARM_ENGINE = "imagebench-warm"  # papermill engine name of the worker's kept kernel
 # TensorFlow keeps ~110 MB per EfficientNet-B0 trial in a process even after clear_session and
 # gc (measured: RSS 1411 -> 1850 MB over 5 trials), so a kept kernel is replaced once it holds more
-ENV_KERNEL_MAX_MB = "IMAGEBENCH_KERNEL_MAX_MB"
+from imagebench.contract import ENV_KERNEL_MAX_MB  # noqa: E402
 DEFAULT_KERNEL_MAX_MB = 4096.0
 
 
