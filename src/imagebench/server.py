@@ -10,13 +10,14 @@ Everything lives in one folder (default ``<project root>/.server/``) and survive
   only, its unix socket inside ``pgdata/``; ``postgres.log`` beside it;
 - ``pgpass``: the database password, generated once, mode 600, in libpq's PGPASSFILE format. Only
   the ``mlflow server`` process gets it, through ``$PGPASSFILE``, so the backend URI
-  (``postgresql://imagebench@127.0.0.1:PORT/mlflow``) holds no password: none reaches a command
+  (``postgresql+psycopg2://imagebench@127.0.0.1:PORT/mlflow``) holds no password: none reaches a command
   line, a log, a notebook, a params file or an MLflow param or tag. PostgreSQL itself is only ever
   given the password's SCRAM verifier;
 - ``artifacts/``: what the server stores for its clients (``--serve-artifacts``);
 - ``mlflow-server.log``, ``mlflow-server.pid``, ``server.json`` (how it was started, no secret);
-- with ``--app-name basic-auth``: ``basic_auth.ini`` (mode 600, holds the first admin password)
-  and ``basic_auth.db`` (MLflow's users and permissions).
+- with ``--app-name basic-auth``: ``basic_auth.ini`` (mode 600, holds the first admin password),
+  ``basic_auth.db`` (MLflow's users and permissions) and ``flask-secret-key`` (mode 600, the key
+  of the auth app's CSRF protection, kept across restarts).
 
 PostgreSQL refuses to run as root: started by root, the cluster belongs to the ``postgres`` system
 user and every PostgreSQL command runs through ``runuser -u postgres --``.
@@ -58,7 +59,7 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 PGDATA, PGPASS, PG_LOG = "pgdata", "pgpass", "postgres.log"
 MLFLOW_LOG, MLFLOW_PID, STATE, ARTIFACTS = "mlflow-server.log", "mlflow-server.pid", "server.json", "artifacts"
-AUTH_INI, AUTH_DB = "basic_auth.ini", "basic_auth.db"
+AUTH_INI, AUTH_DB, FLASK_SECRET = "basic_auth.ini", "basic_auth.db", "flask-secret-key"
 
 Say = Callable[[str], None]
 
@@ -110,8 +111,9 @@ class ServerStatus:
 
 
 def backend_uri(db_port: int) -> str:
-    # no password: psycopg2 (libpq) reads it from $PGPASSFILE, which only the server process gets
-    return f"postgresql://{DB_USER}@{DB_HOST}:{db_port}/{DB_NAME}"
+    # no password: psycopg2 (libpq) reads it from $PGPASSFILE, which only the server process gets.
+    # The driver is named: SQLAlchemy 2.1 made psycopg 3 the default for a bare postgresql://
+    return f"postgresql+psycopg2://{DB_USER}@{DB_HOST}:{db_port}/{DB_NAME}"
 
 
 def default_folder() -> Path:
@@ -271,6 +273,13 @@ def _write_private(path: Path, text: str) -> None:
         handle.write(text)
 
 
+def _secret(path: Path) -> str:
+    """A random key kept in ``path`` (mode 600), made the first time."""
+    if not path.exists():
+        _write_private(path, secrets.token_urlsafe(32) + "\n")
+    return path.read_text(encoding="utf-8").strip()
+
+
 def _password(folder: Path) -> str:
     """The database password from ``pgpass`` (created the first time; fixed to mode 600 if widened:
     libpq ignores a password file others can read)."""
@@ -302,7 +311,8 @@ def database_port(folder: Path) -> Optional[int]:
     import psutil
 
     try:
-        alive = psutil.Process(pid).name().startswith("postgres")
+        process = psutil.Process(pid)
+        alive = process.name().startswith("postgres") and process.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return None
     return port if alive else None
@@ -332,8 +342,8 @@ def _prepare_folder(folder: Path) -> Path:
 
 def start_database(folder: Path, db_port: int = DEFAULT_DB_PORT, say: Say = _quiet) -> int:
     """Start (the first time: create) the cluster in ``folder``; ensure the role and database. Its port."""
+    bin_dir = pg_bin_dir(_pgdata(folder))
     pgdata = _prepare_folder(folder)
-    bin_dir = pg_bin_dir(pgdata)
     running = database_port(folder)
     if running is None:
         if not (pgdata / "PG_VERSION").exists():
@@ -431,8 +441,9 @@ def start_mlflow(folder: Path, host: str, port: int, db_port: int, app_name: Opt
     if pid is not None:
         state = _read_state(folder)
         server = TrackingServer(folder, state.get("host", host), state.get("port", port), db_port, pid, state.get("app_name"))
-        if (server.host, server.port) != (host, port):
-            say(f"mlflow server already runs at {server.uri} (pid {pid}): using it; `stop` first to move it")
+        if (server.host, server.port, server.app_name) != (host, port, app_name):
+            say(f"mlflow server already runs at {server.uri} (pid {pid}, app {server.app_name or 'default'}): "
+                f"using it; `stop` first to change its host, port or app")
         _wait_until_answers(server, None, timeout)
         return server
     _check_port_free(host or "0.0.0.0", port, "--port")
@@ -445,10 +456,14 @@ def start_mlflow(folder: Path, host: str, port: int, db_port: int, app_name: Opt
     environment = {k: v for k, v in os.environ.items() if k not in ("PGPASSWORD", "MLFLOW_TRACKING_URI")}
     environment["PGPASSFILE"] = str(folder / PGPASS)  # libpq reads the password from here: it is in no URI
     environment.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # a local server has no reason to phone home
+    # MLflow 3 also starts a job runner and 7 huey consumers (~650 MB) for its GenAI jobs: not ours
+    environment.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     if app_name:
         command += ["--app-name", app_name]
         if app_name == "basic-auth":
             environment["MLFLOW_AUTH_CONFIG_PATH"] = str(_auth_config(folder))
+            # the auth app's CSRF protection needs a key that stays the same across restarts
+            environment.setdefault("MLFLOW_FLASK_SERVER_SECRET_KEY", _secret(folder / FLASK_SECRET))
     log = folder / MLFLOW_LOG
     with log.open("a", encoding="utf-8") as handle:
         handle.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} imagebench.server: {shlex.join(command)}\n")
@@ -460,10 +475,12 @@ def start_mlflow(folder: Path, host: str, port: int, db_port: int, app_name: Opt
     (folder / STATE).write_text(json.dumps({**asdict(server), "folder": str(folder), "started": time.time()}, indent=2))
     try:
         _wait_until_answers(server, process, timeout)
-    except ServerError:
+    except BaseException:  # not answering, or Ctrl-C while waiting: no server left behind in its own session
         _kill_group(process.pid)
         (folder / MLFLOW_PID).unlink(missing_ok=True)
         raise
+    if (folder / AUTH_DB).exists():
+        os.chmod(folder / AUTH_DB, 0o600)  # MLflow's users and their password hashes
     say(f"mlflow server (pid {process.pid}) answers at {server.uri}; log: {log}")
     return server
 
@@ -524,8 +541,22 @@ def start(folder=None, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, db_po
     if importlib.util.find_spec("psycopg2") is None:
         raise ServerError(f"psycopg2 (MLflow's PostgreSQL driver) is not installed in {sys.prefix}: "
                           f"pip install -e '.[server]' (or pip install psycopg2-binary)")
+    if app_name == "basic-auth" and importlib.util.find_spec("flask_wtf") is None:
+        raise ServerError(f"MLflow's basic-auth app needs Flask-WTF, not installed in {sys.prefix}: pip install 'mlflow[auth]'")
+    pg_bin_dir(_pgdata(folder))  # every check that can fail before anything is created or started
+    if _mlflow_pid(folder) is None:
+        _check_port_free(host or "0.0.0.0", port, "--port")
+    was_running = _pgdata(folder).is_dir() and database_port(folder) is not None
+    if not was_running:
+        _check_port_free(DB_HOST, db_port, "--db-port")
     running_db = start_database(folder, db_port, say)
-    return start_mlflow(folder, host, port, running_db, app_name, allowed_hosts, workers, timeout, say)
+    try:
+        return start_mlflow(folder, host, port, running_db, app_name, allowed_hosts, workers, timeout, say)
+    except BaseException:
+        if not was_running:  # a failed start leaves nothing running that it started
+            with contextlib.suppress(ServerError):
+                stop_database(folder)
+        raise
 
 
 def stop(folder=None) -> list[str]:

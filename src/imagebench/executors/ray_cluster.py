@@ -1,0 +1,365 @@
+"""The Ray executor: the sweep's jobs on the nodes of a Ray cluster (Ray Core; no cluster of our own).
+
+Each slot is a Ray actor (``TrialActor``) that asks Ray for ``--cpus-per-trial`` CPUs and
+``--gpus-per-trial`` GPUs, so Ray places it only on a node that has them (and sets
+``CUDA_VISIBLE_DEVICES`` for it). Inside, the actor runs the local executor with one worker: the
+same papermill worker process and warm kernel as on one machine. No shared filesystem is assumed:
+the job's parameters, train.ipynb and a halving checkpoint travel to the node with the job; the
+executed notebook, its log, the trial's journal (if the store was down) and the new checkpoint come
+back with the result and are written under ``results/<experiment>/runs/`` here, where the sweep
+attaches them to the run. The trial itself talks to the tracking server over HTTP.
+
+Faults: a node lost mid-trial ends that job with the node named (the sweep records it FAILED and
+goes on with the nodes left); Ray never retries a trial by itself (``max_restarts=0``), the next
+``imagebench sweep`` does. The actors belong to this driver: if it dies (even ``kill -9``) Ray
+kills them, and each actor's worker kills its kernel when its parent goes (``worker``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import ray
+
+from imagebench import tracking
+from imagebench.contract import ENV_ROOT, SHARED_WITH_NODES, TRACKING_URI
+from imagebench.executors import Job, JobEnd
+from imagebench.executors.local import LocalExecutor
+from imagebench.params import ParamsError
+
+NAMESPACE = "imagebench"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+STOP_GRACE_SECONDS = 30.0  # a stopped job's actor gets this long to return its partial notebook, then is killed
+ENV_NODE_CACHE = "IMAGEBENCH_CACHE"
+
+
+# --- joining the cluster
+def _bootstrap_address(address: str) -> str:
+    """host:port of the cluster's head ("auto" resolved the way Ray does), or ``address`` as given."""
+    if address.startswith("ray://"):
+        return address
+    try:
+        from ray._private.services import canonicalize_bootstrap_address
+
+        return canonicalize_bootstrap_address(address) or address
+    except Exception:  # no cluster found for "auto": ray.init names it below
+        return address
+
+
+def _probe(address: str) -> None:
+    """A head that does not answer is named in seconds, not after Ray's own long connect timeout."""
+    if address.startswith("ray://"):
+        address = address[len("ray://"):]
+    host, _, port = address.rpartition(":")
+    if not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise ParamsError(f"the Ray cluster at {address} does not answer ({exc.strerror or exc}): start it with "
+                          f"`ray start --head` on that machine or give its address with --address HOST:PORT") from exc  # fmt: skip
+
+
+def connect(address: Optional[str]) -> str:
+    """Join an existing cluster (never start one: a sweep on Ray means the user's cluster)."""
+    given = address or "auto"
+    resolved = _bootstrap_address(given)
+    _probe(resolved)
+    host = resolved.removeprefix("ray://").rpartition(":")[0]
+    options: dict[str, Any] = dict(address=resolved, namespace=NAMESPACE, logging_level=logging.ERROR, log_to_driver=False)
+    if host in LOOPBACK:  # a cluster on loopback: the driver must not announce the machine's interface address
+        options["_node_ip_address"] = "127.0.0.1"
+    try:
+        ray.init(**options)
+    except Exception as exc:
+        raise ParamsError(f"cannot join the Ray cluster at {given} ({type(exc).__name__}: {str(exc).strip()[:300]}); "
+                          f"start one with `ray start --head` or pass --address HOST:PORT") from exc  # fmt: skip
+    return resolved
+
+
+def trials_at_once(nodes: list[dict], cpus: int, gpus: int) -> int:
+    """How many trials asking ``cpus``/``gpus`` the alive nodes hold side by side."""
+    total = 0
+    for node in nodes:
+        resources = node.get("Resources", {})
+        fits = int(resources.get("CPU", 0) // cpus)
+        if gpus:
+            fits = min(fits, int(resources.get("GPU", 0) // gpus))
+        total += fits
+    return total
+
+
+def _alive_nodes() -> list[dict]:
+    return [node for node in ray.nodes() if node.get("Alive")]
+
+
+# --- on the node
+def node_name() -> str:
+    context = ray.get_runtime_context()
+    return f"{socket.gethostname()} ({ray.util.get_node_ip_address()}, node {context.get_node_id()[:8]})"
+
+
+def dataset_problem(dataset: str, node: str) -> Optional[str]:
+    """Why this node cannot run a trial on ``dataset`` (it must be at the same path on every node)."""
+    from imagebench.data.folders import BUILTIN_DATASETS
+
+    if dataset in BUILTIN_DATASETS:
+        return None
+    path = Path(dataset).expanduser()
+    if path.is_absolute() and path.is_dir():
+        return None
+    return (f"dataset {dataset} does not exist on Ray node {node}: every node needs the dataset at the same absolute path "
+            f"(copy it there or mount a shared folder), then run the sweep again")  # fmt: skip
+
+
+def _read(path: Path) -> Optional[bytes]:
+    return path.read_bytes() if path.is_file() else None
+
+
+class TrialActor:
+    """One slot on a node: a local executor with one worker (its warm kernel) in a scratch folder."""
+
+    def __init__(self, notebook_text: str, threads: int, fresh_kernel: bool, environment: dict[str, str]):
+        self.node = node_name()
+        self.folder = Path(tempfile.mkdtemp(prefix="imagebench-node-"))
+        (self.folder / "notebooks").mkdir()
+        (self.folder / "params").mkdir()  # with notebooks/: a project root for the kernel
+        (self.folder / "notebooks" / "train.ipynb").write_text(notebook_text, encoding="utf-8")
+        self.runs = self.folder / "runs"
+        self.runs.mkdir()
+        environment = {**environment, ENV_ROOT: str(self.folder)}
+        # the node's own decode cache (shared by its actors) unless its environment names one
+        environment.setdefault(ENV_NODE_CACHE, os.environ.get(ENV_NODE_CACHE)
+                               or str(Path(tempfile.gettempdir()) / f"imagebench-cache-{os.getuid()}"))  # fmt: skip
+        self.executor = LocalExecutor(workers=1, threads=threads, fresh_kernels=fresh_kernel, root=self.folder,
+                                      environment=environment, where=self.node)  # fmt: skip
+        self.job: Optional[Job] = None
+
+    def where(self) -> str:
+        return self.node
+
+    def run(self, trial, label: str, run_id: str, epoch_budget: Optional[int], checkpoint: Optional[bytes],
+            continues: bool) -> dict[str, Any]:  # fmt: skip
+        problem = dataset_problem(trial.params.dataset, self.node)
+        if problem:
+            return {"error": problem, "where": self.node}
+        job = Job(trial, lambda: run_id, self.runs / f"{label}.ipynb", epoch_budget,
+                  self.runs / f"{trial.name}.pkl" if continues else None, run_id)  # fmt: skip
+        shutil.rmtree(job.record_dir, ignore_errors=True)  # the sweep keeps the record folder; this is a scratch copy
+        if checkpoint is not None:
+            job.checkpoint.write_bytes(checkpoint)
+        self.job = job
+        try:
+            self.executor.submit(job)
+            _job, end = self.executor.wait()[0]
+        finally:
+            self.job = None
+        result = {
+            "error": end.error, "where": self.node, "notebook": _read(job.output), "log": _read(job.output.with_suffix(".log")),
+            "checkpoint": _read(job.checkpoint) if job.checkpoint else None,
+            "record": {str(path.relative_to(job.record_dir)): path.read_bytes()
+                       for path in job.record_dir.rglob("*") if path.is_file()} if job.record_dir.is_dir() else {},
+        }  # fmt: skip
+        self._clean(job)
+        return result
+
+    def _clean(self, job: Job) -> None:
+        for path in self.runs.glob(f"{job.label}.*"):
+            path.unlink(missing_ok=True)
+        if job.checkpoint:
+            job.checkpoint.unlink(missing_ok=True)
+        shutil.rmtree(job.record_dir, ignore_errors=True)
+
+    def progress(self) -> str:
+        job = self.job
+        return self.executor.progress(job) if job else ""
+
+    def stop(self, reason: str) -> None:
+        job = self.job
+        if job:
+            self.executor.stop(job, reason)
+
+    def shutdown(self) -> None:
+        self.executor.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+# --- on the driver
+@dataclass
+class Slot:
+    actor: Any = None
+    ready: Any = None  # ObjectRef of actor.where(): resolves once Ray has placed the actor
+    node: str = ""
+    job: Optional[Job] = None
+    result: Any = None
+    progress_ref: Any = None
+    epoch_text: str = ""
+    stop_reason: str = ""
+    stopped_at: float = 0.0
+
+    def reset(self) -> None:
+        if self.actor is not None:
+            ray.kill(self.actor, no_restart=True)
+        self.__init__()
+
+
+def _write(path: Path, data: Optional[bytes]) -> None:
+    """Write-then-rename: a sweep killed mid-write never leaves a half file to attach or continue from."""
+    if data is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_bytes(data)
+    partial.replace(path)
+
+
+class RayExecutor:
+    def __init__(self, address: Optional[str], workers: Optional[int], cpus_per_trial: int, gpus_per_trial: int,
+                 fresh_kernels: bool):  # fmt: skip
+        self.address = connect(address)
+        self.cpus, self.gpus, self.fresh_kernels = cpus_per_trial, gpus_per_trial, fresh_kernels
+        nodes = _alive_nodes()
+        capacity = trials_at_once(nodes, self.cpus, self.gpus)
+        if capacity == 0:
+            ray.shutdown()
+            have = ", ".join(f"{n.get('NodeManagerAddress')}: {n['Resources'].get('CPU', 0):g} CPU, {n['Resources'].get('GPU', 0):g} GPU"
+                             for n in nodes)  # fmt: skip
+            raise ParamsError(f"no node of the Ray cluster at {self.address} has {self.cpus} CPU(s) and {self.gpus} GPU(s) for one "
+                              f"trial (nodes: {have or 'none'}); lower --cpus-per-trial/--gpus-per-trial or add nodes")  # fmt: skip
+        self.nodes, self.capacity = nodes, capacity
+        self.slots = workers or capacity
+        self.notebook_text = (tracking.project_root() / "notebooks" / "train.ipynb").read_text(encoding="utf-8")
+        self.environment = {name: os.environ[name] for name in SHARED_WITH_NODES if os.environ.get(name)}
+        self.environment[TRACKING_URI] = tracking.tracking_uri()
+        self._slots = [Slot() for _ in range(self.slots)]
+        self.waiting_since: Optional[float] = None
+
+    @classmethod
+    def from_options(cls, options) -> "RayExecutor":
+        return cls(options.address, options.workers, options.cpus_per_trial or 1, options.gpus_per_trial or 0, options.fresh_kernels)
+
+    def describe(self) -> list[str]:
+        cpus = sum(node["Resources"].get("CPU", 0) for node in self.nodes)
+        gpus = sum(node["Resources"].get("GPU", 0) for node in self.nodes)
+        lines = [f"ray: cluster {self.address}, {len(self.nodes)} node(s), {cpus:g} CPUs, {gpus:g} GPUs; {self.slots} trial(s) at "
+                 f"once (room for {self.capacity}), each asking {self.cpus} CPU(s) and {self.gpus} GPU(s)"]  # fmt: skip
+        uri = tracking.tracking_uri()
+        if not uri.startswith(("http://", "https://")):
+            lines.append(f"ray: note: trials write to {uri}, which only nodes on this machine reach; "
+                         f"for other machines run a tracking server (make server) and set MLFLOW_TRACKING_URI")  # fmt: skip
+        return lines
+
+    # --- slots
+    def _place(self, slot: Slot) -> None:
+        actor_class = ray.remote(TrialActor).options(num_cpus=self.cpus, num_gpus=self.gpus, max_restarts=0,
+                                                     max_task_retries=0, max_concurrency=3)  # fmt: skip
+        slot.actor = actor_class.remote(self.notebook_text, self.cpus, self.fresh_kernels, self.environment)
+        slot.ready = slot.actor.where.remote()
+
+    def _is_ready(self, slot: Slot) -> bool:
+        if slot.actor is None:
+            self._place(slot)
+        if slot.node:
+            return True
+        done, _ = ray.wait([slot.ready], timeout=0)
+        if not done:
+            return False  # Ray has no node with the resources free yet
+        try:
+            slot.node = ray.get(done[0])
+        except ray.exceptions.RayError:  # its node went away while it started: try again
+            slot.reset()
+            return False
+        return True
+
+    def free_slots(self) -> int:
+        free = sum(1 for slot in self._slots if slot.job is None and self._is_ready(slot))
+        return free
+
+    def submit(self, job: Job) -> None:
+        slot = next(slot for slot in self._slots if slot.job is None and slot.node)
+        continues = job.checkpoint is not None
+        checkpoint = job.checkpoint.read_bytes() if continues and job.checkpoint.is_file() else None
+        slot.job, slot.epoch_text, slot.stop_reason = job, "starting", ""
+        slot.result = slot.actor.run.remote(job.trial, job.label, job.run_id, job.epoch_budget, checkpoint, continues)
+
+    def _slot_of(self, job: Job) -> Optional[Slot]:
+        return next((slot for slot in self._slots if slot.job is job), None)
+
+    def finished(self) -> list[tuple[Job, JobEnd]]:
+        ended = []
+        for slot in self._slots:
+            if slot.job is None:
+                continue
+            if slot.stop_reason and time.monotonic() - slot.stopped_at > STOP_GRACE_SECONDS:
+                ray.kill(slot.actor, no_restart=True)  # it did not stop in time: its partial notebook is lost
+            done, _ = ray.wait([slot.result], timeout=0)
+            if done:
+                ended.append((slot.job, self._collect(slot)))
+        return ended
+
+    def _collect(self, slot: Slot) -> JobEnd:
+        job = slot.job
+        try:
+            result = ray.get(slot.result)
+        except ray.exceptions.RayError as exc:
+            lost = f"Ray node {slot.node} lost while running this trial ({type(exc).__name__}); run the sweep again to retry it"
+            end = JobEnd(slot.stop_reason or lost, slot.node)
+            slot.reset()  # the actor is gone with its node; a new one is placed where Ray has room
+            return end
+        _write(job.output, result.get("notebook"))
+        _write(job.output.with_suffix(".log"), result.get("log"))
+        for relative, data in result.get("record", {}).items():
+            _write(job.record_dir / relative, data)
+        if job.checkpoint is not None:
+            _write(job.checkpoint, result.get("checkpoint"))
+        slot.job, slot.result, slot.progress_ref = None, None, None
+        return JobEnd(slot.stop_reason or result["error"], result["where"])
+
+    def progress(self, job: Job) -> str:
+        slot = self._slot_of(job)
+        if slot is None:
+            return ""
+        if slot.progress_ref is not None and ray.wait([slot.progress_ref], timeout=0)[0]:
+            try:
+                slot.epoch_text = ray.get(slot.progress_ref) or slot.epoch_text
+            except ray.exceptions.RayError:
+                pass
+            slot.progress_ref = None
+        if slot.progress_ref is None:
+            slot.progress_ref = slot.actor.progress.remote()
+        return slot.epoch_text
+
+    def stop(self, job: Job, reason: str) -> None:
+        slot = self._slot_of(job)
+        if slot is not None and not slot.stop_reason:
+            slot.stop_reason, slot.stopped_at = reason, time.monotonic()
+            slot.actor.stop.remote(reason)
+
+    def stop_all(self, reason: str) -> list[tuple[Job, JobEnd]]:
+        running = [slot for slot in self._slots if slot.job is not None]
+        for slot in running:
+            self.stop(slot.job, reason)
+        ray.wait([slot.result for slot in running], num_returns=len(running), timeout=15) if running else None
+        for slot in running:
+            if not ray.wait([slot.result], timeout=0)[0]:
+                ray.kill(slot.actor, no_restart=True)
+        return [(slot.job, self._collect(slot)) for slot in running]
+
+    def close(self) -> None:
+        idle = [slot for slot in self._slots if slot.actor is not None and slot.node and slot.job is None]
+        try:
+            ray.wait([slot.actor.shutdown.remote() for slot in idle], num_returns=len(idle), timeout=30) if idle else None
+        except ray.exceptions.RayError:
+            pass
+        for slot in self._slots:
+            if slot.actor is not None:
+                ray.kill(slot.actor, no_restart=True)
+        ray.shutdown()
