@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: install demo test lab ui bench clean-results notebooks
+.PHONY: install demo test lab ui bench clean-results notebooks server server-stop
 
 install: $(STAMP)
 
@@ -46,6 +46,13 @@ lab: $(STAMP)
 
 ui: $(STAMP)
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+
+# The shared tracking server: PostgreSQL + `mlflow server`, data in .server/ (survives restarts).
+server: $(STAMP)
+	$(PY) -m imagebench.server start
+
+server-stop: $(STAMP)
+	$(PY) -m imagebench.server stop
 
 notebooks: $(STAMP)
 	$(PY) tools/write_notebooks.py

@@ -1,0 +1,224 @@
+"""The same sweep on a real Ray cluster: two Ray nodes on this machine (Ray's own multi-node
+``cluster_utils.Cluster``: a real GCS, real raylets and worker processes), all on 127.0.0.1.
+
+Both frameworks to the end with checkpoints travelling between nodes; a node removed mid-trial;
+the driver killed with SIGKILL; a dataset missing on the node; bad executor options and a cluster
+that does not answer or lacks the GPUs asked for, refused before any MLflow run exists."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+
+# Ray binds the machine's interface address unless told otherwise: with this, every node, the
+# driver and the workers stay on loopback (it must be set before ray is imported anywhere)
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+
+import psutil  # noqa: E402
+import pytest  # noqa: E402
+
+from imagebench import leaderboard, tracking  # noqa: E402
+from test_sweep_parallel import BIN, REPO, _inject_cell, _runs, _sweep, _sweep_file, _wait_for  # noqa: E402
+
+pytestmark = pytest.mark.slow
+FAST_NODE_DEATH = {"health_check_period_ms": 1000, "health_check_failure_threshold": 3, "health_check_timeout_ms": 1000}
+
+
+def _add_node(cluster):
+    return cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A head that runs no trial (0 CPUs: losing a node never means losing the cluster) and two
+    worker nodes of 1 CPU; every Ray process stopped at the end."""
+    from ray.cluster_utils import Cluster
+
+    ray_cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 0, "include_dashboard": False, "node_ip_address": "127.0.0.1", "_system_config": FAST_NODE_DEATH})
+    _add_node(ray_cluster)
+    _add_node(ray_cluster)
+    yield ray_cluster
+    ray_cluster.shutdown()
+
+
+def _listening_off_loopback() -> list:
+    """Ray's sockets bound to anything but loopback (there must be none)."""
+    found = []
+    for connection in psutil.net_connections(kind="inet"):
+        if connection.status == psutil.CONN_LISTEN and connection.laddr.ip not in ("127.0.0.1", "::ffff:127.0.0.1", "::1"):
+            try:
+                name = psutil.Process(connection.pid).name() if connection.pid else ""
+            except psutil.NoSuchProcess:
+                continue
+            if any(part in name for part in ("gcs_server", "raylet", "ray::", "ray_")):
+                found.append((name, connection.laddr))
+    return found
+
+
+def _ray_sweep(project, cluster, sweep_file, *args, timeout=600):
+    return _sweep(project, sweep_file, "--executor", "ray", "--address", cluster.address, *args, timeout=timeout)
+
+
+def test_both_frameworks_run_to_the_end_on_two_nodes_with_checkpoints_between_rungs(project, cluster):
+    sweep_file = project / "params" / "raysmall.yaml"
+    sweep_file.write_text("experiment: raysmall\nbase: {dataset: digits, image_size: 32, batch_size: 64, max_per_class: 12, "
+                          "val_fraction: 0.25, test_fraction: 0.25, epochs: 2, early_stopping_patience: 0}\n"
+                          "matrix: {framework: [keras, torch], model: [cnn, cnn_attention]}\n")
+    # halving with eta 2: each trial trains 1 epoch, then continues to 2 from its checkpoint (on any node)
+    done = _ray_sweep(project, cluster, sweep_file, "--strategy", "halving", "--eta", "2")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "3 node(s)" in done.stdout and "2 trial(s) at once" in done.stdout
+    runs = _runs("raysmall")
+    assert len(runs) == 4 and {run.info.status for run in runs} == {"FINISHED"}
+    client = tracking.client()
+    runs_dir = project / "results" / "raysmall" / "runs"
+    for run in runs:
+        run_id, trial = run.info.run_id, run.data.tags[tracking.TAG_TRIAL]
+        assert [m.step for m in client.get_metric_history(run_id, "val/loss")] == [1, 2]  # epoch 2 continued epoch 1
+        assert run.data.metrics["epochs_run"] == 2 and run.data.tags[tracking.TAG_EPOCH_BUDGET] == "2"
+        notebooks = {item.path for item in client.list_artifacts(run_id, tracking.ARTIFACT_NOTEBOOK_DIR)}
+        assert notebooks == {f"notebook/{trial}.rung1.ipynb", f"notebook/{trial}.rung2.ipynb"}
+        assert (runs_dir / f"{trial}.rung2.ipynb").is_file() and (runs_dir / f"{trial}.rung2.log").is_file()
+        assert "127.0.0.1, node " in run.data.tags[tracking.TAG_NODE]
+    assert len({run.data.tags[tracking.TAG_NODE] for run in runs}) == 2  # both nodes trained
+    assert not list((project / "results" / "raysmall" / "checkpoints").glob("*.pkl"))  # dropped after the last rung
+    board = leaderboard.build("raysmall", with_figures=False)
+    assert len(board.leaders) == 4
+    by_run = {run.info.run_id: run for run in runs}
+    for _, row in board.leaders.iterrows():
+        assert row["test_accuracy"] == pytest.approx(by_run[row["run_id"]].data.metrics["test/accuracy"])
+    assert not _listening_off_loopback()
+
+
+def _pid_file_cell(folder, rate: float, seconds: int) -> str:
+    return (f"import os, time\nif params.learning_rate == {rate}:\n"
+            f"    open({str(folder / 'slow.pid')!r}, 'w').write(str(os.getpid()))\n    time.sleep({seconds})\n")
+
+
+def _raylet_pid(node) -> int:
+    import ray._private.ray_constants as constants
+
+    return node.all_processes[constants.PROCESS_TYPE_RAYLET][0].process.pid
+
+
+def _node_running(cluster, pid: int):
+    """The cluster node whose raylet is an ancestor of ``pid`` (the kernel of a trial)."""
+    ancestors = {parent.pid for parent in psutil.Process(pid).parents()}
+    return next(node for node in cluster.worker_nodes if _raylet_pid(node) in ancestors)
+
+
+def test_a_node_lost_mid_trial_fails_that_trial_naming_it_and_the_rerun_finishes_only_that(project, cluster, tmp_path):
+    _inject_cell(project, _pid_file_cell(tmp_path, 0.002, 120))
+    sweep_file = _sweep_file(project, "lostnode", "{learning_rate: [0.001, 0.002, 0.003]}", epochs=1)
+    sweep = subprocess.Popen([str(BIN / "imagebench"), "sweep", str(sweep_file), "--executor", "ray", "--address",
+                              cluster.address, "--no-leaderboard"], cwd=project, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    pid_file = tmp_path / "slow.pid"
+    _wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), timeout=180)
+    kernel = int(pid_file.read_text())
+    node = _node_running(cluster, kernel)
+    node_id = node.node_id[:8]
+    cluster.remove_node(node, allow_graceful=False)  # its raylet and workers killed: the node is gone
+    try:
+        output, _ = sweep.communicate(timeout=300)
+        _wait_for(lambda: not psutil.pid_exists(kernel), timeout=30)  # the trial's kernel went with its node
+    finally:
+        _add_node(cluster)
+    assert sweep.returncode == 1, output[-3000:]
+    assert "2 finished, 1 failed of 3 trials run" in output
+    lost = [run for run in _runs("lostnode") if run.info.status == "FAILED"]
+    assert len(lost) == 1 and lost[0].data.tags[tracking.TAG_TRIAL].startswith("002-")  # the lr 0.002 trial
+    assert f"node {node_id}) lost" in lost[0].data.tags[tracking.TAG_ERROR]
+
+    shutil.copy(REPO / "notebooks" / "train.ipynb", project / "notebooks" / "train.ipynb")
+    done = _ray_sweep(project, cluster, sweep_file, "--no-leaderboard")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "1 finished, 0 failed of 1 trials run, 2 already finished (skipped)" in done.stdout
+    runs = _runs("lostnode")
+    finished = [run.data.tags[tracking.TAG_FINGERPRINT] for run in runs if run.info.status == "FINISHED"]
+    assert len(finished) == 3 and len(set(finished)) == 3  # no fingerprint finished twice
+    assert "RUNNING" not in {run.info.status for run in runs}
+
+
+def test_the_driver_killed_leaves_nothing_training_and_the_rerun_resumes(project, cluster, tmp_path):
+    _inject_cell(project, _pid_file_cell(tmp_path, 0.002, 120))
+    sweep_file = _sweep_file(project, "driverkill", "{learning_rate: [0.001, 0.002]}", epochs=1)
+    sweep = subprocess.Popen([str(BIN / "imagebench"), "sweep", str(sweep_file), "--executor", "ray", "--address",
+                              cluster.address, "--workers", "1", "--no-leaderboard"], cwd=project,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    pid_file = tmp_path / "slow.pid"
+    _wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), timeout=180)
+    kernel = int(pid_file.read_text())
+    sweep.send_signal(signal.SIGKILL)
+    sweep.wait()
+    # Ray ends the dead driver's actors; each actor's worker takes its kernel down: no orphan keeps training
+    _wait_for(lambda: not psutil.pid_exists(kernel), timeout=60)
+    _wait_for(lambda: not [p for p in psutil.process_iter(["cmdline"])
+                           if "imagebench.worker" in " ".join(p.info["cmdline"] or [])], timeout=60)  # fmt: skip
+    assert sorted(run.info.status for run in _runs("driverkill")) == ["FINISHED", "RUNNING"]
+
+    shutil.copy(REPO / "notebooks" / "train.ipynb", project / "notebooks" / "train.ipynb")
+    done = _ray_sweep(project, cluster, sweep_file, "--no-leaderboard")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "1 finished, 0 failed of 1 trials run, 1 already finished (skipped)" in done.stdout and "marked KILLED" in done.stdout
+    assert sorted(run.info.status for run in _runs("driverkill")) == ["FINISHED", "FINISHED", "KILLED"]
+
+
+def test_a_dataset_missing_on_the_node_fails_that_trial_naming_node_and_path(project, cluster, tmp_path):
+    from PIL import Image
+
+    flowers = tmp_path / "flowers"
+    for name in ("daisy", "rose"):
+        (flowers / name).mkdir(parents=True)
+        for index in range(8):
+            Image.new("RGB", (20, 20), (index * 30, 80, 40 if name == "daisy" else 200)).save(flowers / name / f"{index}.png")
+    _inject_cell(project, _pid_file_cell(tmp_path, 0.001, 15))
+    sweep_file = _sweep_file(project, "nodata", "{learning_rate: [0.001, 0.002]}", epochs=1)
+    sweep_file.write_text(sweep_file.read_text().replace("matrix: {", f"matrix: {{dataset: [digits, {flowers}], ").replace(
+        "learning_rate: [0.001, 0.002]", "learning_rate: [0.001]"))
+    sweep = subprocess.Popen([str(BIN / "imagebench"), "sweep", str(sweep_file), "--executor", "ray", "--address",
+                              cluster.address, "--workers", "1", "--no-leaderboard"], cwd=project, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    _wait_for(lambda: (tmp_path / "slow.pid").exists(), timeout=180)  # trial 1 (digits) runs; the data was checked
+    flowers.rename(tmp_path / "elsewhere")  # the folder is not at that path where trial 2 will run
+    output, _ = sweep.communicate(timeout=300)
+    assert sweep.returncode == 1, output[-3000:]
+    failed = [run for run in _runs("nodata") if run.info.status == "FAILED"]
+    assert len(failed) == 1
+    error = failed[0].data.tags[tracking.TAG_ERROR]
+    assert f"dataset {flowers} does not exist on Ray node" in error and "same absolute path" in error
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--executor", "spark"], "--executor 'spark' is unknown: use one of local"),
+    (["--gpus-per-trial", "1"], "--gpus-per-trial 1 needs --executor ray"),
+    (["--executor", "ray", "--cpus-per-trial", "-1"], "argument --cpus-per-trial: '-1' is not a whole number"),
+    (["--executor", "ray", "--gpus-per-trial", "0.5"], "argument --gpus-per-trial: '0.5' is not a whole number"),
+])
+def test_bad_executor_options_are_named_before_anything_runs(project, args, message):
+    sweep_file = _sweep_file(project, "badexec", "{learning_rate: [0.001]}", epochs=1)
+    done = _sweep(project, sweep_file, *args)
+    assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]
+    assert not (project / "mlflow.db").exists() or not _runs("badexec")
+
+
+def test_a_cluster_that_does_not_answer_or_lacks_gpus_stops_before_any_run(project, cluster):
+    sweep_file = _sweep_file(project, "nocluster", "{learning_rate: [0.001]}", epochs=1)
+    started = time.monotonic()
+    done = _sweep(project, sweep_file, "--executor", "ray", "--address", f"127.0.0.1:{_free_port()}")
+    assert done.returncode == 2 and "does not answer" in done.stderr and "ray start --head" in done.stderr, done.stderr
+    assert time.monotonic() - started < 60
+    done = _ray_sweep(project, cluster, sweep_file, "--gpus-per-trial", "1")
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "has 1 CPU(s) and 1 GPU(s) for one trial" in done.stderr and "0 GPU" in done.stderr
+    experiments = tracking.client().search_experiments()
+    assert "nocluster" not in {experiment.name for experiment in experiments}  # nothing was created in MLflow

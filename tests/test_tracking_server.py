@@ -1,0 +1,295 @@
+"""The shared tracking server (`python -m imagebench.server`, `make server`), for real: PostgreSQL
+started from a throw-away folder, `mlflow server` on it, sweeps through papermill kernels against it.
+A sweep with two workers loses nothing; a server stopped mid-sweep loses nothing either (journal,
+exit 3, relog once it is back); a restart keeps every run; the database password is nowhere but
+its own file."""
+
+import base64
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from imagebench import server, tracking
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+TINY = "dataset: digits, image_size: 32, batch_size: 64, max_per_class: 12, val_fraction: 0.25, test_fraction: 0.25"
+
+
+def _free_ports(count: int) -> list[int]:
+    probes = [socket.socket() for _ in range(count)]
+    try:
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
+
+
+class Server:
+    """The module's server: its folder, ports, and how long its starts took."""
+
+    def __init__(self, folder: Path, port: int, db_port: int):
+        self.folder, self.port, self.db_port = folder, port, db_port
+        self.uri = f"http://127.0.0.1:{port}"
+        self.timings: dict[str, float] = {}
+
+    def start(self, label: str = "") -> server.TrackingServer:
+        started = time.monotonic()
+        running = server.start(self.folder, port=self.port, db_port=self.db_port)
+        if label:
+            self.timings[label] = time.monotonic() - started
+        assert running.uri == self.uri
+        return running
+
+    def stop(self, label: str = "") -> list[str]:
+        started = time.monotonic()
+        stopped = server.stop(self.folder)
+        if label:
+            self.timings[label] = time.monotonic() - started
+        return stopped
+
+    @property
+    def password(self) -> str:
+        return server._password(self.folder)
+
+
+@pytest.fixture(scope="module")
+def tracking_server():
+    # Not under pytest's tmp_path: run as root, PostgreSQL runs as the postgres user, who cannot
+    # pass pytest's private (mode 700) folders; and the unix socket's path must stay short.
+    base = Path(tempfile.mkdtemp(prefix="ib-server-"))
+    os.chmod(base, 0o755)
+    handle = Server(base / "server", *_free_ports(2))
+    try:
+        handle.start("first start (initdb, schema)")
+        yield handle
+    finally:
+        handle.stop()
+        print("\ntracking server timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in handle.timings.items()))
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def on_server(tracking_server, project, monkeypatch):
+    """A project whose store is the module's server (started again if a test left it down)."""
+    tracking_server.start()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server.uri)
+    return tracking_server
+
+
+def _sweep_file(project: Path, name: str, matrix: str, epochs: int = 2) -> Path:
+    path = project / "params" / f"{name}.yaml"
+    path.write_text(f"experiment: {name}\nbase: {{{TINY}, epochs: {epochs}, framework: torch, model: cnn}}\nmatrix: {matrix}\n")
+    return path
+
+
+def _imagebench(project: Path, *args, timeout=600) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "imagebench"), *map(str, args)], cwd=project, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _inject_cell(project: Path, source: str) -> None:
+    """An extra cell before the trial runs, in this test project's train.ipynb only."""
+    path = project / "notebooks" / "train.ipynb"
+    notebook = json.loads(path.read_text())
+    position = next(i for i, cell in enumerate(notebook["cells"]) if "parameters" in cell["metadata"].get("tags", [])) + 2
+    notebook["cells"].insert(position, {"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [],
+                                        "source": source})
+    path.write_text(json.dumps(notebook))
+
+
+def _wait_for(predicate, timeout=300):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise AssertionError("condition not reached in time")
+
+
+def _files_holding(text: str, *folders: Path) -> list[Path]:
+    needle = text.encode()
+    found = []
+    for folder in folders:
+        for path in folder.rglob("*"):
+            if path.is_file() and not path.is_symlink() and path.name != server.PGPASS:
+                try:
+                    if needle in path.read_bytes():
+                        found.append(path)
+                except OSError:
+                    continue  # a file PostgreSQL removed while we looked
+    return found
+
+
+def _repo_files() -> list[Path]:
+    """The repository's own files (tracked and untracked, not ignored)."""
+    repo = Path(__file__).resolve().parents[1]
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=repo, capture_output=True, text=True)
+    return [repo / name for name in listed.stdout.splitlines() if (repo / name).is_file()]
+
+
+def _assert_complete_run(run_id: str) -> None:
+    from conftest import assert_documented_record
+
+    assert_documented_record(run_id, num_classes=10)  # every param, epoch metric (steps 1..), final metric, artifact
+    client = tracking.client()
+    for key in tracking.EPOCH_METRICS:
+        assert [m.step for m in client.get_metric_history(run_id, key)] == [1, 2], key
+    notebooks = [item.path for item in client.list_artifacts(run_id, tracking.ARTIFACT_NOTEBOOK_DIR)]
+    assert len(notebooks) == 1 and notebooks[0].endswith(".ipynb"), notebooks
+
+
+def test_a_sweep_with_two_workers_against_the_server_loses_nothing(on_server, project):
+    import psutil
+
+    sweep_file = _sweep_file(project, "shared", "{learning_rate: [0.001, 0.002, 0.003, 0.004]}")
+    started = time.monotonic()
+    done = _imagebench(project, "sweep", sweep_file, "--workers", "2", "--no-leaderboard")
+    on_server.timings["sweep of 4 trials, 2 workers"] = time.monotonic() - started
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "done 4/4, failed 0" in done.stdout
+    runs = tracking.search_trial_runs("shared")
+    assert len(runs) == 4 and {run.info.status for run in runs} == {"FINISHED"}
+    for run in runs:
+        _assert_complete_run(run.info.run_id)
+    # the artifacts went through the server into its own folder, not into the project
+    assert len(list((on_server.folder / server.ARTIFACTS).rglob("notebook/*.ipynb"))) == 4
+    assert not (project / "mlartifacts").exists() and not (project / "mlflow.db").exists()
+
+    board = _imagebench(project, "leaderboard", "--experiment", "shared")
+    assert board.returncode == 0, board.stdout[-3000:] + board.stderr[-3000:]
+    assert len((project / "results" / "shared" / "trials.csv").read_text().strip().splitlines()) == 1 + 4
+
+    # the database password: in no param, tag, command line, log, notebook or file but its own
+    password = on_server.password
+    for run in tracking.search_trial_runs("shared") + [tracking.client().get_run(tracking.find_sweep_run("shared"))]:
+        assert password not in json.dumps([run.data.params, run.data.tags])
+    assert not _files_holding(password, project, on_server.folder)
+    assert not [path for path in _repo_files() if password.encode() in path.read_bytes()]
+    for process in psutil.process_iter(["cmdline"]):
+        assert password not in " ".join(process.info["cmdline"] or [])
+    assert (on_server.folder / server.PGPASS).stat().st_mode & 0o777 == 0o600
+
+
+def test_a_server_stopped_mid_sweep_stops_it_and_relog_completes_the_run(on_server, project, monkeypatch):
+    _inject_cell(project, "import pathlib, time\nprint('waiting for the server to go down', flush=True)\n"
+                          "while not pathlib.Path('SERVER-DOWN').exists():\n    time.sleep(0.1)\n")
+    sweep_file = _sweep_file(project, "outage", "{learning_rate: [0.001, 0.002]}")
+    monkeypatch.setenv(tracking.ENV_STORE_PATIENCE, "2")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # MLflow's own retries would take minutes
+    sweep = subprocess.Popen([str(BIN / "imagebench"), "sweep", str(sweep_file)], cwd=project,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log_dir = project / "results" / "outage" / "runs"
+    try:
+        _wait_for(lambda: any("waiting for the server" in p.read_text() for p in log_dir.glob("001-*.log")))
+        assert on_server.stop() == ["mlflow server", "PostgreSQL"]  # the whole server goes down while trial 1 trains
+        (project / "SERVER-DOWN").touch()
+        output, _ = sweep.communicate(timeout=300)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+    assert sweep.returncode == 3, output[-3000:]
+    assert "stopped because MLflow store" in output and f"imagebench relog {log_dir}" in output
+    journals = list(log_dir.glob("*.record/journal.jsonl"))
+    assert len(journals) == 1 and str(journals[0].parent) in output  # the journal is named
+
+    on_server.start("restart after the outage")  # the data survived: the run created before the outage is there
+    runs = tracking.search_trial_runs("outage")
+    assert [run.info.status for run in runs] == ["RUNNING"]  # trained, recorded in the journal; trial 2 never started
+    run_id = runs[0].info.run_id
+    assert not tracking.client().get_metric_history(run_id, "val/accuracy")
+
+    relogged = _imagebench(project, "relog", "results/")
+    assert relogged.returncode == 0, relogged.stdout[-3000:] + relogged.stderr[-3000:]
+    _assert_complete_run(run_id)
+    run = tracking.client().get_run(run_id)
+    assert tracking.TAG_ERROR not in run.data.tags and "entries from" in run.data.tags[tracking.TAG_RELOGGED]
+    assert on_server.password not in json.dumps([run.data.params, run.data.tags])
+
+
+def test_a_restart_keeps_runs_params_metrics_and_artifacts(on_server, project, tmp_path):
+    client = tracking.client()
+    run = client.create_run(tracking.experiment_id("restart"), run_name="before-restart")
+    run_id = run.info.run_id
+    client.log_param(run_id, "learning_rate", "0.007")
+    for step in (1, 2, 3):
+        client.log_metric(run_id, "val/accuracy", step / 10, step=step)
+    note = tmp_path / "note.txt"
+    note.write_text("kept across restarts\n")
+    client.log_artifact(run_id, str(note))
+    client.set_terminated(run_id, "FINISHED")
+
+    assert on_server.stop("stop") == ["mlflow server", "PostgreSQL"]
+    assert not server.status(on_server.folder).running
+    assert server.stop(on_server.folder) == []  # stopping what is not running is no error
+    on_server.start("restart (same folder)")
+    assert server.status(on_server.folder).running
+
+    after = tracking.client().get_run(run_id)
+    assert after.info.status == "FINISHED" and after.data.params == {"learning_rate": "0.007"}
+    assert [(m.step, m.value) for m in tracking.client().get_metric_history(run_id, "val/accuracy")] == [(1, 0.1), (2, 0.2), (3, 0.3)]
+    assert Path(tracking.client().download_artifacts(run_id, "note.txt", str(tmp_path / "back"))).read_text() == "kept across restarts\n"
+
+
+def test_start_is_idempotent_and_names_what_blocks_it(on_server, monkeypatch):
+    again = server.start(on_server.folder, port=on_server.port, db_port=on_server.db_port)  # already running: reused
+    assert again.uri == on_server.uri and again.pid == server.status(on_server.folder).mlflow_pid
+
+    other = Path(tempfile.mkdtemp(prefix="ib-other-"))
+    try:
+        with pytest.raises(server.ServerError, match=rf"port {on_server.port} on 127.0.0.1 is taken.*--port"):
+            server.start(other, port=on_server.port, db_port=_free_ports(1)[0])
+        with pytest.raises(server.ServerError, match=rf"port {on_server.db_port} on 127.0.0.1 is taken.*--db-port"):
+            server.start(other, port=_free_ports(1)[0], db_port=on_server.db_port)
+        assert server.database_port(other) is None  # a failed start leaves nothing running
+
+        with monkeypatch.context() as patch:
+            patch.setattr(server.shutil, "which", lambda name: None)
+            patch.setattr(server.glob, "glob", lambda pattern: [])
+            with pytest.raises(server.ServerError, match="apt-get install postgresql"):
+                server.start(other)
+        real_find_spec = server.importlib.util.find_spec
+        with monkeypatch.context() as patch:
+            patch.setattr(server.importlib.util, "find_spec", lambda name, *a: None if name == "psycopg2" else real_find_spec(name, *a))
+            with pytest.raises(server.ServerError, match=r"pip install -e '\.\[server\]'"):
+                server.start(other)
+        assert not (other / server.PGDATA).exists()  # those checks come before anything is created
+    finally:
+        server.stop(other)
+        shutil.rmtree(other, ignore_errors=True)
+    assert server.main(["status", "--folder", str(on_server.folder)]) == server.EXIT_OK
+
+
+def test_basic_auth_asks_every_client_for_a_password(on_server):
+    pytest.importorskip("flask_wtf", reason="MLflow's basic-auth app needs mlflow[auth]")
+    assert server.exposure_warning("0.0.0.0", None) and "--app-name basic-auth" in server.exposure_warning("0.0.0.0", None)
+    assert server.exposure_warning("127.0.0.1", None) is None
+    assert server.stop_mlflow(on_server.folder)
+    try:
+        server.start_mlflow(on_server.folder, "127.0.0.1", on_server.port, on_server.db_port, app_name="basic-auth")
+        search = f"{on_server.uri}/api/2.0/mlflow/experiments/search?max_results=1"
+        with pytest.raises(urllib.error.HTTPError, match="401"):
+            urllib.request.urlopen(search, timeout=10)
+        ini = (on_server.folder / server.AUTH_INI).read_text()
+        admin_password = next(line.split("=", 1)[1].strip() for line in ini.splitlines() if line.startswith("admin_password"))
+        request = urllib.request.Request(search)
+        request.add_header("Authorization", "Basic " + base64.b64encode(f"admin:{admin_password}".encode()).decode())
+        assert urllib.request.urlopen(request, timeout=10).status == 200
+        for name in (server.AUTH_INI, server.AUTH_DB, server.FLASK_SECRET):
+            assert (on_server.folder / name).stat().st_mode & 0o777 == 0o600, name
+        assert not _files_holding(admin_password, on_server.folder / server.ARTIFACTS) and \
+            admin_password not in (on_server.folder / server.MLFLOW_LOG).read_text()
+    finally:
+        server.stop_mlflow(on_server.folder)  # the next test (or the fixture) gets the plain server again
