@@ -21,6 +21,7 @@ import pytest  # noqa: E402
 
 from imagebench import leaderboard, tracking  # noqa: E402
 from test_sweep_parallel import BIN, REPO, _inject_cell, _runs, _sweep, _sweep_file, _wait_for  # noqa: E402
+from test_tracking_server import on_server, tracking_server  # noqa: E402,F401  (PostgreSQL + mlflow server fixtures)
 
 pytestmark = pytest.mark.slow
 FAST_NODE_DEATH = {"health_check_period_ms": 1000, "health_check_failure_threshold": 3, "health_check_timeout_ms": 1000}
@@ -62,7 +63,8 @@ def _ray_sweep(project, cluster, sweep_file, *args, timeout=600):
     return _sweep(project, sweep_file, "--executor", "ray", "--address", cluster.address, *args, timeout=timeout)
 
 
-def test_both_frameworks_run_to_the_end_on_two_nodes_with_checkpoints_between_rungs(project, cluster):
+def test_both_frameworks_run_to_the_end_on_two_nodes_with_checkpoints_between_rungs(project, cluster, on_server):
+    """The documented set-up: a Ray cluster writing to the shared tracking server on PostgreSQL."""
     sweep_file = project / "params" / "raysmall.yaml"
     sweep_file.write_text("experiment: raysmall\nbase: {dataset: digits, image_size: 32, batch_size: 64, max_per_class: 12, "
                           "val_fraction: 0.25, test_fraction: 0.25, epochs: 2, early_stopping_patience: 0}\n"
@@ -71,6 +73,7 @@ def test_both_frameworks_run_to_the_end_on_two_nodes_with_checkpoints_between_ru
     done = _ray_sweep(project, cluster, sweep_file, "--strategy", "halving", "--eta", "2")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "3 node(s)" in done.stdout and "2 trial(s) at once" in done.stdout
+    assert "only nodes on this machine reach" not in done.stdout  # the nodes write over HTTP
     runs = _runs("raysmall")
     assert len(runs) == 4 and {run.info.status for run in runs} == {"FINISHED"}
     client = tracking.client()

@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 
 from imagebench import server, tracking
+from test_sweep_parallel import _inject_cell, _sweep_file  # noqa: E402  (shared sweep-test helpers)
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
-TINY = "dataset: digits, image_size: 32, batch_size: 64, max_per_class: 12, val_fraction: 0.25, test_fraction: 0.25"
 
 
 def _free_ports(count: int) -> list[int]:
@@ -89,25 +89,9 @@ def on_server(tracking_server, project, monkeypatch):
     return tracking_server
 
 
-def _sweep_file(project: Path, name: str, matrix: str, epochs: int = 2) -> Path:
-    path = project / "params" / f"{name}.yaml"
-    path.write_text(f"experiment: {name}\nbase: {{{TINY}, epochs: {epochs}, framework: torch, model: cnn}}\nmatrix: {matrix}\n")
-    return path
-
-
 def _imagebench(project: Path, *args, timeout=600) -> subprocess.CompletedProcess:
     return subprocess.run([str(BIN / "imagebench"), *map(str, args)], cwd=project, capture_output=True, text=True,
                           timeout=timeout)
-
-
-def _inject_cell(project: Path, source: str) -> None:
-    """An extra cell before the trial runs, in this test project's train.ipynb only."""
-    path = project / "notebooks" / "train.ipynb"
-    notebook = json.loads(path.read_text())
-    position = next(i for i, cell in enumerate(notebook["cells"]) if "parameters" in cell["metadata"].get("tags", [])) + 2
-    notebook["cells"].insert(position, {"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [],
-                                        "source": source})
-    path.write_text(json.dumps(notebook))
 
 
 def _wait_for(predicate, timeout=300):
