@@ -1,4 +1,4 @@
-"""``imagebench sweep | leaderboard | trial | check-data | models | relog``.
+"""``imagebench sweep | leaderboard | trial | check-data | models | relog | server``.
 
 Imports stay light here: TensorFlow and torch load only in a trial (its own kernel/process) or in
 ``models`` for the one framework asked for.
@@ -215,6 +215,12 @@ def _cmd_relog(args: argparse.Namespace) -> int:
     return EXIT_BAD_INPUT if problems else EXIT_OK
 
 
+def _cmd_server(args: argparse.Namespace) -> int:
+    from imagebench import server
+
+    return server.main(args.arguments)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imagebench", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -233,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--executor", default="local",
                        help="where trials run: local (worker processes on this machine, default) | ray (a Ray cluster)")
     sweep.add_argument("--address", help="--executor ray: the cluster to join (auto = the one `ray start` made here, "
-                                         "HOST:PORT of its head, or ray://HOST:10001); default auto")
+                                         "or HOST:PORT of its head; default auto)")
     sweep.add_argument("--cpus-per-trial", type=_whole_number, help="--executor ray: CPUs each trial asks Ray for (default 1)")
     sweep.add_argument("--gpus-per-trial", type=_whole_number,
                        help="--executor ray: GPUs each trial asks Ray for (default 0); a trial only starts where they are")
@@ -276,6 +282,11 @@ def build_parser() -> argparse.ArgumentParser:
     relog.add_argument("paths", nargs="+", help="record folders, journal.jsonl files, or folders above them (e.g. results/)")
     relog.add_argument("--store", help="tracking URI to write to (default: the store each journal was meant for)")
     relog.set_defaults(func=_cmd_relog)
+
+    tracking_server = commands.add_parser("server", add_help=False,
+                                          help="the shared MLflow tracking server on PostgreSQL: start | stop | status (see --help)")
+    tracking_server.add_argument("arguments", nargs=argparse.REMAINDER)
+    tracking_server.set_defaults(func=_cmd_server)
     return parser
 
 
@@ -284,6 +295,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     from imagebench.tracking import StoreUnavailable
     from imagebench.weights import WeightsError
 
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["server"]:  # its own parser (python -m imagebench.server): every option and --help pass through
+        return _cmd_server(argparse.Namespace(arguments=argv[1:]))
     args = build_parser().parse_args(argv)
     # SIGTERM (kill, a batch scheduler) stops like Ctrl-C: running trials end KILLED, summary printed
     signal.signal(signal.SIGTERM, _interrupt)
