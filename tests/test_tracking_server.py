@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from imagebench import server, tracking
-from test_sweep_parallel import _inject_cell, _sweep_file  # noqa: E402  (shared sweep-test helpers)
+from test_sweep_parallel import _inject_cell, _sweep_file, _wait_for  # noqa: E402  (shared sweep-test helpers)
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -92,15 +92,6 @@ def on_server(tracking_server, project, monkeypatch):
 def _imagebench(project: Path, *args, timeout=600) -> subprocess.CompletedProcess:
     return subprocess.run([str(BIN / "imagebench"), *map(str, args)], cwd=project, capture_output=True, text=True,
                           timeout=timeout)
-
-
-def _wait_for(predicate, timeout=300):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.5)
-    raise AssertionError("condition not reached in time")
 
 
 def _files_holding(text: str, *folders: Path) -> list[Path]:

@@ -17,7 +17,7 @@ from typing import Optional
 from tqdm.auto import tqdm
 
 from imagebench import tracking
-from imagebench.executors import Executor, Job, JobEnd
+from imagebench.executors import Executor, Job
 from imagebench.outcomes import JOURNALED, OutcomeRecorder, TrialOutcome
 
 POLL_SECONDS = 0.5
