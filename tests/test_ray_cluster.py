@@ -170,7 +170,7 @@ def test_the_driver_killed_leaves_nothing_training_and_the_rerun_resumes(project
     assert sorted(run.info.status for run in _runs("driverkill")) == ["FINISHED", "FINISHED", "KILLED"]
 
 
-def test_a_dataset_missing_on_the_node_fails_that_trial_naming_node_and_path(project, cluster, tmp_path):
+def test_a_hanging_trial_times_out_and_a_dataset_missing_on_the_node_fails_naming_node_and_path(project, cluster, tmp_path):
     from PIL import Image
 
     flowers = tmp_path / "flowers"
@@ -178,20 +178,23 @@ def test_a_dataset_missing_on_the_node_fails_that_trial_naming_node_and_path(pro
         (flowers / name).mkdir(parents=True)
         for index in range(8):
             Image.new("RGB", (20, 20), (index * 30, 80, 40 if name == "daisy" else 200)).save(flowers / name / f"{index}.png")
-    _inject_cell(project, _pid_file_cell(tmp_path, 0.001, 15))
-    sweep_file = _sweep_file(project, "nodata", "{learning_rate: [0.001, 0.002]}", epochs=1)
-    sweep_file.write_text(sweep_file.read_text().replace("matrix: {", f"matrix: {{dataset: [digits, {flowers}], ").replace(
-        "learning_rate: [0.001, 0.002]", "learning_rate: [0.001]"))
+    _inject_cell(project, _pid_file_cell(tmp_path, 0.001, 600))  # trial 1 hangs
+    sweep_file = _sweep_file(project, "nodata", "{learning_rate: [0.001]}", epochs=1)
+    sweep_file.write_text(sweep_file.read_text().replace("matrix: {", f"matrix: {{dataset: [digits, {flowers}], "))
     sweep = subprocess.Popen([str(BIN / "imagebench"), "sweep", str(sweep_file), "--executor", "ray", "--address",
-                              cluster.address, "--workers", "1", "--no-leaderboard"], cwd=project, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)  # fmt: skip
+                              cluster.address, "--workers", "1", "--trial-timeout", "30", "--no-leaderboard"], cwd=project,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
     _wait_for(lambda: (tmp_path / "slow.pid").exists(), timeout=180)  # trial 1 (digits) runs; the data was checked
     flowers.rename(tmp_path / "elsewhere")  # the folder is not at that path where trial 2 will run
     output, _ = sweep.communicate(timeout=300)
     assert sweep.returncode == 1, output[-3000:]
-    failed = [run for run in _runs("nodata") if run.info.status == "FAILED"]
-    assert len(failed) == 1
-    error = failed[0].data.tags[tracking.TAG_ERROR]
+    assert "0 finished, 2 failed of 2 trials run" in output
+    errors = {run.data.tags[tracking.TAG_TRIAL][:3]: run for run in _runs("nodata") if run.info.status == "FAILED"}
+    timed_out, missing = errors["001"], errors["002"]
+    assert "stopped after --trial-timeout 30s" in timed_out.data.tags[tracking.TAG_ERROR]
+    assert tracking.client().list_artifacts(timed_out.info.run_id, tracking.ARTIFACT_NOTEBOOK_DIR)  # its partial notebook came back
+    assert not psutil.pid_exists(int((tmp_path / "slow.pid").read_text()))  # the hung kernel was stopped
+    error = missing.data.tags[tracking.TAG_ERROR]
     assert f"dataset {flowers} does not exist on Ray node" in error and "same absolute path" in error
 
 

@@ -1,6 +1,7 @@
 """End to end through papermill kernels: the sweep, its MLflow record, failures, plain papermill."""
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -183,3 +184,17 @@ def test_data_problems_stop_the_sweep_before_any_run_and_unreadable_files_are_re
     assert done.stdout.count("1 unreadable file(s) skipped") == 1 and "cut.jpg" in done.stdout
     run = tracking.search_trial_runs("photos")[0]
     assert run.data.metrics["data/skipped_files"] == 1  # and the trial's record says so too
+
+
+def test_a_tracking_server_that_does_not_answer_stops_the_sweep_before_anything_runs(project):
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    uri = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    done = _run([str(BIN / "imagebench"), "sweep", "params/demo.yaml", "--set", "epochs=1"], cwd=project, env=env)
+    assert done.returncode == 3, done.stdout[-2000:] + done.stderr[-2000:]
+    assert f"MLflow tracking server {uri} does not answer" in done.stderr and "make server" in done.stderr
+    assert "Traceback" not in done.stderr and not (project / "results" / "demo" / "runs").exists()

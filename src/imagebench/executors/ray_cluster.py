@@ -39,6 +39,7 @@ NAMESPACE = "imagebench"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 STOP_GRACE_SECONDS = 30.0  # a stopped job's actor gets this long to return its partial notebook, then is killed
 ENV_NODE_CACHE = "IMAGEBENCH_CACHE"
+WAIT_NOTE_SECONDS = 30.0  # nothing could be placed for this long: the sweep says what it waits for
 
 
 # --- joining the cluster
@@ -281,7 +282,22 @@ class RayExecutor:
 
     def free_slots(self) -> int:
         free = sum(1 for slot in self._slots if slot.job is None and self._is_ready(slot))
+        self._say_when_starved(free)
         return free
+
+    def _say_when_starved(self, free: int) -> None:
+        """Nothing running and no slot placed for a while (nodes lost, resources taken): say why once."""
+        if free or any(slot.job for slot in self._slots):
+            self.waiting_since = None
+            return
+        now = time.monotonic()
+        self.waiting_since = self.waiting_since or now
+        if now - self.waiting_since > WAIT_NOTE_SECONDS:
+            nodes = ", ".join(f"{n.get('NodeManagerAddress')}: {n['Resources'].get('CPU', 0):g} CPU, {n['Resources'].get('GPU', 0):g} GPU"
+                              for n in _alive_nodes())  # fmt: skip
+            print(f"ray: waiting for a node with {self.cpus} CPU(s) and {self.gpus} GPU(s) free for the next trial "
+                  f"(alive: {nodes or 'none'}); add a node or stop with Ctrl-C (the sweep resumes where it stopped)", flush=True)  # fmt: skip
+            self.waiting_since = now + 10 * WAIT_NOTE_SECONDS  # then again only every few minutes
 
     def submit(self, job: Job) -> None:
         slot = next(slot for slot in self._slots if slot.job is None and slot.node)
