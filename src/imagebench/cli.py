@@ -90,13 +90,20 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _write_leaderboard(experiment: str, out: Optional[str]) -> None:
-    from imagebench import leaderboard, tracking
+    """Files under results/<experiment>/ (or ``out``), and the same published into the sweep's parent run."""
+    from imagebench import leaderboard, report, tracking
 
     board = leaderboard.build(experiment)
     out_dir = Path(out) if out else tracking.results_dir(experiment)
-    leaderboard.write(board, out_dir)
-    print(leaderboard.markdown_table(board.leaders))
-    print(f"\nleaderboard written to {out_dir}/leaderboard.md|.csv|.html (+ PNG plots)")
+    written = leaderboard.write(board, out_dir)
+    parent = report.publish(board, written)
+    print(report.short_markdown(board.leaders))
+    print(f"\nfull leaderboard: {out_dir}/leaderboard.html (.md, .csv; plots as PNG)"
+          + (f"; in MLflow: the parent run's description and artifacts {report.ARTIFACT_DIR}/" if parent else ""))
+    base = tracking.ui_base_url()
+    if base and parent:
+        print(f"report: {tracking.run_url(base, experiment, parent)}")
+        print(f"leaders in the runs table: {tracking.run_url(base, experiment)} and search  {report.LEADER_SEARCH}")
 
 
 def _cmd_leaderboard(args: argparse.Namespace) -> int:

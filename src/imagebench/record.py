@@ -53,6 +53,8 @@ def _apply(run_id: str, entry: dict[str, Any], folder: Path) -> None:
         tracking.log_metrics(run_id, entry["values"], step=entry["step"], timestamp=entry["timestamp"])
     elif kind == "tags":
         tracking.set_tags(run_id, entry["values"])
+    elif kind == "dataset":
+        tracking.log_dataset(run_id, entry["name"], entry["digest"], entry["source"], entry["profile"])
     elif kind == "artifact":
         tracking.client().log_artifact(run_id, str(folder / entry["file"]), entry.get("artifact_path"))
     elif kind == "end":
@@ -112,6 +114,9 @@ class RunRecorder:
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         self._write({"op": "tags", "values": {key: str(value) for key, value in tags.items()}})
+
+    def log_dataset(self, name: str, digest: str, source: str, profile: dict[str, Any]) -> None:
+        self._write({"op": "dataset", "name": name, "digest": digest, "source": source, "profile": profile})
 
     def end(self, status: str, error: Optional[str] = None) -> None:
         self._write({"op": "end", "status": status, "error": error, "end_time": tracking.now_ms()})

@@ -19,6 +19,7 @@ import time
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
 from imagebench import record, tracking
@@ -169,6 +170,16 @@ def _scores(outcome: TrialOutcome) -> str:
     return f"val acc {metrics.get('best/val_accuracy', float('nan')):.4f}  test acc {metrics.get('test/accuracy', float('nan')):.4f}"
 
 
+def _command(plan: SweepPlan) -> str:
+    """The command that reproduces this sweep: as typed, when typed as `imagebench ...`."""
+    import shlex
+    import sys
+
+    if Path(sys.argv[0]).name == "imagebench" and sys.argv[1:2] == ["sweep"]:
+        return shlex.join(["imagebench", *sys.argv[1:]])
+    return f"imagebench sweep {shlex.quote(plan.source)}"
+
+
 class SweepRunner:
     """One invocation of ``imagebench sweep``: owns the parent run, the scheduler and the bookkeeping.
     The strategy (``strategies``) drives it through ``whole_trial_jobs``/``rung_jobs``, ``execute``
@@ -182,7 +193,7 @@ class SweepRunner:
         self.executor = executor or make_executor(options.executor, options)
         self.parent_run_id = tracking.start_sweep_run(plan.experiment, plan.source)
         tracking.set_tags(self.parent_run_id, {tracking.TAG_STRATEGY: options.strategy, tracking.TAG_OWNER: tracking.process_owner(),
-                                               tracking.TAG_EXECUTOR: options.executor})  # fmt: skip
+                                               tracking.TAG_EXECUTOR: options.executor, tracking.TAG_COMMAND: _command(plan)})  # fmt: skip
         self.summary = SweepSummary(plan.experiment, self.parent_run_id, options.strategy)
         # before the abandoned-run check: a run journaled while the store was down is complete, not abandoned
         self.summary.relogged, self.summary.relog_errors = relog_journals(plan.experiment)

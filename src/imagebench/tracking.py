@@ -40,6 +40,12 @@ TAG_KERNEL = "imagebench.kernel"  # host:pid of the process that trained it (a s
 TAG_NODE = "imagebench.node"  # where the executor ran the trial (a Ray node: host, address and node id)
 TAG_CONFIG = "imagebench.config"  # fingerprint without the seed: repeats of one configuration share it
 TAG_RELOGGED = "imagebench.relogged"  # the record was replayed from a local journal (store was down)
+TAG_LEADER = "imagebench.leader"  # "true" on each leaderboard row's run: one UI search shows the leaderboard
+TAG_RANK = "imagebench.rank"  # its rank on the leaderboard (1 = the winner on validation)
+TAG_COMMAND = "imagebench.command"  # on the parent run: the command that reproduces the sweep
+TAG_NOTE = "mlflow.note.content"  # a run's description, shown on its overview page in the UI
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"  # MLflow 3's UI opens "custom_model_development" on the runs table
+EXPERIMENT_KIND = "custom_model_development"
 TAG_PARENT = "mlflow.parentRunId"
 TAG_RUN_NAME = "mlflow.runName"
 
@@ -185,6 +191,9 @@ def _client_for(uri: str):
     # MLflow's SQL store logs every database error with a full traceback before raising it; the
     # error reaches us anyway (retried, or named in StoreUnavailable), so the traceback is noise
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+    # MLflow draws a "Downloading artifacts" bar for every artifact it fetches (the leaderboard reads
+    # confusion matrices): noise in the CLI's output and in notebooks
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     return RetryingClient(MlflowClient(tracking_uri=uri))
 
 
@@ -230,7 +239,8 @@ def experiment_id(name: str) -> str:
             mlflow_client.restore_experiment(experiment.experiment_id)
         return experiment.experiment_id
     try:
-        return mlflow_client.create_experiment(name, artifact_location=_artifact_location(name))
+        return mlflow_client.create_experiment(name, artifact_location=_artifact_location(name),
+                                               tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND})  # fmt: skip
     except Exception:  # another process created it between our look-up and create
         experiment = mlflow_client.get_experiment_by_name(name)
         if experiment is None:
@@ -261,6 +271,27 @@ def git_commit() -> str:
         return "unknown"
 
 
+def ui_base_url() -> Optional[str]:
+    """Where a reviewer opens the MLflow UI of this store: the tracking server itself, or `make ui`
+    (127.0.0.1:5000) when it runs over the embedded store; None when there is no UI to point at."""
+    import urllib.request
+
+    uri = tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        return uri.rstrip("/")
+    try:
+        with urllib.request.urlopen("http://127.0.0.1:5000/health", timeout=1):
+            return "http://127.0.0.1:5000"
+    except OSError:
+        return None
+
+
+def run_url(base: str, experiment: str, run_id: Optional[str] = None) -> str:
+    """The UI page of a run, or the experiment's training-runs table (MLflow 3 routes)."""
+    address = f"{base}/#/experiments/{experiment_id(experiment)}/runs"
+    return f"{address}/{run_id}" if run_id else address
+
+
 def find_sweep_run(experiment: str) -> Optional[str]:
     runs = client().search_runs(
         [experiment_id(experiment)], filter_string=f"tags.`{TAG_ROLE}` = 'sweep'", max_results=1, order_by=["attributes.start_time DESC"]
@@ -271,6 +302,8 @@ def find_sweep_run(experiment: str) -> Optional[str]:
 def start_sweep_run(experiment: str, source: str) -> str:
     """The sweep's parent run: reused when the same sweep is run again, so resumes stay together."""
     existing = find_sweep_run(experiment)
+    # experiments made before the tag (or by MLflow itself) open on the GenAI overview otherwise
+    client().set_experiment_tag(experiment_id(experiment), TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
     if existing:
         client().update_run(existing, status="RUNNING")
         return existing
@@ -362,6 +395,18 @@ def log_metrics(run_id: str, values: dict[str, float], step: int = 0, timestamp:
     timestamp = timestamp or now_ms()
     metrics = [Metric(key, float(value), timestamp, step) for key, value in values.items()]
     client().log_batch(run_id, metrics=metrics)
+
+
+def log_dataset(run_id: str, name: str, digest: str, source: str, profile: dict[str, Any]) -> None:
+    """The trial's data as an MLflow dataset input: the UI's Dataset column names it (name, digest)
+    and its profile holds the split sizes. Metadata only: the images stay where they are."""
+    import json
+
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    dataset = Dataset(name=name, digest=digest[:36], source_type="local" if source.startswith("/") else "builtin",
+                      source=json.dumps({"uri": source}), schema=None, profile=json.dumps(profile))  # fmt: skip
+    client().log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])])
 
 
 def set_tags(run_id: str, tags: dict[str, str]) -> None:

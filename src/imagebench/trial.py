@@ -89,6 +89,8 @@ def _epoch_reporter(recorder: RunRecorder, params: TrialParams, verbose: bool):
 def _log_data(recorder: RunRecorder, params: TrialParams, data: TrialData) -> None:
     recorder.log_dict(data.class_map(), tracking.ARTIFACT_CLASS_MAP)
     recorder.set_tags({**trial_tags(params, data.fingerprint), "imagebench.dataset_source": data.source})
+    recorder.log_dataset(Path(data.source).name if data.source.startswith("/") else data.source, data.fingerprint, data.source,
+                         {"splits": data.split_sizes(), "classes": data.num_classes, "image_size": params.image_size})  # fmt: skip
     sizes = {f"data/{split}_images": count for split, count in data.split_sizes().items()}
     recorder.log_metrics({**sizes, "data/classes": data.num_classes, "data/skipped_files": len(data.skipped_files)})
     if data.skipped_files:
