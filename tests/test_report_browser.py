@@ -101,6 +101,9 @@ def test_a_reviewer_reads_the_sweep_in_the_mlflow_ui(project, ui, browser, tmp_p
     parent = tracking.find_sweep_run("review")
     leaders = set(board.leaders["run_id"])
     assert len(leaders) == 2 and {run.info.run_id for run in _runs("review") if run.data.tags.get(tracking.TAG_LEADER)} == leaders
+    for run in _runs("review"):  # the Dataset column: each trial's data, digest = its dataset fingerprint
+        (data,) = run.inputs.dataset_inputs
+        assert (data.dataset.name, data.dataset.digest) == ("digits", run.data.tags[tracking.TAG_DATASET_FINGERPRINT])
 
     browser.get(tracking.run_url(ui, "review", parent))
     _until(browser, lambda d: "Sweep review: leaderboard" in d.find_element(By.TAG_NAME, "body").text)
