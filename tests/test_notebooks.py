@@ -53,3 +53,32 @@ def test_papermill_reads_every_parameter(path, caplog):
     exec(_parameters_cell(path), namespace)
     assert set(found) == {key for key in namespace if not key.startswith("__")}
     assert "Unable to parse" not in caplog.text
+
+
+@pytest.mark.slow
+def test_the_notebooks_run_top_to_bottom_under_nbval(project):
+    """As a Jupyter user checks a notebook: every cell runs (``pytest --nbval-lax``), train.ipynb with a
+    small fast parameter set, then explore.ipynb, then leaderboard.ipynb on the tiny store train made."""
+    import subprocess
+    import sys
+
+    import nbformat
+    from papermill.iorw import load_notebook_node
+    from papermill.parameterize import parameterize_notebook
+
+    settings = {
+        "train.ipynb": dict(framework="torch", model="cnn", epochs=1, image_size=32, max_per_class=12, val_fraction=0.25,
+                            test_fraction=0.25, experiment="nbval"),
+        "explore.ipynb": dict(image_size=32),
+        "leaderboard.ipynb": dict(experiment="nbval", write_files=False),
+    }  # fmt: skip
+    paths = []
+    for name, values in settings.items():
+        notebook = parameterize_notebook(load_notebook_node(str(REPO / "notebooks" / name)), values)
+        path = project / "notebooks" / name
+        nbformat.write(notebook, path)
+        paths.append(str(path))
+    done = subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "-p", "no:cacheprovider", "-q", *paths], cwd=project,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert "failed" not in done.stdout.splitlines()[-1] and "passed" in done.stdout.splitlines()[-1]
