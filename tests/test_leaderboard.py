@@ -5,7 +5,7 @@ import pytest
 from imagebench import leaderboard, tracking
 
 
-def _trial(experiment, model, framework, val_acc, val_loss, test_acc, status="FINISHED", parent=None):
+def _trial(experiment, model, framework, val_acc, val_loss, test_acc, status="FINISHED", parent=None, flops=21_170_688):
     run_id = tracking.create_trial_run(
         experiment, f"{framework}-{model}-{val_acc}", {tracking.TAG_MODEL: model, tracking.TAG_FRAMEWORK: framework}, parent
     )
@@ -15,6 +15,8 @@ def _trial(experiment, model, framework, val_acc, val_loss, test_acc, status="FI
             "best/val_accuracy": val_acc, "best/val_loss": val_loss, "test/accuracy": test_acc, "test/loss": 1 - test_acc,
             "cost/params": 1000 * (1 + val_acc), "cost/latency_ms": 2.0, "best_epoch": 3,
         })
+        if flops is not None:  # runs recorded before cost/flops existed have none
+            tracking.log_metrics(run_id, {"cost/flops": flops})
         for step, value in enumerate((val_acc / 2, val_acc), start=1):
             tracking.log_metrics(run_id, {"val/accuracy": value, "val/loss": 1 - value}, step=step)
         tracking.client().log_dict(run_id, {"labels": ["a", "b"], "matrix": [[3, 1], [0, 4]]}, tracking.ARTIFACT_CONFUSION_JSON)
@@ -58,13 +60,24 @@ def test_written_outputs_and_figures(project, tmp_path):
     board = leaderboard.build("files")
     assert set(board.figures) == {
         "test_accuracy_by_model", "accuracy_vs_params", "accuracy_vs_latency", "leader_learning_curves", "winner_confusion_matrix",
-        "accuracy_by_learning_rate",
+        "accuracy_by_learning_rate", "accuracy_vs_flops",
     }
     written = {path.name for path in leaderboard.write(board, tmp_path / "out")}
     assert {"leaderboard.md", "leaderboard.html", "leaderboard.csv", "trials.csv", "winner_confusion_matrix.png"} <= written
     markdown = (tmp_path / "out" / "leaderboard.md").read_text()
     assert "cnn_attention" in markdown and "| rank |" in markdown.replace("|   rank |", "| rank |")
     assert "<img src=\"data:image/png;base64," in (tmp_path / "out" / "leaderboard.html").read_text()
+
+
+def test_flops_column_next_to_params_and_runs_recorded_without_it(project):
+    _trial("flops", "cnn", "keras", 0.7, 0.5, 0.7)
+    table = leaderboard.build("flops", with_figures=False).leaders
+    assert list(table.columns).index("flops") == list(table.columns).index("params") + 1
+    assert table.iloc[0]["flops"] == 21_170_688 and str(table["flops"].dtype) == "Int64"
+    _trial("older", "cnn", "keras", 0.7, 0.5, 0.7, flops=None)
+    _trial("older", "cnn_attention", "torch", 0.8, 0.4, 0.75, flops=None)
+    board = leaderboard.build("older")
+    assert "flops" not in board.leaders and "accuracy_vs_flops" not in board.figures
 
 
 def test_missing_experiment_is_a_clear_error(project):

@@ -195,13 +195,15 @@ def _cmd_models(args: argparse.Namespace) -> int:
     rows = []
     for name in MODEL_NAMES:
         params = make_params(framework=args.framework, model=name, image_size=args.image_size)
-        total, trainable = backend.count_params(backend.build_model(params, args.classes))
-        rows.append({"model": name, "framework": args.framework, "params": total, "trainable": trainable})
+        model = backend.build_model(params, args.classes)
+        total, trainable = backend.count_params(model)
+        flops = backend.count_flops(model, params)  # forward, one image at --image-size, multiply-add = 2
+        rows.append({"model": name, "framework": args.framework, "params": total, "trainable": trainable, "flops": flops})
     if args.json:
         print(json.dumps(rows))
     else:
         for row in rows:
-            print(f"{row['model']:<28} {row['params']:>12,} params  {row['trainable']:>12,} trainable")
+            print(f"{row['model']:<28} {row['params']:>12,} params  {row['trainable']:>12,} trainable  {row['flops']:>16,} FLOPs")
     return EXIT_OK
 
 
@@ -278,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true")
     check.set_defaults(func=_cmd_check_data)
 
-    models = commands.add_parser("models", help="list the registry with parameter counts for one framework")
+    models = commands.add_parser("models", help="list the registry with parameter and FLOP counts for one framework")
     models.add_argument("--framework", choices=("keras", "torch"), required=True)
     models.add_argument("--image-size", type=int, default=32)
     models.add_argument("--classes", type=int, default=10)

@@ -21,7 +21,7 @@ import pandas as pd
 
 from imagebench import plots, tracking
 
-SELECT_ON = ("best/val_accuracy", "best/val_loss")
+SELECT_ON = tracking.RANKING
 HYPERPARAMETERS = (
     "optimizer", "learning_rate", "l2", "batch_size", "epochs", "augment", "weights", "freeze_backbone",
     "head_units", "dropout", "lr_schedule", "image_size", "seed",
@@ -37,6 +37,7 @@ LEADER_COLUMNS = {
     "metrics.best/val_loss": "val_loss",
     "metrics.best_epoch": "best_epoch",
     "metrics.cost/params": "params",
+    "metrics.cost/flops": "flops",  # forward, one image, multiply-add = 2
     "metrics.cost/trainable_params": "trainable_params",
     "metrics.cost/train_seconds": "train_seconds",
     "metrics.cost/latency_ms": "latency_ms",
@@ -121,11 +122,11 @@ def select_leaders(runs: pd.DataFrame) -> pd.DataFrame:
     finished = runs[runs["status"].eq("FINISHED")].dropna(subset=[f"metrics.{SELECT_ON[0]}"])
     configurations = _per_configuration(finished) if len(finished) else finished.assign(seeds=[], test_accuracy_ci95=[])
     ordered = configurations.sort_values(
-        [f"metrics.{SELECT_ON[0]}", f"metrics.{SELECT_ON[1]}", "start_time"], ascending=[False, True, True]
+        [f"metrics.{SELECT_ON[0]}", f"metrics.{SELECT_ON[1]}", "start_time"], ascending=[*tracking.RANKING_ASCENDING, True]
     )
     leaders = ordered.groupby(["model", "framework"], as_index=False).head(1)
     leaders = leaders.merge(counts.reset_index(), on=["model", "framework"], how="right")
-    return leaders.sort_values([f"metrics.{SELECT_ON[0]}", f"metrics.{SELECT_ON[1]}"], ascending=[False, True]).reset_index(drop=True)
+    return leaders.sort_values([f"metrics.{name}" for name in SELECT_ON], ascending=list(tracking.RANKING_ASCENDING)).reset_index(drop=True)
 
 
 def leader_table(leaders: pd.DataFrame) -> pd.DataFrame:
@@ -138,7 +139,7 @@ def leader_table(leaders: pd.DataFrame) -> pd.DataFrame:
     for name in HYPERPARAMETERS:
         if f"params.{name}" in leaders:
             table[name] = leaders[f"params.{name}"]
-    for name in ("params", "trainable_params", "best_epoch"):
+    for name in ("params", "flops", "trainable_params", "best_epoch"):
         if name in table:
             table[name] = table[name].astype("Int64")  # counts, not floats (MLflow stores every metric as float)
     table["finished"] = leaders["finished"]
@@ -194,6 +195,8 @@ def _figures(table: pd.DataFrame, trials: pd.DataFrame) -> dict:
         "accuracy_vs_params": plots.accuracy_vs_cost(chosen, "params", "parameters (log)"),
         "accuracy_vs_latency": plots.accuracy_vs_cost(chosen, "latency_ms", "latency ms / image (log)"),
     }
+    if "flops" in chosen and chosen["flops"].notna().any():  # runs recorded before cost/flops have none
+        figures["accuracy_vs_flops"] = plots.accuracy_vs_cost(chosen, "flops", "forward FLOPs / image (log; multiply-add = 2)")
     curves = {f"{row.framework}/{row.model}": metric_history(row.run_id) for row in chosen.itertuples()}
     figures["leader_learning_curves"] = plots.leader_curves(curves, "val/accuracy")
     if {"learning_rate", "optimizer", "best/val_accuracy"} <= set(trials) and trials["learning_rate"].nunique() > 1:

@@ -12,19 +12,11 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from imagebench.models.registry import MODEL_NAMES, model_spec
+from imagebench.models.registry import FRAMEWORKS, MODEL_NAMES, model_spec
 
-Framework = Literal["keras", "torch"]
-ModelName = Literal[
-    "cnn",
-    "cnn_attention",
-    "vgg16",
-    "resnet50",
-    "efficientnet_b0",
-    "vgg16_attention",
-    "resnet50_attention",
-    "efficientnet_b0_attention",
-]
+# the registry is the one list of names: the parameters accept exactly what it defines
+Framework = Literal[FRAMEWORKS]  # type: ignore[valid-type]
+ModelName = Literal[MODEL_NAMES]  # type: ignore[valid-type]
 
 
 class ParamsError(ValueError):

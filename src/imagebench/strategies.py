@@ -18,6 +18,7 @@ from typing import Callable, Optional
 
 from imagebench.grid import Trial
 from imagebench.params import ParamsError
+from imagebench.tracking import ranking_key
 
 
 # --- the arithmetic (pure)
@@ -57,7 +58,7 @@ def promote(scores: dict[str, tuple[float, float]], eta: int) -> list[str]:
     ``scores`` maps each trial that finished the rung to (val accuracy, val loss); trials that
     failed are absent and never promoted.
     """
-    ranked = sorted(scores, key=lambda name: (-scores[name][0], scores[name][1], name))
+    ranked = sorted(scores, key=lambda name: (*ranking_key(*scores[name]), name))
     return ranked[: survivors_count(len(scores), eta)] if scores else []
 
 

@@ -33,7 +33,7 @@ from imagebench.tracking import results_dir  # noqa: F401  (the leaderboard note
 from imagebench.trial import trial_tags
 from imagebench.worker import kernel_memory_limit_mb
 
-RANKING = ("best/val_accuracy", "best/val_loss")  # the leaderboard's rule: validation, never test
+RANKING = tracking.RANKING  # the leaderboard's rule: validation, never test
 
 
 @dataclass

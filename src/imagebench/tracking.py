@@ -49,6 +49,17 @@ EXPERIMENT_KIND = "custom_model_development"
 TAG_PARENT = "mlflow.parentRunId"
 TAG_RUN_NAME = "mlflow.runName"
 
+# The one selection rule, for the leaderboard and for halving's promotions: the best validation
+# accuracy, ties to the lower validation loss. Test metrics never choose.
+RANKING = ("best/val_accuracy", "best/val_loss")
+RANKING_ASCENDING = (False, True)
+
+
+def ranking_key(val_accuracy: float, val_loss: float) -> tuple[float, float]:
+    """Sort key of RANKING: smaller is better."""
+    return (-val_accuracy, val_loss)
+
+
 EPOCH_METRICS = ("train/loss", "train/accuracy", "val/loss", "val/accuracy", "lr")
 FINAL_METRICS = (
     "test/accuracy",
@@ -63,6 +74,7 @@ FINAL_METRICS = (
     "cost/trainable_params",
     "cost/train_seconds",
     "cost/latency_ms",
+    "cost/flops",  # forward FLOPs per image (multiply-add = 2), counted in the trial's framework
 )
 ARTIFACT_CONFUSION_PNG = "confusion_matrix.png"
 ARTIFACT_CONFUSION_JSON = "confusion_matrix.json"

@@ -200,6 +200,8 @@ def _train_and_test(recorder: RunRecorder, params: TrialParams, verbose: bool,
         "cost/trainable_params": trainable_params,
         "cost/train_seconds": train_seconds,
         "cost/latency_ms": _latency_ms(backend, model, fit_model, fit_data, cached),
+        # after latency: Keras counts on the inference graph the latency just traced (no new trace)
+        "cost/flops": backend.count_flops(model, params),
     }
     result = TrialResult(
         recorder.run_id, params, metrics, monitor.history, data.class_names, evaluation.confusion, evaluation.report, data.split_sizes()

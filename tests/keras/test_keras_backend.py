@@ -283,6 +283,21 @@ def test_latency_and_param_counts():
     assert total == trainable == model.count_params()
 
 
+def test_flops_reuse_the_traced_inference_graph_and_count_shared_layers_per_call():
+    model = _build(model="cnn_attention", attention="cbam", num_classes=10)
+    kb.predict_proba(model, _pixels(5), 4)  # two batch shapes: a trace with a None batch
+    kb.latency_ms(model, _pixels(1))
+    forward = keras_training.inference_fn(model)
+    traces = forward.experimental_get_tracing_count()
+    kb._FLOPS_BY_ARCHITECTURE.clear()  # counted here, not remembered from another test
+    flops = kb.count_flops(model, _params(model="cnn_attention", attention="cbam"))
+    assert forward.experimental_get_tracing_count() == traces  # no new trace in a trial
+    # the CNN's convs and head (see tests/test_flops.py), CBAM's shared MLP on both pooled vectors
+    # (128 -> 16 -> 128, twice) and its 7x7 conv from 2 maps to 1 at 4x4
+    cnn = 2 * (32 * 32 * 32 * 27 + 16 * 16 * 64 * 288 + 8 * 8 * 128 * 576 + 2048 * 128 + 128 * 10)
+    assert flops == cnn + 2 * 2 * (128 * 16 + 16 * 128) + 2 * 4 * 4 * 2 * 49
+
+
 def test_backbone_batchnorm_momentum_matches_torch_convention():
     from imagebench.models.registry import BATCHNORM_UPDATE_FRACTION
 

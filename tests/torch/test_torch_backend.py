@@ -56,6 +56,16 @@ def test_every_entry_builds_and_predicts(name):
     assert model.classifier.out_features == 10
 
 
+def test_flops_are_counted_in_eval_mode_and_leave_training_mode_alone():
+    params = _params(model="cnn_attention", attention="cbam", image_size=48)
+    model = tb.build_model(params, 10).train()
+    flops = tb.count_flops(model, params)
+    assert model.training and model.head.training
+    # 3x3 convs at 48/24/12 px, Dense 128 on 6x6x128, classifier, CBAM (MLP twice, 7x7 conv 2 -> 1 at 6x6)
+    cnn = 2 * (48 * 48 * 32 * 27 + 24 * 24 * 64 * 288 + 12 * 12 * 128 * 576 + 4608 * 128 + 128 * 10)
+    assert flops == cnn + 2 * 2 * (128 * 16 + 16 * 128) + 2 * 6 * 6 * 2 * 49
+
+
 @pytest.mark.parametrize("name", ["cnn", "cnn_attention"])
 def test_cnn_preprocessing_scales_to_unit_range(name):
     model = _model(model=name)

@@ -14,6 +14,9 @@ Each backend module provides the same functions (see ``keras_backend`` and ``tor
   returned (last weights, best weights, optimizer), so training continues instead of restarting.
 - ``predict_proba(model, images, batch_size) -> (N, K) float probabilities``.
 - ``count_params(model) -> (total, trainable)``.
+- ``count_flops(model, params) -> int``: forward FLOPs for one image at ``params.image_size``, a
+  multiply-add = 2, convolutions and matrix products only (torch's ``FlopCounterMode`` rule; the
+  Keras backend applies it to the traced graph), so both frameworks count the same.
 - ``latency_ms(model, image) -> median ms for one image (batch of 1) after warm-up``.
 """
 
@@ -23,6 +26,13 @@ import importlib
 from types import ModuleType
 
 _MODULES = {"keras": "imagebench.backends.keras_backend", "torch": "imagebench.backends.torch_backend"}
+
+
+def architecture_key(params, num_classes: int) -> tuple:
+    """What a model's FLOPs depend on (not weights, dtype, freezing or training settings): backends
+    keep ``count_flops`` results per key, so a sweep's warm kernel counts each architecture once."""
+    return (params.model, params.image_size, num_classes, tuple(params.resolved_head_units), params.resolved_pooling,
+            params.attention)  # fmt: skip
 
 
 def get_backend(framework: str) -> ModuleType:
