@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from imagebench.models.registry import FRAMEWORKS
 from imagebench.params import ParamsError
 
 EXIT_OK, EXIT_TRIALS_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -281,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=_cmd_check_data)
 
     models = commands.add_parser("models", help="list the registry with parameter and FLOP counts for one framework")
-    models.add_argument("--framework", choices=("keras", "torch"), required=True)
+    models.add_argument("--framework", choices=FRAMEWORKS, required=True)
     models.add_argument("--image-size", type=int, default=32)
     models.add_argument("--classes", type=int, default=10)
     models.add_argument("--json", action="store_true")

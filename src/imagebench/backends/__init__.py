@@ -25,7 +25,9 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-_MODULES = {"keras": "imagebench.backends.keras_backend", "torch": "imagebench.backends.torch_backend"}
+from imagebench.models.registry import FRAMEWORKS
+
+_MODULES = {framework: f"imagebench.backends.{framework}_backend" for framework in FRAMEWORKS}  # keras_backend, torch_backend
 
 
 def architecture_key(params, num_classes: int) -> tuple:
