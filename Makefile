@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: install demo test lab ui bench clean-results notebooks server server-stop
+.PHONY: install demo test lab ui bench clean-results notebooks lint server server-stop
 
 install: $(STAMP)
 
@@ -53,6 +53,10 @@ server: $(STAMP)
 
 server-stop: $(STAMP)
 	$(PY) -m imagebench.server stop
+
+# The style the code follows (settings in pyproject.toml): pyflakes + pycodestyle through ruff.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks tools
 
 notebooks: $(STAMP)
 	$(PY) tools/write_notebooks.py

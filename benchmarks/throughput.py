@@ -161,8 +161,10 @@ def main() -> None:
             higher_is_better=True, packages=packages,
             notes=f"{model_name} trained from scratch at {args.size} px, batch {BATCH}, {len(data.train)} images per "
                   f"timed epoch; training FLOPs per image = 3 x forward counted by torch FlopCounterMode; "
-                  f"baseline = float32 matmul {args.matmul_size}^2, the faster of {args.framework} and numpy; ratio = fraction of the machine's matmul rate reached",
-            extra={"images_per_second": rates, "matmul_gflops": {args.framework: framework_matmul, "numpy": numpy_matmul}, "forward_gflop_per_image": flops["forward"] / 1e9,
+                  f"baseline = float32 matmul {args.matmul_size}^2, the faster of {args.framework} and numpy; "
+                  f"ratio = fraction of the machine's matmul rate reached",
+            extra={"images_per_second": rates, "matmul_gflops": {args.framework: framework_matmul, "numpy": numpy_matmul},
+                   "forward_gflop_per_image": flops["forward"] / 1e9,
                    "train_gflop_per_image": flops["training"] / 1e9,
                    "counter_forward_backward_gflop_per_image": flops.get("counter_training", float("nan")) / 1e9},
         )
