@@ -133,3 +133,22 @@ def test_a_reviewer_reads_the_sweep_in_the_mlflow_ui(project, ui, browser, tmp_p
 
     assert _until(browser, shown_runs) == leaders  # exactly the leaderboard's runs
     browser.save_screenshot(str(tmp_path / "report-leaders.png"))
+
+    # leaderboard.html as a reviewer opens it: formatted first columns, sortable, the full table one click away
+    browser.get((project / "results" / "review" / "leaderboard.html").as_uri())
+    first = _until(browser, lambda d: d.find_element(By.CSS_SELECTOR, "table.sortable"))
+    headers = [th.text for th in first.find_elements(By.TAG_NAME, "th")]
+    assert headers[:4] == ["rank", "model", "framework", "test accuracy"] and "± 95% CI" not in headers  # one seed: no CI column
+    column = headers.index("test accuracy")
+
+    def accuracies():
+        return [row.find_elements(By.TAG_NAME, "td")[column].text for row in first.find_elements(By.CSS_SELECTOR, "tbody tr")]
+
+    assert all(text.endswith(" %") for text in accuracies())
+    first.find_elements(By.TAG_NAME, "th")[column].click()
+    ascending = [float(text.rstrip(" %")) for text in accuracies()]
+    assert ascending == sorted(ascending)
+    first.find_elements(By.TAG_NAME, "th")[column].click()
+    assert [float(text.rstrip(" %")) for text in accuracies()] == sorted(ascending, reverse=True)
+    assert browser.find_elements(By.XPATH, "//summary[starts-with(text(), 'Every column')]")
+    browser.save_screenshot(str(tmp_path / "leaderboard-html.png"))

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import base64
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -226,20 +225,9 @@ def _rounded(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def _html(board: Leaderboard, images: dict[str, bytes]) -> str:
-    pictures = "".join(
-        f'<figure><img src="data:image/png;base64,{base64.b64encode(data).decode()}" alt="{name}"><figcaption>{name}</figcaption></figure>'
-        for name, data in images.items()
-    )
-    return (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>imagebench leaderboard: {board.experiment}</title>"
-        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:13px}"
-        "td,th{border:1px solid #ccc;padding:3px 6px}img{max-width:900px}</style></head><body>"
-        f"<h1>Leaderboard: {board.experiment}</h1><p>One row per model and framework: the trial with the best "
-        "validation accuracy (ties: lower validation loss; mean over seeds where repeated); test metrics of that "
-        "configuration, with the 95% confidence interval of test accuracy over seeds.</p>"
-        f"{_rounded(board.leaders).to_html(index=False, na_rep='')}{pictures}<h2>All trials</h2>"
-        f"{_rounded(board.trials).to_html(index=False, na_rep='')}</body></html>"
-    )
+    from imagebench.html_report import render
+
+    return render(board.experiment, board.leaders, board.trials, images)
 
 
 def markdown_table(leaders: pd.DataFrame) -> str:

@@ -19,22 +19,12 @@ from typing import Optional
 import pandas as pd
 
 from imagebench import tracking
+from imagebench.html_report import first_columns
 
 ARTIFACT_DIR = "leaderboard"  # the parent run's folder of the leaderboard files and plots
 TABLE_FILE = f"{ARTIFACT_DIR}/leaderboard_table.json"  # MLflow's table format: the UI renders it
 LOGGED_ARTIFACTS_TAG = "mlflow.loggedArtifacts"  # how the UI knows which artifacts are tables
 LEADER_SEARCH = f"tags.`{tracking.TAG_LEADER}` = 'true'"
-# the columns a person reads first; the full table is one click away (leaderboard.csv / .html)
-FIRST_COLUMNS = ("rank", "model", "framework", "test_accuracy", "test_accuracy_ci95", "val_accuracy", "params", "flops",
-                 "latency_ms", "optimizer", "learning_rate")  # fmt: skip
-
-
-def first_columns(leaders: pd.DataFrame) -> pd.DataFrame:
-    """The leaderboard's first columns, without those empty for every row (one seed: no interval)."""
-    table = leaders[[name for name in FIRST_COLUMNS if name in leaders]]
-    return table.dropna(axis=1, how="all")
-
-
 def short_markdown(leaders: pd.DataFrame) -> str:
     table = first_columns(leaders).round(4)
     return table.astype(object).where(table.notna(), None).to_markdown(index=False, missingval="")
