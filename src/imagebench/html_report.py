@@ -16,7 +16,7 @@ import pandas as pd
 # the columns read first, in order (the full table is in <details>, and in leaderboard.csv)
 FIRST_COLUMNS = ("rank", "model", "framework", "test_accuracy", "test_accuracy_ci95", "val_accuracy", "params", "flops",
                  "latency_ms", "optimizer", "learning_rate")  # fmt: skip
-HEADERS = {"test_accuracy": "test accuracy", "test_accuracy_ci95": "± 95% CI", "val_accuracy": "validation accuracy",
+HEADERS = {"train_seconds": "train s", "test_accuracy": "test accuracy", "test_accuracy_ci95": "± 95% CI", "val_accuracy": "validation accuracy",
            "params": "params", "flops": "FLOPs / image", "latency_ms": "latency", "learning_rate": "learning rate"}  # fmt: skip
 
 
@@ -54,7 +54,8 @@ def _cell(column: str, value) -> str:
     """A cell showing the formatted value, sorting on the raw one."""
     if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
         return "<td data-value=''></td>"
-    shown = FORMATS[column](float(value)) if column in FORMATS else (f"{value:.4g}" if isinstance(value, float) else str(value))
+    name = column.split("_", 1)[1] if column.startswith(("keras_", "torch_")) else column  # the parity table's columns
+    shown = FORMATS[name](float(value)) if name in FORMATS else (f"{value:.4g}" if isinstance(value, float) else str(value))
     return f"<td data-value='{html.escape(str(value), quote=True)}'>{html.escape(shown)}</td>"
 
 
@@ -92,7 +93,8 @@ figure{margin:0}figure img{max-width:480px}details{margin-top:1.5em}summary{curs
 """
 
 
-def render(experiment: str, leaders: pd.DataFrame, trials: pd.DataFrame, images: dict[str, bytes]) -> str:
+def render(experiment: str, leaders: pd.DataFrame, trials: pd.DataFrame, images: dict[str, bytes],
+           parity: pd.DataFrame | None = None) -> str:  # fmt: skip
     pictures = "".join(
         f'<figure><img src="data:image/png;base64,{base64.b64encode(data).decode()}" alt="{name}">'
         f"<figcaption>{html.escape(name.replace('_', ' '))}</figcaption></figure>"
@@ -105,7 +107,8 @@ def render(experiment: str, leaders: pd.DataFrame, trials: pd.DataFrame, images:
         "validation loss; the mean over seeds where repeated). Its <b>test</b> numbers are reported, never used to choose; "
         "± 95% CI: Student's t over seeds. Click a column to sort.</p>"
         f"<div class='report'><div>{table(first_columns(leaders))}</div><div class='figures'>{pictures}</div></div>"
-        f"<details><summary>Every column of the leaderboard</summary>{table(leaders)}</details>"
+        + (f"<h2>Framework parity: Keras next to PyTorch</h2>{table(parity)}" if parity is not None and len(parity) else "")
+        + f"<details><summary>Every column of the leaderboard</summary>{table(leaders)}</details>"
         f"<details><summary>All {len(trials)} trials</summary>{table(trials)}</details>"
         f"<script>{SORT_SCRIPT}</script></body></html>"
     )

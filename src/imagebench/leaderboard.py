@@ -172,12 +172,49 @@ def confusion_of(run_id: str) -> tuple[np.ndarray, list[str]]:
     return np.array(content["matrix"]), content["labels"]
 
 
+# What the parity table sets side by side per model, and when it flags a pair
+PARITY_COLUMNS = ("params", "flops", "test_accuracy", "test_accuracy_ci95", "latency_ms", "train_seconds")
+PARITY_PARAMS_TOLERANCE = 0.02  # params differing by more than 2% mean the two builds are not the same model
+
+
+def _parity_flags(row: pd.Series) -> str:
+    flags = []
+    keras, torch = row.get("keras_params"), row.get("torch_params")
+    if pd.notna(keras) and pd.notna(torch) and abs(keras - torch) > PARITY_PARAMS_TOLERANCE * max(keras, torch):
+        flags.append(f"params differ by {abs(keras - torch) / max(keras, torch):.1%}")
+    intervals = [(row.get(f"{f}_test_accuracy"), row.get(f"{f}_test_accuracy_ci95")) for f in ("keras", "torch")]
+    if all(pd.notna(mean) and pd.notna(half) for mean, half in intervals):
+        (low_k, high_k), (low_t, high_t) = ((mean - half, mean + half) for mean, half in intervals)
+        if high_k < low_t or high_t < low_k:
+            flags.append("test accuracy CIs do not overlap")
+    return "; ".join(flags)
+
+
+def parity_table(leaders: pd.DataFrame) -> pd.DataFrame:
+    """Per model, Keras next to PyTorch (each framework's leader): params, FLOPs, test accuracy
+    (mean ± 95% CI over seeds where repeated), latency, train seconds, and a flag where params
+    differ by more than 2% or the accuracy intervals do not overlap."""
+    columns = [name for name in PARITY_COLUMNS if name in leaders]
+    if leaders.empty or not {"model", "framework"} <= set(leaders):
+        return pd.DataFrame()
+    wide = leaders.pivot_table(index="model", columns="framework", values=columns, aggfunc="first", dropna=False)
+    wide.columns = [f"{framework}_{name}" for name, framework in wide.columns]
+    ordered = [f"{framework}_{name}" for name in columns for framework in ("keras", "torch") if f"{framework}_{name}" in wide]
+    table = wide[ordered].reset_index()
+    table["flag"] = table.apply(_parity_flags, axis=1)
+    return table
+
+
 @dataclass
 class Leaderboard:
     experiment: str
     leaders: pd.DataFrame  # readable table (leader_table)
     trials: pd.DataFrame  # every trial
     figures: dict = field(default_factory=dict)  # name -> matplotlib Figure
+
+    @property
+    def parity(self) -> pd.DataFrame:
+        return parity_table(self.leaders)
 
     @property
     def winner(self) -> Optional[pd.Series]:
@@ -227,7 +264,7 @@ def _rounded(table: pd.DataFrame) -> pd.DataFrame:
 def _html(board: Leaderboard, images: dict[str, bytes]) -> str:
     from imagebench.html_report import render
 
-    return render(board.experiment, board.leaders, board.trials, images)
+    return render(board.experiment, board.leaders, board.trials, images, board.parity)
 
 
 def markdown_table(leaders: pd.DataFrame) -> str:
@@ -251,6 +288,11 @@ def _markdown(board: Leaderboard, image_names: list[str]) -> str:
         "",
         f"All {len(board.trials)} trials: `trials.csv`.",
     ]
+    parity = board.parity
+    if {"keras_test_accuracy", "torch_test_accuracy"} <= set(parity):
+        table = parity.round(4)
+        lines += ["", "## Framework parity: Keras next to PyTorch", "",
+                  table.astype(object).where(table.notna(), None).to_markdown(index=False, missingval="")]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -270,4 +312,5 @@ def write(board: Leaderboard, out_dir: Path) -> list[Path]:
         written.append(out_dir / name)
     board.leaders.to_csv(out_dir / "leaderboard.csv", index=False)
     board.trials.to_csv(out_dir / "trials.csv", index=False)
-    return written + [out_dir / "leaderboard.csv", out_dir / "trials.csv"]
+    board.parity.to_csv(out_dir / "parity.csv", index=False)
+    return written + [out_dir / "leaderboard.csv", out_dir / "trials.csv", out_dir / "parity.csv"]
