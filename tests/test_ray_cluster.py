@@ -86,6 +86,9 @@ def test_both_frameworks_run_to_the_end_on_two_nodes_with_checkpoints_between_ru
         assert notebooks == {f"notebook/{trial}.rung1.ipynb", f"notebook/{trial}.rung2.ipynb"}
         assert (runs_dir / f"{trial}.rung2.ipynb").is_file() and (runs_dir / f"{trial}.rung2.log").is_file()
         assert "127.0.0.1, node " in run.data.tags[tracking.TAG_NODE]
+        notebook = (runs_dir / f"{trial}.rung2.ipynb").read_text()
+        for chatter in ("oneDNN", "absl::InitializeLog", "IProgress not found", "Downloading artifacts"):
+            assert chatter not in notebook, (trial, chatter)  # start-up noise kept out of the trial's outputs
     assert len({run.data.tags[tracking.TAG_NODE] for run in runs}) == 2  # both nodes trained
     assert not list((project / "results" / "raysmall" / "checkpoints").glob("*.pkl"))  # dropped after the last rung
     board = leaderboard.build("raysmall", with_figures=False)

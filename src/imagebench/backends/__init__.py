@@ -23,9 +23,39 @@ Each backend module provides the same functions (see ``keras_backend`` and ``tor
 from __future__ import annotations
 
 import importlib
+import os
+import sys
+from contextlib import contextmanager
 from types import ModuleType
 
 from imagebench.models.registry import FRAMEWORKS
+
+
+@contextmanager
+def _native_stderr_silenced():
+    """File descriptor 2 to /dev/null: TensorFlow's C++ start-up lines (oneDNN, CPU features, absl's
+    pre-init notice) bypass Python's logging and TF_CPP_MIN_LOG_LEVEL, and would fill every Keras
+    trial's notebook and log. Python exceptions still propagate."""
+    sys.stderr.flush()
+    saved, quiet = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(quiet, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(quiet)
+
+
+def load_tensorflow() -> None:
+    """Import TensorFlow once, quietly, with Keras on its TensorFlow backend (the keras_* modules call
+    this before importing keras; everything TensorFlow prints after its start-up still shows)."""
+    if "tensorflow" in sys.modules:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    with _native_stderr_silenced():
+        import tensorflow  # noqa: F401
 
 _MODULES = {framework: f"imagebench.backends.{framework}_backend" for framework in FRAMEWORKS}  # keras_backend, torch_backend
 

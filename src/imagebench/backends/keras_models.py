@@ -6,10 +6,9 @@ never receive the wrong pixel scale (seeds.md failure 1).
 
 from __future__ import annotations
 
-import os
+from imagebench.backends import load_tensorflow  # noqa: E402
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+load_tensorflow()  # before keras: its environment, and TensorFlow's start-up chatter kept out of outputs
 
 from typing import Optional  # noqa: E402
 

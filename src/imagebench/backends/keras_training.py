@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
+from imagebench.backends import load_tensorflow  # noqa: E402
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+load_tensorflow()  # before keras: its environment, and TensorFlow's start-up chatter kept out of outputs
 
 import time  # noqa: E402
 from typing import Any, Optional  # noqa: E402
