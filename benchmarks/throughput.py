@@ -111,7 +111,7 @@ def training_data(size: int, images: int):
     return dataclasses.replace(data, train=train, val=small_val)
 
 
-def training_rates(framework: str, model_name: str, data, size: int, repeats: int) -> list[float]:
+def training_rates(framework: str, model_name: str, data, size: int, repeats: int, switches: dict | None = None) -> list[float]:
     """Training images/s of ``repeats`` epochs after a first one (graph tracing, allocator warm-up),
     all in one ``fit`` as a trial trains, read from the epoch times the monitor records."""
     from imagebench.backends import get_backend
@@ -119,7 +119,7 @@ def training_rates(framework: str, model_name: str, data, size: int, repeats: in
     from imagebench.params import make_params
 
     params = make_params(framework=framework, model=model_name, image_size=size, weights="none", freeze_backbone=False,
-                         batch_size=BATCH, augment="none", epochs=repeats + 1, early_stopping_patience=0)
+                         batch_size=BATCH, augment="none", epochs=repeats + 1, early_stopping_patience=0, **(switches or {}))
     backend = get_backend(framework)
     backend.configure(params)
     monitor = EpochMonitor(params)
@@ -135,6 +135,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=256, help="training images per timed epoch")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--matmul-size", type=int, default=2048)
+    parser.add_argument("--speed-switches", action="store_true",
+                        help="train with mixed_precision, channels_last and compile on (the GPU switches); JSON name gets -switches")
     args = parser.parse_args()
     from imagebench.backends import get_backend
 
@@ -151,13 +153,14 @@ def main() -> None:
     packages = ["tensorflow-cpu", "tensorflow", "keras"] if args.framework == "keras" else ["torch", "timm"]
     for model_name in args.models:
         started = time.perf_counter()
-        rates = training_rates(args.framework, model_name, data, args.size, args.repeats)
+        switches = dict(mixed_precision=True, channels_last=True, compile=True) if args.speed_switches else {}
+        rates = training_rates(args.framework, model_name, data, args.size, args.repeats, switches)
         flops = count_flops(model_name, args.size)
         achieved = [rate * flops["training"] / 1e9 for rate in rates]
         print(f"{model_name}: {flops['forward'] / 1e9:.3f} GFLOP forward, {flops['training'] / 1e9:.3f} GFLOP training per image; "
               "training " + ", ".join(f"{rate:.1f}" for rate in rates) + f" images/s ({time.perf_counter() - started:.0f} s)")
         write_record(
-            f"throughput_{args.framework}_{model_name}", matmul, achieved, "GFLOP/s", "report the fraction",
+            f"throughput_{args.framework}_{model_name}" + ("-switches" if switches else ""), matmul, achieved, "GFLOP/s", "report the fraction",
             higher_is_better=True, packages=packages,
             notes=f"{model_name} trained from scratch at {args.size} px, batch {BATCH}, {len(data.train)} images per "
                   f"timed epoch; training FLOPs per image = 3 x forward counted by torch FlopCounterMode; "
