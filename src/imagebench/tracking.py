@@ -418,7 +418,15 @@ def log_dataset(run_id: str, name: str, digest: str, source: str, profile: dict[
 
     dataset = Dataset(name=name, digest=digest[:36], source_type="local" if source.startswith("/") else "builtin",
                       source=json.dumps({"uri": source}), schema=None, profile=json.dumps(profile))  # fmt: skip
-    client().log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])])
+    inputs = [DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])]
+    try:
+        client().log_inputs(run_id, datasets=inputs)
+    except Exception as exc:
+        if "unique" not in str(exc).lower():
+            raise
+        # parallel trials of a sweep registered the same dataset at the same moment (MLflow looks it
+        # up, then inserts it): the other insert won, so linking this run to that row is what is left
+        client().log_inputs(run_id, datasets=inputs)
 
 
 def set_tags(run_id: str, tags: dict[str, str]) -> None:
