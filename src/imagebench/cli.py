@@ -81,13 +81,37 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         require_weights(trial.params for trial in plan.trials)  # raises with the whole list, before any trial
     summary = sweep.run_sweep(plan, options)
     print(summary.text())
+    published_ok = True
     if not args.no_leaderboard and not summary.store_error and (summary.outcomes or summary.skipped):
         _write_leaderboard(plan.experiment, None)
+        if not args.no_models:
+            published_ok = _publish_models(plan.experiment, None, None, prune=True)
     if summary.interrupted:
         return EXIT_INTERRUPTED
     if summary.store_error:
         return EXIT_ENVIRONMENT
-    return EXIT_TRIALS_FAILED if summary.failed else EXIT_OK
+    return EXIT_TRIALS_FAILED if summary.failed or not published_ok else EXIT_OK
+
+
+def _publish_models(experiment: str, model: Optional[str], framework: Optional[str], prune: bool) -> bool:
+    """The leaders' models logged, exported, checked and registered (``publish``); False if one was not."""
+    from imagebench import publish
+
+    summary = publish.publish(experiment, model, framework, prune=prune, echo=lambda line: print(line, flush=True))
+    for outcome in summary.failed:
+        print(f"error: {outcome.label} (run {outcome.run_id}): {outcome.message}", file=sys.stderr)
+    return not summary.failed
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from imagebench.publish import PublishError
+
+    try:
+        published_ok = _publish_models(args.experiment, args.model, args.framework, prune=not args.keep_weights)
+    except PublishError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return EXIT_OK if published_ok else EXIT_TRIALS_FAILED
 
 
 def _write_leaderboard(experiment: str, out: Optional[str]) -> None:
@@ -242,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--models", help="comma-separated models, replacing the file's choice (e.g. cnn,resnet50)")
     sweep.add_argument("--frameworks", help="comma-separated frameworks, replacing the file's choice (keras,torch)")
     sweep.add_argument("--no-leaderboard", action="store_true", help="do not write the leaderboard afterwards")
+    sweep.add_argument("--no-models", action="store_true",
+                       help="do not log, export and register the leaders' models afterwards (every trial's weights are "
+                            "kept for a later `imagebench export`)")
     sweep.add_argument("--quiet", action="store_true", help="no progress display")
     sweep.add_argument("--workers", type=_whole_number,
                        help="trials run at once, each on its own worker process and kernel (default: 1 locally; "
@@ -268,6 +295,14 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--experiment", required=True)
     board.add_argument("--out", help="output folder (default results/<experiment>)")
     board.set_defaults(func=_cmd_leaderboard)
+
+    export = commands.add_parser("export", help="log, export (ONNX, .keras/.pt2), check and register the leaders' models")
+    export.add_argument("--experiment", required=True)
+    export.add_argument("--model", help="only this model's leader")
+    export.add_argument("--framework", help="only this framework's leaders")
+    export.add_argument("--keep-weights", action="store_true",
+                        help="keep the weights of trials that lead nothing (deleted by default once every leader is published)")
+    export.set_defaults(func=_cmd_export)
 
     trial = commands.add_parser("trial", help="run one trial in this process")
     trial.add_argument("-f", "--file", action="append", help="YAML of parameters (repeatable, later wins)")

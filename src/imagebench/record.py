@@ -36,6 +36,11 @@ def record_folder(experiment: str, run_name: str) -> Path:
     ``results/<experiment>/runs/<run name>.record``."""
     if os.environ.get(ENV_RECORD_DIR):
         return Path(os.environ[ENV_RECORD_DIR])
+    return run_record_folder(experiment, run_name)
+
+
+def run_record_folder(experiment: str, run_name: str) -> Path:
+    """The record folder of the run named ``run_name`` as the machine running the sweep keeps it."""
     return tracking.runs_dir(experiment) / f"{run_name}.record"
 
 

@@ -83,6 +83,15 @@ ARTIFACT_REPORT = "classification_report.txt"
 ARTIFACT_CLASS_MAP = "class_map.json"
 ARTIFACT_SKIPPED = "skipped_files.txt"
 ARTIFACT_NOTEBOOK_DIR = "notebook"
+ARTIFACT_EXPORTS = "exports"  # a leader's portable files (ONNX, .keras / .pt2) and the checks they passed
+LOGGED_MODEL_NAME = "model"  # a leader's MLflow model (its own flavour), in the run's Models column
+CHAMPION_ALIAS = "champion"  # registry alias of the experiment's overall winner
+TAG_REGISTERED_EXPERIMENT = "imagebench.experiment"  # on each registered model: the sweep it came from
+
+
+def registered_model_name(experiment: str, model: str, framework: str) -> str:
+    """One registered model per experiment, model and framework; each publication of a leader is a version."""
+    return f"{experiment}.{framework}.{model}"
 
 MARKERS = ("params", "notebooks")  # a folder holding both is an imagebench project root
 

@@ -14,8 +14,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from imagebench import features, plots, tracking
-from imagebench.backends import get_backend
+from imagebench import features, plots, tracking, trained
+from imagebench.backends import get_backend, get_exporter
 from imagebench.data.arrays import TrialData
 from imagebench.data.load import load_trial_data
 from imagebench.evaluation import Evaluation, evaluate
@@ -207,6 +207,8 @@ def _train_and_test(recorder: RunRecorder, params: TrialParams, verbose: bool,
         recorder.run_id, params, metrics, monitor.history, data.class_names, evaluation.confusion, evaluation.report, data.split_sizes()
     )
     _log_results(recorder, result, evaluation)
+    # kept until the sweep knows the leaders (publish): the full model, whose head fit just trained
+    trained.save(recorder.folder, get_exporter(params.framework), model, params, recorder.run_id, data.class_names, probabilities)
     recorder.set_tags({tracking.TAG_EPOCH_BUDGET: monitor.last_epoch(epoch_budget)})
     return result
 

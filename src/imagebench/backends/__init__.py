@@ -18,6 +18,11 @@ Each backend module provides the same functions (see ``keras_backend`` and ``tor
   multiply-add = 2, convolutions and matrix products only (torch's ``FlopCounterMode`` rule; the
   Keras backend applies it to the traced graph), so both frameworks count the same.
 - ``latency_ms(model, image) -> median ms for one image (batch of 1) after warm-up``.
+
+Publishing a leader (``imagebench.publish``) uses a second module per framework, ``get_exporter``
+(``keras_export``, ``torch_export``): ``save_trained`` / ``load_trained`` (the kept weights),
+``export_files`` (ONNX and the framework's own file), ``predictor`` / ``native_predictor`` (checks)
+and ``log_mlflow_model`` (the framework's MLflow flavour).
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ def load_tensorflow() -> None:
         import tensorflow  # noqa: F401
 
 _MODULES = {framework: f"imagebench.backends.{framework}_backend" for framework in FRAMEWORKS}  # keras_backend, torch_backend
+_EXPORTERS = {framework: f"imagebench.backends.{framework}_export" for framework in FRAMEWORKS}
 
 
 def architecture_key(params, num_classes: int) -> tuple:
@@ -67,9 +73,17 @@ def architecture_key(params, num_classes: int) -> tuple:
             params.attention)  # fmt: skip
 
 
-def get_backend(framework: str) -> ModuleType:
+def _module(modules: dict[str, str], framework: str) -> ModuleType:
     try:
-        module_name = _MODULES[framework]
+        module_name = modules[framework]
     except KeyError:
-        raise ValueError(f"unknown framework '{framework}'; known: {', '.join(_MODULES)}") from None
+        raise ValueError(f"unknown framework '{framework}'; known: {', '.join(modules)}") from None
     return importlib.import_module(module_name)
+
+
+def get_backend(framework: str) -> ModuleType:
+    return _module(_MODULES, framework)
+
+
+def get_exporter(framework: str) -> ModuleType:
+    return _module(_EXPORTERS, framework)

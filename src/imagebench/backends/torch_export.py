@@ -1,0 +1,90 @@
+"""PyTorch side of publishing a leader (see ``imagebench.publish``): keep, restore, export, log.
+
+Every export takes what the trial took, 0-255 RGB pixels (N, S, S, 3), as float32 (ONNX and MLflow
+signatures are typed; the model's own preprocessing is inside) and returns class probabilities.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from imagebench import tracking
+from imagebench.backends.torch_models import build_model
+from imagebench.params import make_params
+
+WEIGHTS = "weights.pt"
+NATIVE = "model.pt2"  # torch.export's program: loads without imagebench installed
+ONNX = "model.onnx"
+REQUIREMENTS = ("torch", "timm", "numpy")
+
+
+class Probabilities(nn.Module):
+    """The classifier with softmax on top: the exports give probabilities like the Keras ones."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.model(pixels), dim=1)
+
+
+def save_trained(model: nn.Module, folder: Path) -> None:
+    torch.save(model.state_dict(), Path(folder) / WEIGHTS)
+
+
+def load_trained(params: dict, num_classes: int, folder: Path) -> nn.Module:
+    """The trial's model with its kept weights; built without pretrained weights (they are overwritten)."""
+    model = build_model(make_params({**params, "weights": "none"}), num_classes)
+    model.load_state_dict(torch.load(Path(folder) / WEIGHTS, map_location="cpu", weights_only=True))
+    return Probabilities(model.cpu().eval())
+
+
+def _program(model: nn.Module, example: np.ndarray) -> torch.export.ExportedProgram:
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    return torch.export.export(model, (torch.as_tensor(example),), dynamic_shapes=({0: batch},))
+
+
+def export_files(model: nn.Module, example: np.ndarray, folder: Path) -> dict[str, Path]:
+    """``model.pt2`` (torch.export) and ``model.onnx`` (the dynamo exporter, from the same program)."""
+    program = _program(model, example)
+    torch.export.save(program, Path(folder) / NATIVE)
+    with contextlib.redirect_stdout(io.StringIO()):  # the exporter narrates each step
+        torch.onnx.export(program, (torch.as_tensor(example),), str(Path(folder) / ONNX), input_names=["pixels"],
+                          output_names=["probabilities"], dynamo=True, external_data=False, verbose=False)  # fmt: skip
+    return {"pt2": Path(folder) / NATIVE, "onnx": Path(folder) / ONNX}
+
+
+def native_predictor(path: Path) -> Callable[[np.ndarray], np.ndarray]:
+    module = torch.export.load(str(path)).module()
+
+    def predict(pixels: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return module(torch.as_tensor(pixels)).numpy()
+
+    return predict
+
+
+def predictor(model: nn.Module) -> Callable[[np.ndarray], np.ndarray]:
+    def predict(pixels: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return model(torch.as_tensor(pixels)).numpy()
+
+    return predict
+
+
+def log_mlflow_model(model: nn.Module, run_id: str, signature, example: np.ndarray) -> str:
+    """The PyTorch flavour, serialized as a torch.export program (no pickled imagebench classes)."""
+    import mlflow.pytorch
+
+    requirements = [f"{name}=={version}" for name, version in tracking.package_versions(list(REQUIREMENTS)).items()]
+    info = mlflow.pytorch.log_model(model, name=tracking.LOGGED_MODEL_NAME, signature=signature, input_example=example,
+                                    run_id=run_id, serialization_format="pt2", pip_requirements=requirements)  # fmt: skip
+    return info.model_uri
