@@ -123,9 +123,13 @@ def test_a_store_that_refuses_writes_fails_with_the_reason_and_loses_nothing(pro
     assert _kept_folders(project, "ro") == kept and all(trained.is_complete(folder) for folder in kept)
     assert all(run.info.status == "FINISHED" for run in tracking.search_trial_runs("ro"))
 
-    accepted = _imagebench("export", "--experiment", "ro", cwd=project)
+    # once the store takes writes, the leaderboard notebook publishes (keeping every trial's weights)
+    accepted = subprocess.run([str(BIN / "papermill"), "notebooks/leaderboard.ipynb", "board.ipynb", "-p", "experiment", "ro",
+                               "-p", "write_files", "False", "-p", "publish_models", "True"],
+                              cwd=project, capture_output=True, text=True, timeout=600)  # fmt: skip
     assert accepted.returncode == 0, accepted.stderr[-3000:]
-    assert len(_kept_folders(project, "ro")) == 1
+    assert "ro.torch.cnn version 1" in (project / "board.ipynb").read_text()
+    assert len(_kept_folders(project, "ro")) == 2
     leader = publish.leaders_of("ro")[0]
     assert tracking.client().get_model_version_by_alias(leader.registered_name, tracking.CHAMPION_ALIAS).run_id == leader.run_id
 

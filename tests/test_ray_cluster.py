@@ -59,8 +59,8 @@ def _listening_off_loopback() -> list:
     return found
 
 
-def _ray_sweep(project, cluster, sweep_file, *args, timeout=600):
-    return _sweep(project, sweep_file, "--executor", "ray", "--address", cluster.address, *args, timeout=timeout)
+def _ray_sweep(project, cluster, sweep_file, *args, timeout=600, models=False):
+    return _sweep(project, sweep_file, "--executor", "ray", "--address", cluster.address, *args, timeout=timeout, models=models)
 
 
 def test_both_frameworks_run_to_the_end_on_two_nodes_with_checkpoints_between_rungs(project, cluster, on_server):
@@ -70,7 +70,7 @@ def test_both_frameworks_run_to_the_end_on_two_nodes_with_checkpoints_between_ru
                           "val_fraction: 0.25, test_fraction: 0.25, epochs: 2, early_stopping_patience: 0}\n"
                           "matrix: {framework: [keras, torch], model: [cnn, cnn_attention]}\n")
     # halving with eta 2: each trial trains 1 epoch, then continues to 2 from its checkpoint (on any node)
-    done = _ray_sweep(project, cluster, sweep_file, "--strategy", "halving", "--eta", "2")
+    done = _ray_sweep(project, cluster, sweep_file, "--strategy", "halving", "--eta", "2", models=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "3 node(s)" in done.stdout and "2 trial(s) at once" in done.stdout
     assert "only nodes on this machine reach" not in done.stdout  # the nodes write over HTTP
@@ -96,6 +96,10 @@ def test_both_frameworks_run_to_the_end_on_two_nodes_with_checkpoints_between_ru
     by_run = {run.info.run_id: run for run in runs}
     for _, row in board.leaders.iterrows():
         assert row["test_accuracy"] == pytest.approx(by_run[row["run_id"]].data.metrics["test/accuracy"])
+        # the weights came back from the node with the record; the model is registered on the server
+        versions = client.search_model_versions(f"name = '{tracking.registered_model_name('raysmall', row['model'], row['framework'])}'")
+        assert [version.run_id for version in versions] == [row["run_id"]]
+    assert "alias 'champion'" in done.stdout and "deleted the kept weights of 0 trial(s)" in done.stdout
     assert not _listening_off_loopback()
 
 
