@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import time
@@ -20,6 +21,16 @@ from imagebench.tracking import package_versions
 
 REPO = Path(__file__).resolve().parents[1]
 OUT_DIR = REPO / "results" / "benchmarks"
+
+
+def scratch_project(folder: Path) -> Path:
+    """A throw-away project (notebooks, params) that the benchmark's trials use as their root: their
+    records, notebooks and kept weights stay out of the repository."""
+    project = Path(folder) / "project"
+    for name in ("notebooks", "params"):
+        shutil.copytree(REPO / name, project / name)
+    os.environ["IMAGEBENCH_ROOT"] = str(project)
+    return project
 
 
 def summary(values: list[float]) -> dict:

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, timed, write_record  # noqa: E402
+from common import REPO, scratch_project, timed, write_record  # noqa: E402
 
 FRAMEWORK_IMPORT = {"torch": "imagebench.backends.torch_backend", "keras": "imagebench.backends.keras_backend"}
 
@@ -37,14 +37,14 @@ def short_trial(framework: str) -> dict:
 class Worker:
     """The sweep's worker process (``executors.local.WorkerProcess``), sent jobs as the scheduler sends them."""
 
-    def __init__(self, folder: Path, fresh_kernel: bool = False):
+    def __init__(self, folder: Path, project: Path, fresh_kernel: bool = False):
         from imagebench import tracking
         from imagebench.resources import available_cores, thread_environment
         from imagebench.executors.local import WorkerProcess
 
-        env = {**os.environ, **thread_environment(available_cores()), tracking.ENV_ROOT: str(REPO), "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, **thread_environment(available_cores()), tracking.ENV_ROOT: str(project), "PYTHONUNBUFFERED": "1"}
         self.folder, self.jobs = folder, 0
-        self.worker = WorkerProcess.start(REPO, env, folder / f"worker-{fresh_kernel}.log", fresh_kernel)
+        self.worker = WorkerProcess.start(project, env, folder / f"worker-{fresh_kernel}.log", fresh_kernel)
 
     def trial_seconds(self, values: dict) -> float:
         """One trial from the moment the job is sent until the worker reports it done."""
@@ -105,15 +105,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="imagebench-bench-") as temp:
         os.environ["IMAGEBENCH_CACHE"] = str(Path(temp) / "cache")
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{Path(temp) / 'mlflow.db'}"
+        project = scratch_project(Path(temp))
         from imagebench.trial import run_trial
 
         run_trial(values, verbose=False)  # warm: imports, store created, decode cache built
         in_process = [timed(lambda: run_trial(values, verbose=False)) for _ in range(args.repeats)]
-        warm_worker = Worker(Path(temp))
+        warm_worker = Worker(Path(temp), project)
         cold_start = warm_worker.trial_seconds(values)  # the worker's first trial starts its kernel
         warm = [warm_worker.trial_seconds(values) for _ in range(args.repeats)]
         warm_worker.close()
-        fresh_worker = Worker(Path(temp), fresh_kernel=True)
+        fresh_worker = Worker(Path(temp), project, fresh_kernel=True)
         fresh = [fresh_worker.trial_seconds(values) for _ in range(args.repeats)]
         fresh_worker.close()
         print(f"in-process {statistics.median(in_process):.2f} s; worker: first trial {cold_start:.2f} s, then "

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import timed, write_record  # noqa: E402
+from common import scratch_project, timed, write_record  # noqa: E402
 
 
 def trial_params(framework: str, model: str, epochs: int, size: int):
@@ -108,6 +108,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="imagebench-bench-") as temp:
         os.environ["IMAGEBENCH_CACHE"] = str(Path(temp) / "cache")
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{Path(temp) / 'mlflow.db'}"
+        scratch_project(Path(temp))
         from imagebench.trial import run_trial
 
         params = trial_params(args.framework, args.model, args.epochs, args.size)
