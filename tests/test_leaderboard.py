@@ -83,3 +83,17 @@ def test_flops_column_next_to_params_and_runs_recorded_without_it(project):
 def test_missing_experiment_is_a_clear_error(project):
     with pytest.raises(leaderboard.LeaderboardError, match="no MLflow experiment 'nope'"):
         leaderboard.build("nope")
+
+
+def test_seeds_of_one_configuration_are_averaged_and_counts_stay_whole(project):
+    """Repeated seeds: the metrics are means (best_epoch 3 and 4 -> 4, not a cast error), CI and seed count shown."""
+    for seed, (val_acc, test_acc, best_epoch) in enumerate(((0.9, 0.8, 3), (0.8, 0.9, 4))):
+        run_id = tracking.create_trial_run("seeds", f"torch-cnn-seed{seed}", {tracking.TAG_MODEL: "cnn", tracking.TAG_FRAMEWORK: "torch",
+                                                                             tracking.TAG_CONFIG: "same-config"}, None)  # fmt: skip
+        tracking.log_params(run_id, {"learning_rate": "0.001", "optimizer": "adam", "seed": str(seed)})
+        tracking.log_metrics(run_id, {"best/val_accuracy": val_acc, "best/val_loss": 0.3, "test/accuracy": test_acc,
+                                      "cost/params": 1000, "cost/flops": 2000, "best_epoch": best_epoch})  # fmt: skip
+        tracking.end_run(run_id, "FINISHED", None)
+    row = leaderboard.build("seeds", with_figures=False).leaders.iloc[0]
+    assert row["seeds"] == 2 and row["best_epoch"] == 4 and row["params"] == 1000
+    assert row["test_accuracy"] == pytest.approx(0.85) and row["test_accuracy_ci95"] > 0

@@ -140,7 +140,8 @@ def leader_table(leaders: pd.DataFrame) -> pd.DataFrame:
             table[name] = leaders[f"params.{name}"]
     for name in ("params", "flops", "trainable_params", "best_epoch"):
         if name in table:
-            table[name] = table[name].astype("Int64")  # counts, not floats (MLflow stores every metric as float)
+            # counts, not floats (MLflow stores every metric as float); a mean over seeds (best_epoch) is rounded
+            table[name] = table[name].round().astype("Int64")
     table["finished"] = leaders["finished"]
     table["failed"] = leaders["failed"]
     table["run_id"] = leaders["run_id"]

@@ -42,6 +42,7 @@ def configure(params: TrialParams) -> None:
     A sweep's kernel serves several trials in turn: the last trial's models and traced graphs are
     dropped first, so memory stays flat and layer names restart."""
     keras.backend.clear_session()
+    _forget_custom_gradients()
     keras.utils.set_random_seed(params.seed)
     keras.mixed_precision.set_global_policy(_dtype_policy(params))
     threads = requested_threads()
@@ -51,6 +52,23 @@ def configure(params: TrialParams) -> None:
             tf.config.threading.set_inter_op_parallelism_threads(1)
         except RuntimeError:
             pass  # TF already started its pools in this process; TF_NUM_INTRAOP_THREADS set them
+
+
+def _forget_custom_gradients() -> None:
+    """Let the last trial's training graph go (a kept kernel grew 250-350 MB per EfficientNet-B0
+    trial; benchmarks/keras_graph_leak.py).
+
+    Tracing a ``tf.custom_gradient`` function (TensorFlow's swish/SiLU in EfficientNet, the
+    optimizer's cross-replica gradient sum) registers its gradient in TensorFlow's process-wide
+    registry under a fresh ``CustomGradient-N`` name, never removed: each entry keeps its whole graph
+    alive. An entry is only read while its graph's gradients are being traced, so between trials,
+    with the last trial's models gone, every one of them can go (a new trace registers its own).
+    """
+    from tensorflow.python.framework import ops
+
+    registry = ops._gradient_registry._registry
+    for name in [name for name in registry if name.startswith("CustomGradient-")]:
+        del registry[name]
 
 
 def _dtype_policy(params: TrialParams) -> str:

@@ -1,0 +1,150 @@
+"""Issue 13 item 3, the finding: where a kept Keras kernel grows per trial.
+
+A TensorFlow ``FuncGraph`` traced for training stays alive after its model, optimizer and
+``tf.function`` are deleted (and ``keras.backend.clear_session()`` and ``gc.collect()`` ran) whenever
+a Keras optimizer's ``apply_gradients`` runs inside the traced function; a forward pass or a plain
+``Variable.assign_sub`` update inside the same kind of function leaves nothing. ``model.fit`` does
+exactly that, so every trial in one process kept its training graph (80-350 MB for EfficientNet-B0).
+
+The cause: tracing a ``tf.custom_gradient`` function registers its gradient in TensorFlow's
+process-wide gradient registry (``CustomGradient-N``), never removed, and each entry keeps its graph
+alive. Keras' optimizer traces one (``ReplicaContext.all_reduce`` sums gradients across replicas even
+under the default single-replica strategy), and EfficientNet's ~50 swish/SiLU activations one each.
+The fix (``keras_backend._forget_custom_gradients``, run by ``configure`` at the start of every trial)
+drops those entries once the last trial's models are gone.
+
+This script measures both sides, each in a fresh process: Keras as installed, and with imagebench's
+Keras backend loaded. It counts the surviving graphs per variant (seconds, no data) and, with
+``--rss-trials N``, the resident memory after each of N EfficientNet-B0 ``model.fit`` runs in one
+process. JSON in results/benchmarks/keras_graph_leak.json.
+
+    python benchmarks/keras_graph_leak.py [--rss-trials 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import OUT_DIR, machine  # noqa: E402
+
+from imagebench.backends import load_tensorflow  # noqa: E402
+
+load_tensorflow()
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from imagebench.tracking import package_versions  # noqa: E402
+
+
+def surviving_graphs() -> int:
+    gc.collect()
+    return sum(1 for item in gc.get_objects() if type(item).__name__ == "FuncGraph")
+
+
+def _variant(kind: str) -> None:
+    weights = tf.Variable(tf.ones((4, 4)))
+    optimizer = keras.optimizers.Adam(1e-3)
+    optimizer.build([weights])
+
+    @tf.function
+    def step(x):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(tf.matmul(x, weights))
+        if kind == "keras optimizer in tf.function":
+            optimizer.apply_gradients([(tape.gradient(loss, weights), weights)])
+        elif kind == "assign_sub in tf.function":
+            weights.assign_sub(0.1 * tape.gradient(loss, weights))
+        return loss
+
+    step(tf.ones((2, 4)))
+
+
+def graph_counts(start_trial, repeats: int = 3) -> dict[str, list[int]]:
+    counts = {}
+    for kind in ("forward only", "assign_sub in tf.function", "keras optimizer in tf.function"):
+        start_trial(None)
+        start = surviving_graphs()
+        counts[kind] = []
+        for _ in range(repeats):
+            _variant(kind)
+            start_trial(None)
+            counts[kind].append(surviving_graphs() - start)
+    return counts
+
+
+def fit_rss(trials: int, start_trial) -> list[float]:
+    import psutil
+
+    from imagebench.backends.keras_models import build_model
+    from imagebench.params import make_params
+
+    params = make_params(framework="keras", model="efficientnet_b0", image_size=64, weights="none")
+    rng = np.random.default_rng(0)
+    images, labels = rng.uniform(0, 255, (256, 64, 64, 3)).astype(np.float32), rng.integers(0, 10, 256)
+    rss = []
+    for _ in range(trials):
+        start_trial(params)
+        model = build_model(params, 10)
+        model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
+        model.fit(images, labels, batch_size=64, epochs=1, verbose=0)
+        del model
+        keras.backend.clear_session()
+        gc.collect()
+        rss.append(psutil.Process().memory_info().rss / 2**20)
+        print(f"fit {len(rss)}: {rss[-1]:.0f} MB, {surviving_graphs()} graphs alive", flush=True)
+    return rss
+
+
+def one_side(side: str, rss_trials: int) -> dict:
+    """Measured in this process between runs: ``keras``: clear_session (as Keras advises); ``imagebench``:
+    the Keras backend's ``configure``, what every trial starts with (clear_session and the fix)."""
+    def start_trial(params) -> None:
+        if side == "keras":
+            keras.backend.clear_session()
+        else:
+            from imagebench.backends import keras_backend
+            from imagebench.params import make_params
+
+            keras_backend.configure(params or make_params(framework="keras"))  # what every trial starts with
+
+    result = {"graphs_alive_after_rounds": graph_counts(start_trial)}
+    if rss_trials:
+        rss = fit_rss(rss_trials, start_trial)
+        result["efficientnet_b0_fit_rss_mb"] = rss
+        result["mb_per_fit"] = (rss[-1] - rss[0]) / max(1, len(rss) - 1)
+    return result
+
+
+def main() -> None:
+    import subprocess
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rss-trials", type=int, default=0)
+    parser.add_argument("--side", choices=("keras", "imagebench"), help="(internal) measure one side in this process")
+    args = parser.parse_args()
+    if args.side:
+        print("RESULT " + json.dumps(one_side(args.side, args.rss_trials)), flush=True)
+        return
+    record = {"name": "keras_graph_leak", "machine": machine(), "versions": package_versions(["tensorflow-cpu", "tensorflow", "keras"]),
+              "command": "python benchmarks/keras_graph_leak.py" + (f" --rss-trials {args.rss_trials}" if args.rss_trials else "")}  # fmt: skip
+    for side in ("keras", "imagebench"):  # each in a fresh process: the fix is process-wide once loaded
+        done = subprocess.run([sys.executable, __file__, "--side", side, "--rss-trials", str(args.rss_trials)],
+                              capture_output=True, text=True, check=True)  # fmt: skip
+        record[side] = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))[7:])
+        for kind, values in record[side]["graphs_alive_after_rounds"].items():
+            print(f"{side}: {kind}: graphs left alive after each of 3 rounds: {values}")
+        if args.rss_trials:
+            print(f"{side}: EfficientNet-B0 model.fit in one process: RSS {record[side]['efficientnet_b0_fit_rss_mb']} MB, "
+                  f"{record[side]['mb_per_fit']:+.0f} MB per fit")  # fmt: skip
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    (OUT_DIR / "keras_graph_leak.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
