@@ -18,7 +18,9 @@ Keras backend loaded. It counts the surviving graphs per variant (seconds, no da
 ``--rss-trials N``, the resident memory after each of N EfficientNet-B0 ``model.fit`` runs in one
 process. JSON in results/benchmarks/keras_graph_leak.json.
 
-    python benchmarks/keras_graph_leak.py [--rss-trials 5]
+    python benchmarks/keras_graph_leak.py [--rss-trials 8]
+    python benchmarks/keras_graph_leak.py --trials 20   # RSS over 20 whole trials in one process
+                                                        # (keras_kernel_rss.json)
 """
 
 from __future__ import annotations
@@ -101,7 +103,33 @@ def fit_rss(trials: int, start_trial) -> list[float]:
     return rss
 
 
-def one_side(side: str, rss_trials: int) -> dict:
+def trial_rss(trials: int, side: str) -> list[float]:
+    """RSS after each of ``trials`` whole trials (``run_trial``: benchmark 2's frozen EfficientNet-B0 at
+    64 px, feature cache off) in this process; on the ``keras`` side without the fix."""
+    import os
+    import tempfile
+
+    import psutil
+
+    from imagebench.backends import keras_backend
+    from imagebench.trial import run_trial
+
+    if side == "keras":
+        keras_backend._forget_custom_gradients = lambda: None  # the baseline: TensorFlow's registry as it is
+    scratch = tempfile.mkdtemp(prefix="imagebench-leak-")
+    os.environ.update({"IMAGEBENCH_CACHE": f"{scratch}/cache", "MLFLOW_TRACKING_URI": f"sqlite:///{scratch}/mlflow.db",
+                       "IMAGEBENCH_ROOT": scratch, "IMAGEBENCH_FEATURE_CACHE": "off"})  # fmt: skip
+    rss = []
+    for index in range(trials):
+        run_trial({"framework": "keras", "model": "efficientnet_b0", "freeze_backbone": True, "weights": "none", "epochs": 2,
+                   "image_size": 64, "max_per_class": 60, "seed": index, "experiment": "leak"}, verbose=False)  # fmt: skip
+        gc.collect()
+        rss.append(psutil.Process().memory_info().rss / 2**20)
+        print(f"trial {index + 1}: {rss[-1]:.0f} MB", flush=True)
+    return rss
+
+
+def one_side(side: str, rss_trials: int, trials: int = 0) -> dict:
     """Measured in this process between runs: ``keras``: clear_session (as Keras advises); ``imagebench``:
     the Keras backend's ``configure``, what every trial starts with (clear_session and the fix)."""
     def start_trial(params) -> None:
@@ -113,6 +141,8 @@ def one_side(side: str, rss_trials: int) -> dict:
 
             keras_backend.configure(params or make_params(framework="keras"))  # what every trial starts with
 
+    if trials:
+        return {"efficientnet_b0_trial_rss_mb": trial_rss(trials, side)}
     result = {"graphs_alive_after_rounds": graph_counts(start_trial)}
     if rss_trials:
         rss = fit_rss(rss_trials, start_trial)
@@ -126,11 +156,14 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rss-trials", type=int, default=0)
+    parser.add_argument("--trials", type=int, default=0, help="instead: RSS over N whole Keras trials in one process, each side")
     parser.add_argument("--side", choices=("keras", "imagebench"), help="(internal) measure one side in this process")
     args = parser.parse_args()
     if args.side:
-        print("RESULT " + json.dumps(one_side(args.side, args.rss_trials)), flush=True)
+        print("RESULT " + json.dumps(one_side(args.side, args.rss_trials, args.trials)), flush=True)
         return
+    if args.trials:
+        return trials_record(args.trials)
     record = {"name": "keras_graph_leak", "machine": machine(), "versions": package_versions(["tensorflow-cpu", "tensorflow", "keras"]),
               "command": "python benchmarks/keras_graph_leak.py" + (f" --rss-trials {args.rss_trials}" if args.rss_trials else "")}  # fmt: skip
     for side in ("keras", "imagebench"):  # each in a fresh process: the fix is process-wide once loaded
@@ -144,6 +177,20 @@ def main() -> None:
                   f"{record[side]['mb_per_fit']:+.0f} MB per fit")  # fmt: skip
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     (OUT_DIR / "keras_graph_leak.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
+def trials_record(trials: int) -> None:
+    import subprocess
+
+    record = {"name": "keras_kernel_rss", "machine": machine(), "versions": package_versions(["tensorflow-cpu", "tensorflow", "keras"]),
+              "command": f"python benchmarks/keras_graph_leak.py --trials {trials}"}  # fmt: skip
+    for side in ("keras", "imagebench"):
+        done = subprocess.run([sys.executable, __file__, "--side", side, "--trials", str(trials)], capture_output=True, text=True, check=True)
+        rss = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))[7:])["efficientnet_b0_trial_rss_mb"]
+        record[side] = {"rss_mb": rss, "growth_after_first_percent": 100.0 * (max(rss[1:]) / rss[1] - 1.0)}
+        print(f"{side}: RSS after each of {trials} trials: {[round(value) for value in rss]} MB")
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    (OUT_DIR / "keras_kernel_rss.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
 if __name__ == "__main__":
