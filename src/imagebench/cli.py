@@ -84,7 +84,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     published_ok = True
     if not args.no_leaderboard and not summary.store_error and (summary.outcomes or summary.skipped):
         _write_leaderboard(plan.experiment, None)
-        if not args.no_models:
+        if not args.no_models and not summary.interrupted:  # stopped by the user: no minute of exports after it
             published_ok = _publish_models(plan.experiment, None, None, prune=True)
     if summary.interrupted:
         return EXIT_INTERRUPTED

@@ -146,7 +146,7 @@ def publish(experiment: str, model: Optional[str] = None, framework: Optional[st
         summary.outcomes.append(Outcome("alias", "", False, f"setting the alias '{tracking.CHAMPION_ALIAS}' failed: {exc}"))
     if summary.champion:
         echo(f"  alias '{tracking.CHAMPION_ALIAS}': {summary.champion}")
-    if prune and model is None and framework is None and not summary.failed:
+    if prune and model is None and framework is None and not summary.failed and every_leader:
         summary.pruned = len(trained.prune(experiment, {Path(leader.folder) for leader in every_leader}))
         echo(f"  deleted the kept weights of {summary.pruned} trial(s) that lead nothing")
     elif prune and summary.failed:
