@@ -151,46 +151,58 @@ def one_side(side: str, rss_trials: int, trials: int = 0) -> dict:
     return result
 
 
-def main() -> None:
+SIDES = ("keras", "imagebench")  # each measured in a fresh process: the fix is process-wide once loaded
+
+
+def measure_side(side: str, *options: str) -> dict:
     import subprocess
 
+    done = subprocess.run([sys.executable, __file__, "--side", side, *options], capture_output=True, text=True, check=True)
+    return json.loads(next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))[len("RESULT "):])
+
+
+def new_record(name: str, command: str) -> dict:
+    return {"name": name, "machine": machine(), "versions": package_versions(["tensorflow-cpu", "tensorflow", "keras"]), "command": command}
+
+
+def write(record: dict) -> None:
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    (OUT_DIR / f"{record['name']}.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rss-trials", type=int, default=0)
     parser.add_argument("--trials", type=int, default=0, help="instead: RSS over N whole Keras trials in one process, each side")
-    parser.add_argument("--side", choices=("keras", "imagebench"), help="(internal) measure one side in this process")
+    parser.add_argument("--side", choices=SIDES, help="(internal) measure one side in this process")
     args = parser.parse_args()
     if args.side:
         print("RESULT " + json.dumps(one_side(args.side, args.rss_trials, args.trials)), flush=True)
-        return
-    if args.trials:
-        return trials_record(args.trials)
-    record = {"name": "keras_graph_leak", "machine": machine(), "versions": package_versions(["tensorflow-cpu", "tensorflow", "keras"]),
-              "command": "python benchmarks/keras_graph_leak.py" + (f" --rss-trials {args.rss_trials}" if args.rss_trials else "")}  # fmt: skip
-    for side in ("keras", "imagebench"):  # each in a fresh process: the fix is process-wide once loaded
-        done = subprocess.run([sys.executable, __file__, "--side", side, "--rss-trials", str(args.rss_trials)],
-                              capture_output=True, text=True, check=True)  # fmt: skip
-        record[side] = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))[7:])
+    elif args.trials:
+        trials_record(args.trials)
+    else:
+        graphs_record(args.rss_trials)
+
+
+def graphs_record(rss_trials: int) -> None:
+    record = new_record("keras_graph_leak", "python benchmarks/keras_graph_leak.py" + (f" --rss-trials {rss_trials}" if rss_trials else ""))
+    for side in SIDES:
+        record[side] = measure_side(side, "--rss-trials", str(rss_trials))
         for kind, values in record[side]["graphs_alive_after_rounds"].items():
             print(f"{side}: {kind}: graphs left alive after each of 3 rounds: {values}")
-        if args.rss_trials:
+        if rss_trials:
             print(f"{side}: EfficientNet-B0 model.fit in one process: RSS {record[side]['efficientnet_b0_fit_rss_mb']} MB, "
                   f"{record[side]['mb_per_fit']:+.0f} MB per fit")  # fmt: skip
-    OUT_DIR.mkdir(parents=True, exist_ok=True)
-    (OUT_DIR / "keras_graph_leak.json").write_text(json.dumps(record, indent=2) + "\n")
+    write(record)
 
 
 def trials_record(trials: int) -> None:
-    import subprocess
-
-    record = {"name": "keras_kernel_rss", "machine": machine(), "versions": package_versions(["tensorflow-cpu", "tensorflow", "keras"]),
-              "command": f"python benchmarks/keras_graph_leak.py --trials {trials}"}  # fmt: skip
-    for side in ("keras", "imagebench"):
-        done = subprocess.run([sys.executable, __file__, "--side", side, "--trials", str(trials)], capture_output=True, text=True, check=True)
-        rss = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))[7:])["efficientnet_b0_trial_rss_mb"]
+    record = new_record("keras_kernel_rss", f"python benchmarks/keras_graph_leak.py --trials {trials}")
+    for side in SIDES:
+        rss = measure_side(side, "--trials", str(trials))["efficientnet_b0_trial_rss_mb"]
         record[side] = {"rss_mb": rss, "growth_after_first_percent": 100.0 * (max(rss[1:]) / rss[1] - 1.0)}
         print(f"{side}: RSS after each of {trials} trials: {[round(value) for value in rss]} MB")
-    OUT_DIR.mkdir(parents=True, exist_ok=True)
-    (OUT_DIR / "keras_kernel_rss.json").write_text(json.dumps(record, indent=2) + "\n")
+    write(record)
 
 
 if __name__ == "__main__":

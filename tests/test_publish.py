@@ -2,6 +2,7 @@
 a champion, checked against the trial by loading them the way a user would; bad input; a refusing store."""
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -117,7 +118,7 @@ def test_a_store_that_refuses_writes_fails_with_the_reason_and_loses_nothing(pro
     assert len(kept) == 2  # --no-models: every trial's weights stay for a later export
 
     read_only = f"sqlite:///file:{project / 'mlflow.db'}?mode=ro&uri=true"
-    refused = _imagebench("export", "--experiment", "ro", cwd=project, env={**_env(), "MLFLOW_TRACKING_URI": read_only})
+    refused = _imagebench("export", "--experiment", "ro", cwd=project, env={**os.environ, "MLFLOW_TRACKING_URI": read_only})
     assert refused.returncode == 1
     assert "logging the MLflow model failed" in refused.stderr and "readonly database" in refused.stderr
     assert _kept_folders(project, "ro") == kept and all(trained.is_complete(folder) for folder in kept)
@@ -132,9 +133,3 @@ def test_a_store_that_refuses_writes_fails_with_the_reason_and_loses_nothing(pro
     assert len(_kept_folders(project, "ro")) == 2
     leader = publish.leaders_of("ro")[0]
     assert tracking.client().get_model_version_by_alias(leader.registered_name, tracking.CHAMPION_ALIAS).run_id == leader.run_id
-
-
-def _env() -> dict:
-    import os
-
-    return dict(os.environ)

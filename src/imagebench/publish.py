@@ -110,12 +110,11 @@ def leaders_of(experiment: str) -> list[Leader]:
     return leaders
 
 
-def select(leaders: list[Leader], model: Optional[str], framework: Optional[str]) -> list[Leader]:
+def select(experiment: str, leaders: list[Leader], model: Optional[str], framework: Optional[str]) -> list[Leader]:
     """The leaders asked for; an unknown model or framework names those the leaderboard has."""
     for asked, kind, present in ((model, "model", {leader.model for leader in leaders}),
                                  (framework, "framework", {leader.framework for leader in leaders})):  # fmt: skip
         if asked is not None and asked not in present:
-            experiment = leaders[0].experiment if leaders else "?"
             raise PublishError(f"experiment '{experiment}' has no finished {kind} '{asked}'; its leaderboard has: "
                                f"{', '.join(sorted(present)) or 'nothing finished'}")  # fmt: skip
     return [leader for leader in leaders if model in (None, leader.model) and framework in (None, leader.framework)]
@@ -127,7 +126,7 @@ def publish(experiment: str, model: Optional[str] = None, framework: Optional[st
     """Publish the leaders asked for (all by default) and, when that was the whole experiment and
     every leader made it, delete the other trials' kept weights (``prune``)."""
     every_leader = leaders_of(experiment)
-    chosen = select(every_leader, model, framework)
+    chosen = select(experiment, every_leader, model, framework)
     echo(f"models: logging, exporting, checking and registering {len(chosen)} leader(s) of '{experiment}' "
          f"(one worker per framework; about 5-30 s each)")  # fmt: skip
     outcomes, ready = [], []

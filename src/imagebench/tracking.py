@@ -93,6 +93,7 @@ def registered_model_name(experiment: str, model: str, framework: str) -> str:
     """One registered model per experiment, model and framework; each publication of a leader is a version."""
     return f"{experiment}.{framework}.{model}"
 
+
 MARKERS = ("params", "notebooks")  # a folder holding both is an imagebench project root
 
 
@@ -290,6 +291,11 @@ def git_commit() -> str:
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def pinned_requirements(names: list[str]) -> list[str]:
+    """``name==version`` of those of ``names`` that are installed (a logged model's pip requirements)."""
+    return [f"{name}=={version}" for name, version in package_versions(names).items()]
 
 
 def ui_base_url() -> Optional[str]:

@@ -87,7 +87,7 @@ def log_mlflow_model(model: keras.Model, run_id: str, signature, example: np.nda
     from mlflow.models import Model
 
     flavour = types.SimpleNamespace(__name__="mlflow.keras", save_model=_save_model_into_fresh_folder)
-    requirements = [f"{name}=={version}" for name, version in tracking.package_versions(list(REQUIREMENTS)).items()]
+    requirements = tracking.pinned_requirements(list(REQUIREMENTS))
     with contextlib.redirect_stdout(io.StringIO()):  # model.export prints the traced signature
         info = Model.log(artifact_path=None, name=tracking.LOGGED_MODEL_NAME, flavor=flavour, flavor_name="mlflow.keras",
                          run_id=run_id, model=model, signature=signature, input_example=example,

@@ -84,7 +84,7 @@ def log_mlflow_model(model: nn.Module, run_id: str, signature, example: np.ndarr
     """The PyTorch flavour, serialized as a torch.export program (no pickled imagebench classes)."""
     import mlflow.pytorch
 
-    requirements = [f"{name}=={version}" for name, version in tracking.package_versions(list(REQUIREMENTS)).items()]
+    requirements = tracking.pinned_requirements(list(REQUIREMENTS))
     info = mlflow.pytorch.log_model(model, name=tracking.LOGGED_MODEL_NAME, signature=signature, input_example=example,
                                     run_id=run_id, serialization_format="pt2", pip_requirements=requirements)  # fmt: skip
     return info.model_uri
