@@ -6,7 +6,11 @@ trial that shares (framework, model, weights, data, split, image size). So the f
 computed once, cached (``.cache/features/``), and the head is trained on them: the same layers,
 the same batches, the same dropout draws, so the same predictions as the uncached path within
 floating-point tolerance (tested in both frameworks). The product project's setup, 52 head trials
-on one frozen EfficientNet-B0, becomes one backbone pass and 52 cheap head fits.
+on one frozen EfficientNet-B0, becomes one backbone pass and 52 cheap head fits. On a hit the
+backbone is not even built: the head is built alone, seeded apart from the backbone
+(``registry.head_seed``), so it starts as it would on top of the backbone; the entry keeps what the
+trial reports for the whole model (backbone latency, parameters, FLOPs) and the backbone's weights,
+which the trial's kept model (``trained``) shares, so a leader is still published whole.
 
 Not used for ``*_attention`` models (the attention block sits before pooling and is trained) or
 when ``$IMAGEBENCH_FEATURE_CACHE=off``.
@@ -18,7 +22,9 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
+from typing import Any, Optional
 
 from imagebench.data.arrays import Split, TrialData
 from imagebench.data.cache import cache_root, cached_arrays
@@ -26,7 +32,7 @@ from imagebench.models.registry import model_spec
 from imagebench.params import TrialParams
 
 ENV_FEATURE_CACHE = "IMAGEBENCH_FEATURE_CACHE"
-FEATURE_VERSION = 2  # 2: meta.json holds the backbone's latency
+FEATURE_VERSION = 3  # 2: meta.json holds the backbone's latency; 3: its params, FLOPs and weights file
 SPLITS = ("train", "val", "test")
 # what the pooled features depend on, besides the data's fingerprint
 FEATURE_IDENTITY = ("framework", "model", "weights", "image_size", "pooling", "dataset", "val_fraction",
@@ -62,26 +68,62 @@ def feature_key(params: TrialParams, data_fingerprint: str) -> str:
 class Features:
     data: TrialData  # each split's images replaced by pooled features (N, D)
     hit: bool  # whether they came from the cache
-    backbone_latency_ms: float  # one image through the backbone, measured when the features were computed
+    # What the trial reports for the whole model without building the backbone on a hit: measured
+    # (one image through the backbone) or counted when the features were computed, kept with them.
+    backbone_latency_ms: float
+    backbone_params: int
+    backbone_flops: int
+    # The backbone's weights file in the cache entry: a trial keeps its head's weights and this
+    # (trained.save). None when caching is off or the entry could not be written.
+    backbone_weights: Optional[Path]
+    model: Any  # the whole model, built only when the features were computed here; None on a hit
+
+    @property
+    def width(self) -> int:
+        return int(self.data.train.images.shape[1])
 
 
-def feature_data(backend, model, params: TrialParams, data: TrialData) -> Features:
-    """``data`` with each split's images replaced by the model's pooled backbone features.
+def feature_data(backend, exporter, params: TrialParams, data: TrialData) -> Features:
+    """``data`` with each split's images replaced by the frozen backbone's pooled features.
 
-    The backbone's latency is measured once with the features and kept with them: a cached
-    trial then times only its own head, instead of running the whole frozen network again.
+    On a cache hit nothing is built (``Features.model`` is None): the trial trains a head built
+    alone (``backend.build_head``) and takes the backbone's latency, parameter and FLOP counts and
+    weights from the entry. On a miss the whole model is built, the features computed, and those
+    facts measured with them.
     """
+    built: dict[str, Any] = {}
+
+    def whole_model():
+        if "model" not in built:
+            built["model"] = backend.build_model(params, data.num_classes)
+        return built["model"]
 
     def compute():
+        model = whole_model()
         arrays = {split: backend.pooled_features(model, getattr(data, split).images) for split in SPLITS}
-        latency = backend.latency_ms(backend.backbone_model(model), data.test.images[:1])
-        return arrays, {"backbone_latency_ms": latency}
+        head = backend.head_model(model)
+        width = int(arrays["train"].shape[1])
+        return arrays, {
+            "backbone_latency_ms": backend.latency_ms(backend.backbone_model(model), data.test.images[:1]),
+            "backbone_params": backend.count_params(model)[0] - backend.count_params(head)[0],
+            "backbone_flops": backend.count_flops(model, params) - backend.count_head_flops(head, width),
+        }
+
+    def write_backbone(staging: Path) -> None:
+        exporter.save_backbone(whole_model(), staging / exporter.BACKBONE_WEIGHTS)
 
     root = cache_root("features")
+    weights: Optional[Path] = None
     if root is None:
         (arrays, notes), hit = compute(), False
     else:
+        entry = root / feature_key(params, data.fingerprint)
         meta = {"version": FEATURE_VERSION, "sizes": [len(getattr(data, split)) for split in SPLITS]}
-        arrays, notes, hit = cached_arrays(root / feature_key(params, data.fingerprint), SPLITS, meta, compute)
+        arrays, notes, hit = cached_arrays(entry, SPLITS, meta, compute, write_backbone)
+        if hit and not (entry / exporter.BACKBONE_WEIGHTS).is_file():  # damaged by hand: build it again
+            shutil.rmtree(entry, ignore_errors=True)
+            arrays, notes, hit = cached_arrays(entry, SPLITS, meta, compute, write_backbone)
+        weights = entry / exporter.BACKBONE_WEIGHTS if (entry / exporter.BACKBONE_WEIGHTS).is_file() else None
     replaced = {split: Split(images=arrays[split], labels=getattr(data, split).labels) for split in SPLITS}
-    return Features(dataclasses.replace(data, **replaced), hit, float(notes["backbone_latency_ms"]))
+    return Features(dataclasses.replace(data, **replaced), hit, float(notes["backbone_latency_ms"]),
+                    int(notes["backbone_params"]), int(notes["backbone_flops"]), weights, built.get("model"))  # fmt: skip

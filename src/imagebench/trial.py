@@ -8,6 +8,7 @@ import pickle
 import platform
 import sys
 import time
+import uuid
 from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -115,7 +116,9 @@ def _open_run(params: TrialParams, run_id: Optional[str]) -> RunRecorder:
     name = run_id
     if not run_id:
         # Tags that need the data are set once it loads, so a bad dataset still leaves a FAILED run.
-        name = f"{params.framework}-{params.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+        # the name also names the run's record folder (kept model, journal): unique even for two
+        # trials started in the same second (a head on cached features takes about one)
+        name = f"{params.framework}-{params.model}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         tags = {tracking.TAG_MODEL: params.model, tracking.TAG_FRAMEWORK: params.framework}
         run_id = tracking.create_trial_run(params.experiment, name, tags, None)  # owned by this kernel
     recorder = RunRecorder(run_id, record_folder(params.experiment, name))
@@ -167,6 +170,42 @@ def _latency_ms(backend, model, fit_model, fit_data: TrialData, cached: Optional
     return cached.backbone_latency_ms + backend.latency_ms(fit_model, np.array(fit_data.test.images[:1]))
 
 
+@dataclass
+class _Models:
+    """What a trial trains and reports on: the whole model, or (frozen backbone, feature cache) a
+    head on cached features, with the whole model built only when the features were computed."""
+
+    whole: Any  # None on a feature-cache hit
+    fit: Any
+    data: TrialData
+    cached: Optional[features.Features] = None
+
+    def param_counts(self, backend) -> tuple[int, int]:
+        """(total, trainable) of the whole model; on cached features the backbone's total, counted
+        with them, plus this head's (the backbone is frozen: only the head trains)."""
+        if self.cached is None:
+            return backend.count_params(self.whole)
+        total, trainable = backend.count_params(self.fit)
+        return self.cached.backbone_params + total, trainable
+
+    def flops(self, backend, params: TrialParams) -> int:
+        if self.cached is None:
+            return backend.count_flops(self.whole, params)
+        return self.cached.backbone_flops + backend.count_head_flops(self.fit, self.cached.width)
+
+
+def _models(recorder: RunRecorder, backend, params: TrialParams, data: TrialData, verbose: bool) -> _Models:
+    if not features.applies(params):
+        model = backend.build_model(params, data.num_classes)
+        return _Models(model, model, data)
+    cached = features.feature_data(backend, get_exporter(params.framework), params, data)
+    head = backend.head_model(cached.model) if cached.model is not None else backend.build_head(params, data.num_classes, cached.width)
+    recorder.set_tags({tracking.TAG_FEATURE_CACHE: "hit" if cached.hit else "computed"})
+    if verbose:
+        print(f"frozen backbone: head trained on {'cached' if cached.hit else 'newly computed'} pooled features")
+    return _Models(cached.model, head, cached.data, cached)
+
+
 def _train_and_test(recorder: RunRecorder, params: TrialParams, verbose: bool,
                     epoch_budget: Optional[int] = None, checkpoint: Optional[Path] = None) -> TrialResult:
     require_weights([params])  # a clear error instead of a download attempt with no network
@@ -174,18 +213,12 @@ def _train_and_test(recorder: RunRecorder, params: TrialParams, verbose: bool,
     _log_data(recorder, params, data)
     backend = get_backend(params.framework)
     backend.configure(params)
-    model = backend.build_model(params, data.num_classes)
-    total_params, trainable_params = backend.count_params(model)
+    models = _models(recorder, backend, params, data, verbose)
+    total_params, trainable_params = models.param_counts(backend)
     if verbose:
         print(f"{params.framework}/{params.model}: {total_params:,} params ({trainable_params:,} trainable); data {data.split_sizes()}")
     monitor = EpochMonitor(params, on_epoch=_epoch_reporter(recorder, params, verbose))
-    fit_model, fit_data, cached = model, data, None
-    if features.applies(params):  # frozen backbone: train the head on cached pooled features
-        cached = features.feature_data(backend, model, params, data)
-        fit_model, fit_data = backend.head_model(model), cached.data
-        recorder.set_tags({tracking.TAG_FEATURE_CACHE: "hit" if cached.hit else "computed"})
-        if verbose:
-            print(f"frozen backbone: head trained on {'cached' if cached.hit else 'newly computed'} pooled features")
+    fit_model, fit_data, cached = models.fit, models.data, models.cached
     train_seconds = _fit(backend, fit_model, params, fit_data, monitor, epoch_budget, checkpoint)
     # val-best weights, restored by fit; on cached features when the backbone is frozen (the same numbers)
     probabilities = backend.predict_proba(fit_model, fit_data.test.images, PREDICT_BATCH)
@@ -199,16 +232,19 @@ def _train_and_test(recorder: RunRecorder, params: TrialParams, verbose: bool,
         "cost/params": total_params,
         "cost/trainable_params": trainable_params,
         "cost/train_seconds": train_seconds,
-        "cost/latency_ms": _latency_ms(backend, model, fit_model, fit_data, cached),
+        "cost/latency_ms": _latency_ms(backend, models.whole, fit_model, fit_data, cached),
         # after latency: Keras counts on the inference graph the latency just traced (no new trace)
-        "cost/flops": backend.count_flops(model, params),
+        "cost/flops": models.flops(backend, params),
     }
     result = TrialResult(
         recorder.run_id, params, metrics, monitor.history, data.class_names, evaluation.confusion, evaluation.report, data.split_sizes()
     )
     _log_results(recorder, result, evaluation)
-    # kept until the sweep knows the leaders (publish): the full model, whose head fit just trained
-    trained.save(recorder.folder, get_exporter(params.framework), model, params, recorder.run_id, data.class_names, probabilities)
+    # kept until the sweep knows the leaders (publish): the whole model, or the head and the cached backbone
+    backbone_weights = cached.backbone_weights if cached is not None else None
+    kept = fit_model if backbone_weights is not None else models.whole
+    trained.save(recorder.folder, get_exporter(params.framework), kept, params, recorder.run_id, data.class_names, probabilities,
+                 backbone_weights)  # fmt: skip
     recorder.set_tags({tracking.TAG_EPOCH_BUDGET: monitor.last_epoch(epoch_budget)})
     return result
 

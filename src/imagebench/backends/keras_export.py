@@ -22,11 +22,14 @@ import numpy as np  # noqa: E402
 
 from imagebench import tracking  # noqa: E402
 from imagebench.backends.keras_backend import configure  # noqa: E402
-from imagebench.backends.keras_models import build_model  # noqa: E402  (also registers the custom layers)
+from imagebench.backends.keras_models import backbone_model, build_model, head_model  # noqa: E402  (also registers the custom layers)
 from imagebench.backends.keras_training import predict_proba  # noqa: E402
 from imagebench.params import make_params  # noqa: E402
 
 WEIGHTS = "model.weights.h5"
+# A frozen-backbone trial on cached features keeps its head and the backbone's (shared) weights instead
+HEAD_WEIGHTS = "head.weights.h5"
+BACKBONE_WEIGHTS = "backbone.weights.h5"
 NATIVE = "model.keras"
 ONNX = "model.onnx"
 REQUIREMENTS = ("keras", "tensorflow-cpu", "tensorflow", "numpy")
@@ -36,13 +39,27 @@ def save_trained(model: keras.Model, folder: Path) -> None:
     model.save_weights(Path(folder) / WEIGHTS)
 
 
+def save_head(head: keras.Model, folder: Path) -> None:
+    head.save_weights(Path(folder) / HEAD_WEIGHTS)
+
+
+def save_backbone(model: keras.Model, path: Path) -> None:
+    """The whole model's layers up to pooling (preprocessing included); Keras wants the suffix."""
+    backbone_model(model).save_weights(path)
+
+
 def load_trained(params: dict, num_classes: int, folder: Path) -> keras.Model:
-    """The trial's model with its kept weights, under the trial's seed and dtype policy; built without
-    pretrained weights (they are overwritten)."""
+    """The trial's model with its kept weights (whole, or head + backbone), under the trial's seed
+    and dtype policy; built without pretrained weights (they are overwritten)."""
     trial_params = make_params({**params, "weights": "none"})
     configure(trial_params)
     model = build_model(trial_params, num_classes)
-    model.load_weights(Path(folder) / WEIGHTS)
+    folder = Path(folder)
+    if (folder / HEAD_WEIGHTS).is_file():
+        backbone_model(model).load_weights(folder / BACKBONE_WEIGHTS)
+        head_model(model).load_weights(folder / HEAD_WEIGHTS)
+    else:
+        model.load_weights(folder / WEIGHTS)
     _freeze_normalization_statistics(model)
     return model
 

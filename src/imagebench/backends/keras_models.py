@@ -20,6 +20,7 @@ from imagebench.models.registry import (  # noqa: E402
     BATCHNORM_UPDATE_FRACTION,
     CNN_FILTERS,
     ModelSpec,
+    head_seed,
     model_spec,
 )
 from imagebench.params import TrialParams  # noqa: E402
@@ -165,6 +166,9 @@ def _attention(x, params: TrialParams):
 
 
 def _head(x, params: TrialParams, num_classes: int):
+    # Keras draws each initialiser's and dropout layer's seed from Python's random at construction:
+    # reseeded here, a head built alone (build_head) starts as the one built on top of the backbone.
+    keras.utils.set_random_seed(head_seed(params.seed))
     for index, units in enumerate(params.resolved_head_units, start=1):
         name = f"head_dense{index}"
         x = layers.Dense(units, activation=params.activation, kernel_regularizer=_l2(params.l2), name=name)(x)
@@ -207,6 +211,13 @@ def head_model(model: keras.Model) -> keras.Model:
     for layer in after:  # Dense / Dropout ... classifier: a plain chain after pooling
         x = layer(x)
     return keras.Model(features, x, name=f"{model.name}_head")
+
+
+def new_head(params: TrialParams, num_classes: int, feature_dim: int) -> keras.Model:
+    """A head alone, fed pooled features of width ``feature_dim``: on a feature-cache hit no backbone
+    is built at all. Same layers, names and initial weights as ``head_model(build_model(...))``."""
+    features = keras.Input((feature_dim,), dtype="float32", name="features")
+    return keras.Model(features, _head(features, params, num_classes), name=f"{params.model}_keras_head")
 
 
 def backbone_model(model: keras.Model) -> keras.Model:

@@ -18,6 +18,7 @@ from imagebench.backends import architecture_key
 from imagebench.backends.torch_models import (
     ImageClassifier,
     backbone_model,
+    build_head,
     build_model,
     head_model,
     l2_penalty,
@@ -39,9 +40,11 @@ __all__ = [
     "ImageClassifier",
     "augment_batch",
     "backbone_model",
+    "build_head",
     "build_model",
     "configure",
     "count_flops",
+    "count_head_flops",
     "count_params",
     "device_for",
     "fit",
@@ -87,22 +90,28 @@ def count_flops(model: nn.Module, params: TrialParams) -> int:
     """
     key = architecture_key(params, model.classifier.out_features)
     if key not in _FLOPS_BY_ARCHITECTURE:
-        _FLOPS_BY_ARCHITECTURE[key] = _counted_forward(model, params.image_size)
+        _FLOPS_BY_ARCHITECTURE[key] = _counted_forward(model, (params.image_size, params.image_size, 3), torch.uint8)
     return _FLOPS_BY_ARCHITECTURE[key]
+
+
+def count_head_flops(head: nn.Module, feature_dim: int) -> int:
+    """Forward FLOPs of a head (``head_model``/``build_head``) for one pooled feature vector, counted
+    as ``count_flops`` counts: the whole model's count is the backbone's plus this."""
+    return _counted_forward(head, (feature_dim,), torch.float32)
 
 
 _FLOPS_BY_ARCHITECTURE: dict[tuple, int] = {}
 
 
-def _counted_forward(model: nn.Module, image_size: int) -> int:
+def _counted_forward(model: nn.Module, example_shape: tuple[int, ...], dtype: torch.dtype) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     was_training = model.training
-    pixels = torch.zeros(1, image_size, image_size, 3, dtype=torch.uint8, device=next(model.parameters()).device)
+    example = torch.zeros(1, *example_shape, dtype=dtype, device=next(model.parameters()).device)
     model.eval()
     try:
         with FlopCounterMode(display=False) as counter, torch.no_grad():
-            model(pixels)
+            model(example)
     finally:
         model.train(was_training)
     return int(counter.get_total_flops())

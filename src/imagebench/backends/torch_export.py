@@ -16,10 +16,13 @@ import torch
 from torch import nn
 
 from imagebench import tracking
-from imagebench.backends.torch_models import build_model
+from imagebench.backends.torch_models import build_model, head_model
 from imagebench.params import make_params
 
 WEIGHTS = "weights.pt"
+# A frozen-backbone trial on cached features keeps its head and the backbone's (shared) weights instead
+HEAD_WEIGHTS = "head.pt"
+BACKBONE_WEIGHTS = "backbone.pt"
 NATIVE = "model.pt2"  # torch.export's program: loads without imagebench installed
 ONNX = "model.onnx"
 REQUIREMENTS = ("torch", "timm", "numpy")
@@ -40,10 +43,30 @@ def save_trained(model: nn.Module, folder: Path) -> None:
     torch.save(model.state_dict(), Path(folder) / WEIGHTS)
 
 
+def save_head(head: nn.Module, folder: Path) -> None:
+    torch.save(head.state_dict(), Path(folder) / HEAD_WEIGHTS)  # keys as in the whole model (HeadOnly)
+
+
+def save_backbone(model: nn.Module, path: Path) -> None:
+    """The whole model's state except the head's: with a head's state it loads into a whole model."""
+    head_keys = set(head_model(model).state_dict())
+    torch.save({key: value for key, value in model.state_dict().items() if key not in head_keys}, path)
+
+
+def _kept_state(folder: Path) -> dict:
+    def load(name: str) -> dict:
+        return torch.load(folder / name, map_location="cpu", weights_only=True)
+
+    if (folder / HEAD_WEIGHTS).is_file():
+        return {**load(BACKBONE_WEIGHTS), **load(HEAD_WEIGHTS)}
+    return load(WEIGHTS)
+
+
 def load_trained(params: dict, num_classes: int, folder: Path) -> nn.Module:
-    """The trial's model with its kept weights; built without pretrained weights (they are overwritten)."""
+    """The trial's model with its kept weights (whole, or head + backbone); built without pretrained
+    weights (they are overwritten)."""
     model = build_model(make_params({**params, "weights": "none"}), num_classes)
-    model.load_state_dict(torch.load(Path(folder) / WEIGHTS, map_location="cpu", weights_only=True))
+    model.load_state_dict(_kept_state(Path(folder)))  # strict: every key, from one file or the two
     return Probabilities(model.cpu().eval())
 
 

@@ -18,7 +18,14 @@ import timm
 import torch
 from torch import nn
 
-from imagebench.models.registry import ATTENTION_REDUCTION, BATCHNORM_UPDATE_FRACTION, CNN_FILTERS, Backbone, model_spec
+from imagebench.models.registry import (
+    ATTENTION_REDUCTION,
+    BATCHNORM_UPDATE_FRACTION,
+    CNN_FILTERS,
+    Backbone,
+    head_seed,
+    model_spec,
+)
 from imagebench.params import TrialParams
 
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "swish": nn.SiLU, "elu": nn.ELU, "tanh": nn.Tanh}
@@ -164,11 +171,10 @@ class ImageClassifier(nn.Module):
         channels, feature_dim = self._dry_run(params.image_size, params.resolved_pooling)
         self.attention = _attention(params.attention, channels) if spec.attention else nn.Identity()
         self.pool = nn.Flatten() if params.resolved_pooling == "flatten" else nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.head = _head(feature_dim, params.resolved_head_units, params.activation, params.dropout)
-        last = params.resolved_head_units[-1] if params.resolved_head_units else feature_dim
-        self.classifier = nn.Linear(last, num_classes)
-        for part in self.own_parts():
-            keras_init(part.modules())
+        for part in [self.body, self.attention]:
+            if part is not None:
+                keras_init(part.modules())
+        self.head, self.classifier = new_head(params, feature_dim, num_classes)
 
     def _dry_run(self, image_size: int, pooling: str) -> tuple[int, int]:
         """Feature channels and pooled width at this image size (attention keeps the shape)."""
@@ -224,6 +230,18 @@ def _head(in_features: int, units: list[int], activation: str, dropout: float) -
     return nn.Sequential(*layers)
 
 
+def new_head(params: TrialParams, feature_dim: int, num_classes: int) -> tuple[nn.Sequential, nn.Linear]:
+    """The head and classifier, initialised from ``head_seed`` (see there: a head built alone on
+    cached features starts exactly as one built on top of the backbone)."""
+    torch.manual_seed(head_seed(params.seed))
+    head = _head(feature_dim, params.resolved_head_units, params.activation, params.dropout)
+    last = params.resolved_head_units[-1] if params.resolved_head_units else feature_dim
+    classifier = nn.Linear(last, num_classes)
+    for part in (head, classifier):
+        keras_init(part.modules())
+    return head, classifier
+
+
 def build_model(params: TrialParams, num_classes: int) -> ImageClassifier:
     return ImageClassifier(params, num_classes)
 
@@ -231,12 +249,13 @@ def build_model(params: TrialParams, num_classes: int) -> ImageClassifier:
 class HeadOnly(nn.Module):
     """The head and classifier of an ImageClassifier, fed pooled features (the feature cache).
 
-    It holds the very same modules, so training it trains the full model's head.
+    Its state_dict keys are the full model's (``head.*``, ``classifier.*``), so its weights load into
+    the full model and back.
     """
 
-    def __init__(self, model: ImageClassifier):
+    def __init__(self, head: nn.Sequential, classifier: nn.Linear):
         super().__init__()
-        self.head, self.classifier = model.head, model.classifier
+        self.head, self.classifier = head, classifier
 
     def own_parts(self) -> list[nn.Module]:
         return [self.head, self.classifier]  # the same kernels the full model regularises (its
@@ -247,7 +266,14 @@ class HeadOnly(nn.Module):
 
 
 def head_model(model: ImageClassifier) -> HeadOnly:
-    return HeadOnly(model)
+    """The full model's own head modules: training it trains the full model's head."""
+    return HeadOnly(model.head, model.classifier)
+
+
+def build_head(params: TrialParams, num_classes: int, feature_dim: int) -> HeadOnly:
+    """A head alone, fed pooled features of width ``feature_dim``: on a feature-cache hit no backbone
+    is built at all; it starts as ``head_model(build_model(params, num_classes))`` would."""
+    return HeadOnly(*new_head(params, feature_dim, num_classes))
 
 
 class BackboneOnly(nn.Module):

@@ -87,7 +87,8 @@ def read_arrays(folder: Path, names: tuple[str, ...], expected: dict) -> Optiona
     return None
 
 
-def write_arrays(folder: Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
+def write_arrays(folder: Path, arrays: dict[str, np.ndarray], meta: dict,
+                 write_files: Optional[Callable[[Path], None]] = None) -> None:  # fmt: skip
     """Stage the entry privately, meta.json last, then rename it into place (first writer wins)."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = folder.parent / f".{folder.name}.{os.getpid()}.partial"
@@ -96,6 +97,8 @@ def write_arrays(folder: Path, arrays: dict[str, np.ndarray], meta: dict) -> Non
     try:
         for name, array in arrays.items():
             np.save(staging / f"{name}.npy", np.ascontiguousarray(array))
+        if write_files is not None:
+            write_files(staging)
         (staging / "meta.json").write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
         os.rename(staging, folder)
     except OSError:
@@ -106,12 +109,14 @@ def write_arrays(folder: Path, arrays: dict[str, np.ndarray], meta: dict) -> Non
             raise
 
 
-def cached_arrays(folder: Path, names: tuple[str, ...], meta: dict, compute: Callable[[], tuple[dict[str, np.ndarray], dict]]):
+def cached_arrays(folder: Path, names: tuple[str, ...], meta: dict, compute: Callable[[], tuple[dict[str, np.ndarray], dict]],
+                  write_files: Optional[Callable[[Path], None]] = None):  # fmt: skip
     """``compute()``'s arrays and notes, and whether they were already cached.
 
     ``compute`` returns (arrays, notes): notes are small JSON values measured with the arrays
     (e.g. a latency), stored in meta.json beside ``meta``. Read from ``folder`` when a valid entry
-    exists there, else computed, stored, and read back memory-mapped.
+    exists there, else computed, stored, and read back memory-mapped. ``write_files(staging)``, called
+    after ``compute``, adds files of its own to the entry before it is complete.
     """
     found = read_arrays(folder, names, meta)
     if found is not None:
@@ -119,7 +124,7 @@ def cached_arrays(folder: Path, names: tuple[str, ...], meta: dict, compute: Cal
     arrays, notes = compute()
     stored_meta = {**notes, **meta}
     try:
-        write_arrays(folder, arrays, stored_meta)
+        write_arrays(folder, arrays, stored_meta, write_files)
     except OSError as exc:
         warnings.warn(f"could not write the cache entry {folder} ({exc}); continuing without it", stacklevel=2)
         return arrays, stored_meta, False

@@ -96,6 +96,15 @@ ATTENTION_REDUCTION = 8
 BATCHNORM_UPDATE_FRACTION = 0.1
 
 
+def head_seed(seed: int) -> int:
+    """The seed the head's layers (initialisers, dropout) are drawn from, apart from the backbone's.
+
+    Both backends reseed with it just before building the head, so a head built alone on cached
+    features (the feature cache's fast path: no backbone built) starts exactly as the head built on
+    top of the backbone, however many draws the backbone's construction took."""
+    return (seed * 1_000_003 + 7_919) % 2**31
+
+
 def model_spec(name: str) -> ModelSpec:
     try:
         return MODELS[name]
