@@ -13,7 +13,7 @@ and oneDNN settings are read when TensorFlow starts):
 - ``plain_fit_onednn_off``: plain ``fit`` with ``TF_ENABLE_ONEDNN_OPTS=0``;
 - ``torch_ours``: torch's ``backend.fit`` on the same data, for reference.
 
-    python benchmarks/keras_cpu.py [--models resnet50 efficientnet_b0] [--variants ...] [--repeats 3]
+    python benchmarks/keras_cpu.py [--models resnet50 efficientnet_b0] [--variants ...] [--repeats 3] [--rounds 1]
 
 One JSON record per model, ``results/benchmarks/keras_cpu_<model>.json``: baseline = plain ``fit``,
 ours = ``backend.fit`` (images/s, higher is better); every variant's rates under ``variants``.
@@ -107,19 +107,26 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=1, help="alternate the variants this many times")
     parser.add_argument("--child", choices=list(VARIANTS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(run_variant(args.child, args.models[0], args.images, args.repeats)))
         return
     for model_name in args.models:
-        results = {}
-        for name in args.variants:
-            started = time.perf_counter()
-            results[name] = in_fresh_process(name, model_name, args.images, args.repeats)
-            rates = results[name].get("images_per_second")
-            shown = f"{statistics.median(rates):.1f} images/s" if rates else results[name]["error"]
-            print(f"{model_name} {name}: {shown} ({time.perf_counter() - started:.0f} s)", flush=True)
+        results: dict[str, dict] = {}
+        # variants alternate round by round: this machine's speed drifts by tens of percent over minutes
+        for _round in range(args.rounds):
+            for name in args.variants:
+                started = time.perf_counter()
+                found = in_fresh_process(name, model_name, args.images, args.repeats)
+                kept = results.setdefault(name, {"images_per_second": []})
+                kept["images_per_second"] += found.get("images_per_second", [])
+                if "error" in found:
+                    kept["error"] = found["error"]
+                rates = found.get("images_per_second")
+                shown = f"{statistics.median(rates):.1f} images/s" if rates else found["error"]
+                print(f"{model_name} {name}: {shown} ({time.perf_counter() - started:.0f} s)", flush=True)
         baseline = results.get("plain_fit", {}).get("images_per_second")
         ours = results.get("ours", {}).get("images_per_second")
         if baseline and ours:
@@ -127,8 +134,9 @@ def main() -> None:
                 f"keras_cpu_{model_name}", baseline, ours, "images/s", "report: where Keras' CPU time goes", higher_is_better=True,
                 packages=["tensorflow-cpu", "tensorflow", "keras", "torch", "timm"],
                 notes=f"{model_name} from scratch at {SIZE} px, batch {BATCH}, {args.images} images per timed epoch, "
-                      f"{args.repeats} timed epochs after one dropped; each variant in a fresh process; baseline = plain "
-                      "model.fit on NumPy arrays, ours = backend.fit; variants: see benchmarks/keras_cpu.py",
+                      f"{args.repeats} timed epochs after one dropped, {args.rounds} round(s) of the variants in turn; "
+                      "each variant in a fresh process; baseline = plain model.fit on NumPy arrays, ours = backend.fit; "
+                      "variants: see benchmarks/keras_cpu.py",
                 extra={"variants": results},
             )  # fmt: skip
 
