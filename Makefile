@@ -39,6 +39,7 @@ bench: $(STAMP)
 		$(PY) benchmarks/papermill_overhead.py --framework $$framework && \
 		$(PY) benchmarks/throughput.py --framework $$framework || exit 1; \
 	done
+	$(PY) benchmarks/keras_cpu.py --rounds 2
 
 lab: $(STAMP)
 	$(PIP) install -e ".[lab]"
