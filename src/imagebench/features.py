@@ -22,7 +22,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any, Optional
 
@@ -109,9 +108,6 @@ def feature_data(backend, exporter, params: TrialParams, data: TrialData) -> Fea
             "backbone_flops": backend.count_flops(model, params) - backend.count_head_flops(head, width),
         }
 
-    def write_backbone(staging: Path) -> None:
-        exporter.save_backbone(whole_model(), staging / exporter.BACKBONE_WEIGHTS)
-
     root = cache_root("features")
     weights: Optional[Path] = None
     if root is None:
@@ -119,11 +115,10 @@ def feature_data(backend, exporter, params: TrialParams, data: TrialData) -> Fea
     else:
         entry = root / feature_key(params, data.fingerprint)
         meta = {"version": FEATURE_VERSION, "sizes": [len(getattr(data, split)) for split in SPLITS]}
-        arrays, notes, hit = cached_arrays(entry, SPLITS, meta, compute, write_backbone)
-        if hit and not (entry / exporter.BACKBONE_WEIGHTS).is_file():  # damaged by hand: build it again
-            shutil.rmtree(entry, ignore_errors=True)
-            arrays, notes, hit = cached_arrays(entry, SPLITS, meta, compute, write_backbone)
-        weights = entry / exporter.BACKBONE_WEIGHTS if (entry / exporter.BACKBONE_WEIGHTS).is_file() else None
+        backbone = {exporter.BACKBONE_WEIGHTS: lambda path: exporter.save_backbone(whole_model(), path)}
+        arrays, notes, hit = cached_arrays(entry, SPLITS, meta, compute, backbone)
+        if (entry / exporter.BACKBONE_WEIGHTS).is_file():  # not when the entry could not be written
+            weights = entry / exporter.BACKBONE_WEIGHTS
     replaced = {split: Split(images=arrays[split], labels=getattr(data, split).labels) for split in SPLITS}
     return Features(dataclasses.replace(data, **replaced), hit, float(notes["backbone_latency_ms"]),
                     int(notes["backbone_params"]), int(notes["backbone_flops"]), weights, built.get("model"))  # fmt: skip

@@ -162,14 +162,6 @@ def _fit(backend, model, params: TrialParams, data: TrialData, monitor: EpochMon
     return train_seconds
 
 
-def _latency_ms(backend, model, fit_model, fit_data: TrialData, cached: Optional[features.Features]) -> float:
-    """One image through the whole model; with cached features, the backbone's measured latency
-    (kept with the features) plus this trial's head on one feature vector."""
-    if cached is None:
-        return backend.latency_ms(model, fit_data.test.images[:1])
-    return cached.backbone_latency_ms + backend.latency_ms(fit_model, np.array(fit_data.test.images[:1]))
-
-
 @dataclass
 class _Models:
     """What a trial trains and reports on: the whole model, or (frozen backbone, feature cache) a
@@ -192,6 +184,19 @@ class _Models:
         if self.cached is None:
             return backend.count_flops(self.whole, params)
         return self.cached.backbone_flops + backend.count_head_flops(self.fit, self.cached.width)
+
+    def latency_ms(self, backend) -> float:
+        """One image through the whole model; on cached features the backbone's latency, measured
+        with them, plus this head's on one feature vector."""
+        if self.cached is None:
+            return backend.latency_ms(self.whole, self.data.test.images[:1])
+        return self.cached.backbone_latency_ms + backend.latency_ms(self.fit, np.array(self.data.test.images[:1]))
+
+    def kept(self) -> tuple[Any, Optional[Path]]:
+        """What the trial keeps (``trained.save``): the whole model, or the head and the cache entry's
+        backbone weights."""
+        weights = self.cached.backbone_weights if self.cached is not None else None
+        return (self.whole, None) if weights is None else (self.fit, weights)
 
 
 def _models(recorder: RunRecorder, backend, params: TrialParams, data: TrialData, verbose: bool) -> _Models:
@@ -218,7 +223,7 @@ def _train_and_test(recorder: RunRecorder, params: TrialParams, verbose: bool,
     if verbose:
         print(f"{params.framework}/{params.model}: {total_params:,} params ({trainable_params:,} trainable); data {data.split_sizes()}")
     monitor = EpochMonitor(params, on_epoch=_epoch_reporter(recorder, params, verbose))
-    fit_model, fit_data, cached = models.fit, models.data, models.cached
+    fit_model, fit_data = models.fit, models.data
     train_seconds = _fit(backend, fit_model, params, fit_data, monitor, epoch_budget, checkpoint)
     # val-best weights, restored by fit; on cached features when the backbone is frozen (the same numbers)
     probabilities = backend.predict_proba(fit_model, fit_data.test.images, PREDICT_BATCH)
@@ -232,7 +237,7 @@ def _train_and_test(recorder: RunRecorder, params: TrialParams, verbose: bool,
         "cost/params": total_params,
         "cost/trainable_params": trainable_params,
         "cost/train_seconds": train_seconds,
-        "cost/latency_ms": _latency_ms(backend, models.whole, fit_model, fit_data, cached),
+        "cost/latency_ms": models.latency_ms(backend),
         # after latency: Keras counts on the inference graph the latency just traced (no new trace)
         "cost/flops": models.flops(backend, params),
     }
@@ -241,8 +246,7 @@ def _train_and_test(recorder: RunRecorder, params: TrialParams, verbose: bool,
     )
     _log_results(recorder, result, evaluation)
     # kept until the sweep knows the leaders (publish): the whole model, or the head and the cached backbone
-    backbone_weights = cached.backbone_weights if cached is not None else None
-    kept = fit_model if backbone_weights is not None else models.whole
+    kept, backbone_weights = models.kept()
     trained.save(recorder.folder, get_exporter(params.framework), kept, params, recorder.run_id, data.class_names, probabilities,
                  backbone_weights)  # fmt: skip
     recorder.set_tags({tracking.TAG_EPOCH_BUDGET: monitor.last_epoch(epoch_budget)})

@@ -68,15 +68,16 @@ def _expected_bytes(path: Path) -> Optional[int]:
         return None
 
 
-def read_arrays(folder: Path, names: tuple[str, ...], expected: dict) -> Optional[tuple[dict[str, np.ndarray], dict]]:
-    """The arrays of a complete, undamaged entry whose meta.json holds ``expected``; else None (a
-    damaged entry is removed so that it is rebuilt)."""
+def read_arrays(folder: Path, names: tuple[str, ...], expected: dict,
+                files: tuple[str, ...] = ()) -> Optional[tuple[dict[str, np.ndarray], dict]]:  # fmt: skip
+    """The arrays of a complete, undamaged entry whose meta.json holds ``expected`` (and which has
+    the other ``files``); else None (a damaged entry is removed so that it is rebuilt)."""
     try:
         meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
         paths = {name: folder / f"{name}.npy" for name in names}
         valid = all(meta.get(key) == value for key, value in expected.items()) and all(
             _expected_bytes(path) == path.stat().st_size for path in paths.values()
-        )
+        ) and all((folder / name).is_file() for name in files)
         if valid:
             return {name: np.load(path, mmap_mode="r") for name, path in paths.items()}, meta
     except (OSError, ValueError, KeyError):
@@ -87,8 +88,10 @@ def read_arrays(folder: Path, names: tuple[str, ...], expected: dict) -> Optiona
     return None
 
 
-def write_arrays(folder: Path, arrays: dict[str, np.ndarray], meta: dict,
-                 write_files: Optional[Callable[[Path], None]] = None) -> None:  # fmt: skip
+FileWriters = dict[str, Callable[[Path], None]]  # an entry's other files: name -> writes it at the given path
+
+
+def write_arrays(folder: Path, arrays: dict[str, np.ndarray], meta: dict, files: Optional[FileWriters] = None) -> None:
     """Stage the entry privately, meta.json last, then rename it into place (first writer wins)."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = folder.parent / f".{folder.name}.{os.getpid()}.partial"
@@ -97,8 +100,8 @@ def write_arrays(folder: Path, arrays: dict[str, np.ndarray], meta: dict,
     try:
         for name, array in arrays.items():
             np.save(staging / f"{name}.npy", np.ascontiguousarray(array))
-        if write_files is not None:
-            write_files(staging)
+        for name, write in (files or {}).items():
+            write(staging / name)
         (staging / "meta.json").write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
         os.rename(staging, folder)
     except OSError:
@@ -110,25 +113,25 @@ def write_arrays(folder: Path, arrays: dict[str, np.ndarray], meta: dict,
 
 
 def cached_arrays(folder: Path, names: tuple[str, ...], meta: dict, compute: Callable[[], tuple[dict[str, np.ndarray], dict]],
-                  write_files: Optional[Callable[[Path], None]] = None):  # fmt: skip
+                  files: Optional[FileWriters] = None):  # fmt: skip
     """``compute()``'s arrays and notes, and whether they were already cached.
 
     ``compute`` returns (arrays, notes): notes are small JSON values measured with the arrays
     (e.g. a latency), stored in meta.json beside ``meta``. Read from ``folder`` when a valid entry
-    exists there, else computed, stored, and read back memory-mapped. ``write_files(staging)``, called
-    after ``compute``, adds files of its own to the entry before it is complete.
+    exists there, else computed, stored, and read back memory-mapped. ``files`` are the entry's other
+    files, written after ``compute`` before the entry is complete; an entry without one is rebuilt.
     """
-    found = read_arrays(folder, names, meta)
+    found = read_arrays(folder, names, meta, tuple(files or ()))
     if found is not None:
         return found[0], found[1], True
     arrays, notes = compute()
     stored_meta = {**notes, **meta}
     try:
-        write_arrays(folder, arrays, stored_meta, write_files)
+        write_arrays(folder, arrays, stored_meta, files)
     except OSError as exc:
         warnings.warn(f"could not write the cache entry {folder} ({exc}); continuing without it", stacklevel=2)
         return arrays, stored_meta, False
-    found = read_arrays(folder, names, meta)
+    found = read_arrays(folder, names, meta, tuple(files or ()))
     return (found[0], found[1], False) if found is not None else (arrays, stored_meta, False)
 
 
