@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from matplotlib.figure import Figure
 
-from imagebench import record, tracking
+from imagebench import plots, record, tracking
 from imagebench.cli import EXIT_BAD_INPUT, EXIT_ENVIRONMENT, EXIT_OK, main
 from imagebench.outcomes import notebook_problem
 
@@ -74,7 +74,7 @@ def test_a_store_down_mid_run_is_journaled_and_relogged_without_loss(project, st
     recorder.log_text("precision recall", tracking.ARTIFACT_REPORT)
     figure = Figure()
     figure.subplots().plot([1, 2, 3])
-    recorder.log_figure(figure, tracking.ARTIFACT_CURVES_PNG)
+    recorder.log_bytes(plots.png_bytes(figure), tracking.ARTIFACT_CURVES_PNG)
     recorder.set_tags({tracking.TAG_EPOCH_BUDGET: 3})
     recorder.end("FINISHED")
     message = str(recorder.unavailable())

@@ -1,5 +1,6 @@
 """End to end through papermill kernels: the sweep, its MLflow record, failures, plain papermill."""
 
+import base64
 import json
 import os
 import subprocess
@@ -75,6 +76,13 @@ def test_sweep_runs_trials_in_papermill_and_survives_a_failing_trial(project):
     assert len(list(runs_dir.glob("*.ipynb"))) == 3
     executed = json.loads(next(runs_dir.glob("*-torch-cnn-*.ipynb")).read_text())
     assert any("injected-parameters" in cell["metadata"].get("tags", []) for cell in executed["cells"])
+    # the notebook shows the figures the run keeps (drawn once): the same PNG bytes
+    shown = [base64.b64decode(output["data"]["image/png"]) for cell in executed["cells"]
+             for output in cell.get("outputs", []) if "image/png" in output.get("data", {})]  # fmt: skip
+    torch_run = next(run for run in by_status["FINISHED"] if run.data.params["framework"] == "torch")
+    logged = [Path(client.download_artifacts(torch_run.info.run_id, name, str(project))).read_bytes()
+              for name in (tracking.ARTIFACT_CURVES_PNG, tracking.ARTIFACT_CONFUSION_PNG)]  # fmt: skip
+    assert shown == logged
     assert (project / "results" / "e2e" / "leaderboard.md").exists()
     assert "epoch 1/2" in next(runs_dir.glob("*-torch-cnn-*.log")).read_text()
 

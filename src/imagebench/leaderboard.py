@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -252,12 +251,6 @@ def build(experiment: str, with_figures: bool = True) -> Leaderboard:
     return Leaderboard(experiment, leaders, trials, _figures(leaders, trials) if with_figures else {})
 
 
-def _png_bytes(figure) -> bytes:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110)
-    return buffer.getvalue()
-
-
 def _rounded(table: pd.DataFrame) -> pd.DataFrame:
     return table.round(4)
 
@@ -299,7 +292,7 @@ def _markdown(board: Leaderboard, image_names: list[str]) -> str:
 
 def write(board: Leaderboard, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    images = {name: _png_bytes(figure) for name, figure in board.figures.items()}
+    images = {name: plots.png_bytes(figure, dpi=110) for name, figure in board.figures.items()}
     written = []
     for name, data in images.items():
         (out_dir / f"{name}.png").write_bytes(data)

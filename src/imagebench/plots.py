@@ -3,6 +3,7 @@ same code draws into a notebook cell, an MLflow artifact and a PNG under results
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -35,6 +36,14 @@ def _use_hangul_fallback() -> None:
 
 
 _use_hangul_fallback()
+
+
+def png_bytes(figure: Figure, dpi: float | str = "figure") -> bytes:
+    """The figure as PNG. zlib level 1: every trial draws two, and level 6 (Pillow's default) costs
+    ~20 ms more per figure for files a few KB smaller."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi, pil_kwargs={"compress_level": 1})
+    return buffer.getvalue()
 
 
 def learning_curves(history: Mapping[str, Sequence[float]], title: str = "", best_epoch: int | None = None) -> Figure:

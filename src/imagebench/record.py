@@ -140,8 +140,8 @@ class RunRecorder:
     def log_dict(self, data: dict, name: str) -> None:
         self._log_file(name, lambda path: path.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8"))
 
-    def log_figure(self, figure, name: str) -> None:
-        self._log_file(name, figure.savefig)
+    def log_bytes(self, data: bytes, name: str) -> None:
+        self._log_file(name, lambda path: path.write_bytes(data))
 
     def _log_file(self, name: str, write: Callable[[Path], Any]) -> None:
         """Written to a temporary file and sent; once offline, kept in the record folder instead."""

@@ -20,7 +20,8 @@ from imagebench import tracking
 from imagebench.executors import Executor, Job
 from imagebench.outcomes import JOURNALED, OutcomeRecorder, TrialOutcome
 
-POLL_SECONDS = 0.5
+POLL_SECONDS = 0.5  # how often the display, progress and --trial-timeout are looked at
+WAKE_SECONDS = 0.02  # how often endings are looked for: a worker must not sit idle waiting for the loop
 
 
 @dataclass
@@ -107,9 +108,11 @@ class Scheduler:
         try:
             while running or (pending and self.store_error is None):
                 self._start_jobs(pending, running)
-                time.sleep(POLL_SECONDS)
-                for job, end in self.executor.finished():
-                    started = running.pop(job.label)
+                ended = [(job, end, running.pop(job.label)) for job, end in self._endings(POLL_SECONDS)]
+                # the next jobs start before the ended ones are recorded (their notebooks attached,
+                # their numbers read back): the freed workers train while the driver keeps records
+                self._start_jobs(pending, running)
+                for job, end, started in ended:
                     outcome = self.recorder.record(job, end, started.started)
                     outcomes.append(outcome)
                     if self.display:
@@ -127,6 +130,15 @@ class Scheduler:
         if self.store_error is not None:
             raise self.store_error
         return outcomes
+
+    def _endings(self, seconds: float) -> list:
+        """The jobs that end within ``seconds``, returned as soon as there are any."""
+        deadline = time.monotonic() + seconds
+        while True:
+            ended = self.executor.finished()
+            if ended or time.monotonic() >= deadline:
+                return ended
+            time.sleep(WAKE_SECONDS)
 
     def _start_jobs(self, pending: deque, running: dict[str, Started]) -> None:
         while pending and self.store_error is None and self.executor.free_slots() > 0:

@@ -42,6 +42,7 @@ class TrialResult:
     confusion: np.ndarray
     report: str
     split_sizes: dict[str, int] = field(default_factory=dict)
+    figures: dict[str, bytes] = field(default_factory=dict)  # artifact name -> PNG, drawn once for the record
 
     @property
     def curves(self) -> dict[str, list[float]]:
@@ -53,6 +54,21 @@ class TrialResult:
 
     def confusion_figure(self):
         return plots.confusion_matrix(self.confusion, self.class_names, f"test confusion matrix ({self.params.model})")
+
+    def draw_figures(self) -> dict[str, bytes]:
+        """Learning curves, then the confusion matrix, as the PNGs the run's record keeps."""
+        self.figures = {
+            tracking.ARTIFACT_CURVES_PNG: plots.png_bytes(self.learning_curves_figure()),
+            tracking.ARTIFACT_CONFUSION_PNG: plots.png_bytes(self.confusion_figure()),
+        }
+        return self.figures
+
+    def images(self) -> list:
+        """The record's figures for a notebook to display: the same PNGs, not drawn again (drawing
+        them costs more than a short trial's epoch; ``*_figure()`` give the matplotlib figures)."""
+        from IPython.display import Image
+
+        return [Image(data=png, format="png") for png in (self.figures or self.draw_figures()).values()]
 
     def summary(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "model": self.params.model, "framework": self.params.framework, **self.metrics}
@@ -103,8 +119,8 @@ def _log_results(recorder: RunRecorder, result: TrialResult, evaluation: Evaluat
     recorder.log_metrics(result.metrics, step=len(result.history))
     recorder.log_text(evaluation.report, tracking.ARTIFACT_REPORT)
     recorder.log_dict({"labels": result.class_names, "matrix": evaluation.confusion.tolist()}, tracking.ARTIFACT_CONFUSION_JSON)
-    recorder.log_figure(result.confusion_figure(), tracking.ARTIFACT_CONFUSION_PNG)
-    recorder.log_figure(result.learning_curves_figure(), tracking.ARTIFACT_CURVES_PNG)
+    for name, png in result.draw_figures().items():
+        recorder.log_bytes(png, name)
 
 
 def _open_run(params: TrialParams, run_id: Optional[str]) -> RunRecorder:

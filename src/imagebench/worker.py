@@ -78,7 +78,7 @@ class WarmKernel:
     """
 
     def __init__(self, root: Path):
-        self.root, self.manager, self.framework = root, None, None
+        self.root, self.manager, self.client, self.framework = root, None, None, None
 
     def _call(self, method: str, **kwargs):
         """Call an AsyncKernelManager method from this synchronous loop."""
@@ -100,12 +100,14 @@ class WarmKernel:
         return self.manager
 
     def shutdown(self) -> None:
+        if self.client is not None:
+            self.client.stop_channels()
         if self.manager is not None:
             try:
                 self._call("shutdown_kernel", now=True)
             except Exception:  # already dead: nothing left to stop
                 pass
-        self.manager, self.framework = None, None
+        self.manager, self.client, self.framework = None, None, None
 
 
 def _execute(kernel: WarmKernel, job: dict) -> int:
@@ -149,12 +151,14 @@ def _warm_engine_class():
                 log_output=log_output, stdout_file=stdout_file, stderr_file=stderr_file, startup_timeout=start_timeout,
                 timeout=execution_timeout,
             )  # fmt: skip
+            # The connection is kept too: a new client waits for the kernel to be ready, which ends
+            # with 0.2 s of listening for stray output (jupyter_client), on every job. Output left
+            # from an earlier job is ignored by nbclient (it keeps only replies to its own requests).
+            client.kc = cls.kernel.client if client.km is not None else None
             try:
                 return client.execute(cleanup_kc=False)  # the kernel outlives this job
             finally:
-                cls.kernel.manager = client.km  # started by nbclient on first use: kept for the next job
-                if client.kc is not None:
-                    client.kc.stop_channels()  # this job's connection to it is closed
+                cls.kernel.manager, cls.kernel.client = client.km, client.kc  # started on first use, kept
 
     return Engine
 
