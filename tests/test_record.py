@@ -74,7 +74,7 @@ def test_a_store_down_mid_run_is_journaled_and_relogged_without_loss(project, st
     recorder.log_text("precision recall", tracking.ARTIFACT_REPORT)
     figure = Figure()
     figure.subplots().plot([1, 2, 3])
-    recorder.log_bytes(plots.png_bytes(figure), tracking.ARTIFACT_CURVES_PNG)
+    recorder.log_files({tracking.ARTIFACT_CURVES_PNG: record.bytes_file(plots.png_bytes(figure))})
     recorder.set_tags({tracking.TAG_EPOCH_BUDGET: 3})
     recorder.end("FINISHED")
     message = str(recorder.unavailable())
@@ -82,7 +82,7 @@ def test_a_store_down_mid_run_is_journaled_and_relogged_without_loss(project, st
 
     header, entries = record.read_journal(recorder.journal)
     assert header["run_id"] == run_id
-    assert [entry["op"] for entry in entries] == ["metrics", "metrics", "artifact", "artifact", "tags", "end"]
+    assert [entry["op"] for entry in entries] == ["batch", "batch", "artifact", "artifact", "batch", "end"]
     assert (folder / "artifacts" / tracking.ARTIFACT_CURVES_PNG).stat().st_size > 1000
 
     # the store the journal names is still down: a clear error, the journal kept

@@ -52,7 +52,11 @@ def _apply(run_id: str, entry: dict[str, Any], folder: Path) -> None:
     """Send one entry to the current store (the one place that knows how each kind is written);
     an artifact's relative path is inside the record ``folder``."""
     kind = entry["op"]
-    if kind == "params":
+    if kind == "batch":
+        tracking.log_batch(run_id, entry["metrics"], entry["params"], entry["tags"], entry["step"], entry["timestamp"])
+    elif kind == "artifacts":  # a folder sent whole; only ever sent live (offline, each file is journaled)
+        tracking.client().log_artifacts(run_id, entry["folder"])
+    elif kind == "params":  # params / metrics / tags: journals written before "batch" existed
         tracking.log_params(run_id, entry["values"])
     elif kind == "metrics":
         tracking.log_metrics(run_id, entry["values"], step=entry["step"], timestamp=entry["timestamp"])
@@ -110,15 +114,24 @@ class RunRecorder:
             os.fsync(handle.fileno())  # a kernel killed after this line still leaves it on disk
 
     # --- what a trial writes
+    def log_batch(self, metrics: Optional[dict[str, float]] = None, params: Optional[dict[str, Any]] = None,
+                  tags: Optional[dict[str, Any]] = None, step: int = 0) -> None:
+        """Metrics (at ``step``), params and tags in one write: each write to a store is a round trip."""
+        self._write({
+            "op": "batch", "step": step, "timestamp": tracking.now_ms(),
+            "metrics": {key: float(value) for key, value in (metrics or {}).items()},
+            "params": {key: tracking.param_text(value) for key, value in (params or {}).items()},
+            "tags": {key: str(value) for key, value in (tags or {}).items()},
+        })  # fmt: skip
+
     def log_params(self, values: dict[str, Any]) -> None:
-        self._write({"op": "params", "values": {key: tracking.param_text(value) for key, value in values.items()}})
+        self.log_batch(params=values)
 
     def log_metrics(self, values: dict[str, float], step: int = 0) -> None:
-        values = {key: float(value) for key, value in values.items()}
-        self._write({"op": "metrics", "values": values, "step": step, "timestamp": tracking.now_ms()})
+        self.log_batch(metrics=values, step=step)
 
     def set_tags(self, tags: dict[str, Any]) -> None:
-        self._write({"op": "tags", "values": {key: str(value) for key, value in tags.items()}})
+        self.log_batch(tags=tags)
 
     def log_dataset(self, name: str, digest: str, source: str, profile: dict[str, Any]) -> None:
         self._write({"op": "dataset", "name": name, "digest": digest, "source": source, "profile": profile})
@@ -135,26 +148,25 @@ class RunRecorder:
         self._write({"op": "artifact", "file": stored, "artifact_path": artifact_path})
 
     def log_text(self, text: str, name: str) -> None:
-        self._log_file(name, lambda path: path.write_text(text, encoding="utf-8"))
+        self.log_files({name: text_file(text)})
 
     def log_dict(self, data: dict, name: str) -> None:
-        self._log_file(name, lambda path: path.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8"))
+        self.log_files({name: json_file(data)})
 
-    def log_bytes(self, data: bytes, name: str) -> None:
-        self._log_file(name, lambda path: path.write_bytes(data))
-
-    def _log_file(self, name: str, write: Callable[[Path], Any]) -> None:
-        """Written to a temporary file and sent; once offline, kept in the record folder instead."""
+    def log_files(self, writers: dict[str, Callable[[Path], Any]]) -> None:
+        """Artifacts named by the keys, each written by its writer into a temporary folder sent in one
+        write; once offline, kept in the record folder instead (each journaled)."""
         if not self.offline:
             with tempfile.TemporaryDirectory(prefix="imagebench-artifact-") as scratch:
-                path = Path(scratch) / name
-                write(path)
-                if self._send({"op": "artifact", "file": str(path), "artifact_path": None}):
-                    return  # (never journaled with this path: the file goes with the temporary folder)
-        kept = self.folder / ARTIFACTS / name
-        kept.parent.mkdir(parents=True, exist_ok=True)
-        write(kept)
-        self.log_artifact(kept)
+                for name, write in writers.items():
+                    write(Path(scratch) / name)
+                if self._send({"op": "artifacts", "folder": scratch}):
+                    return  # (never journaled with this path: the files go with the temporary folder)
+        for name, write in writers.items():
+            kept = self.folder / ARTIFACTS / name
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            write(kept)
+            self.log_artifact(kept)
 
     def unavailable(self) -> tracking.StoreUnavailable:
         """The error a trial ends with when the store stayed down: where its record is and what to do."""
@@ -163,6 +175,18 @@ class RunRecorder:
             f"once the store is back, run `{relog_command(self.folder)}` (a sweep does it itself when it "
             f"can reach the store again)."
         )
+
+
+def text_file(text: str) -> Callable[[Path], Any]:
+    return lambda path: path.write_text(text, encoding="utf-8")
+
+
+def json_file(data: Any) -> Callable[[Path], Any]:
+    return lambda path: path.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
+
+
+def bytes_file(data: bytes) -> Callable[[Path], Any]:
+    return lambda path: path.write_bytes(data)
 
 
 # --- replaying journals

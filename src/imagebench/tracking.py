@@ -404,10 +404,22 @@ def run_status(run_id: str) -> str:
     return client().get_run(run_id).info.status
 
 
-def log_params(run_id: str, values: dict[str, Any]) -> None:
-    from mlflow.entities import Param
+def log_batch(run_id: str, metrics: Optional[dict[str, float]] = None, params: Optional[dict[str, Any]] = None,
+              tags: Optional[dict[str, Any]] = None, step: int = 0, timestamp: Optional[int] = None) -> None:
+    """Metrics (at ``step``, ``timestamp`` default now), params and tags of a run in one write."""
+    from mlflow.entities import Metric, Param, RunTag
 
-    client().log_batch(run_id, params=[Param(key, param_text(value)) for key, value in values.items()])
+    timestamp = timestamp or now_ms()
+    client().log_batch(
+        run_id,
+        metrics=[Metric(key, float(value), timestamp, step) for key, value in (metrics or {}).items()],
+        params=[Param(key, param_text(value)) for key, value in (params or {}).items()],
+        tags=[RunTag(key, str(value)) for key, value in (tags or {}).items()],
+    )
+
+
+def log_params(run_id: str, values: dict[str, Any]) -> None:
+    log_batch(run_id, params=values)
 
 
 def param_text(value: Any) -> str:
@@ -417,11 +429,7 @@ def param_text(value: Any) -> str:
 
 
 def log_metrics(run_id: str, values: dict[str, float], step: int = 0, timestamp: Optional[int] = None) -> None:
-    from mlflow.entities import Metric
-
-    timestamp = timestamp or now_ms()
-    metrics = [Metric(key, float(value), timestamp, step) for key, value in values.items()]
-    client().log_batch(run_id, metrics=metrics)
+    log_batch(run_id, metrics=values, step=step, timestamp=timestamp)
 
 
 def log_dataset(run_id: str, name: str, digest: str, source: str, profile: dict[str, Any]) -> None:
@@ -445,9 +453,7 @@ def log_dataset(run_id: str, name: str, digest: str, source: str, profile: dict[
 
 
 def set_tags(run_id: str, tags: dict[str, str]) -> None:
-    from mlflow.entities import RunTag
-
-    client().log_batch(run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])
+    log_batch(run_id, tags=tags)
 
 
 @contextmanager

@@ -11,6 +11,7 @@ import time
 import uuid
 from pathlib import Path
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Optional
 
 import numpy as np
@@ -23,7 +24,7 @@ from imagebench.evaluation import Evaluation, evaluate
 from imagebench.fingerprint import config_fingerprint, trial_fingerprint
 from imagebench.monitor import EpochMonitor, EpochRecord
 from imagebench.params import TrialParams, make_params
-from imagebench.record import RunRecorder, record_folder
+from imagebench.record import RunRecorder, bytes_file, json_file, record_folder, text_file
 from imagebench.weights import require_weights
 
 PREDICT_BATCH = 256
@@ -74,6 +75,7 @@ class TrialResult:
         return {"run_id": self.run_id, "model": self.params.model, "framework": self.params.framework, **self.metrics}
 
 
+@lru_cache(maxsize=None)  # read from package metadata: ~10 ms per trial, and fixed for a process
 def _versions(framework: str) -> str:
     names = ["imagebench", "mlflow", "scikit-learn"] + (["tensorflow-cpu", "tensorflow", "keras"] if framework == "keras" else ["torch", "timm"])
     return json.dumps({"python": platform.python_version(), **tracking.package_versions(names)})
@@ -104,23 +106,23 @@ def _epoch_reporter(recorder: RunRecorder, params: TrialParams, verbose: bool):
 
 
 def _log_data(recorder: RunRecorder, params: TrialParams, data: TrialData) -> None:
-    recorder.log_dict(data.class_map(), tracking.ARTIFACT_CLASS_MAP)
-    recorder.set_tags({**trial_tags(params, data.fingerprint), "imagebench.dataset_source": data.source})
+    files = {tracking.ARTIFACT_CLASS_MAP: json_file(data.class_map())}
+    if data.skipped_files:
+        files[tracking.ARTIFACT_SKIPPED] = text_file("\n".join(data.skipped_files))
+    recorder.log_files(files)
+    sizes = {f"data/{split}_images": count for split, count in data.split_sizes().items()}
+    recorder.log_batch(metrics={**sizes, "data/classes": data.num_classes, "data/skipped_files": len(data.skipped_files)},
+                       tags={**trial_tags(params, data.fingerprint), "imagebench.dataset_source": data.source})  # fmt: skip
     recorder.log_dataset(Path(data.source).name if data.source.startswith("/") else data.source, data.fingerprint, data.source,
                          {"splits": data.split_sizes(), "classes": data.num_classes, "image_size": params.image_size})  # fmt: skip
-    sizes = {f"data/{split}_images": count for split, count in data.split_sizes().items()}
-    recorder.log_metrics({**sizes, "data/classes": data.num_classes, "data/skipped_files": len(data.skipped_files)})
-    if data.skipped_files:
-        recorder.log_text("\n".join(data.skipped_files), tracking.ARTIFACT_SKIPPED)
 
 
-def _log_results(recorder: RunRecorder, result: TrialResult, evaluation: Evaluation) -> None:
+def _log_results(recorder: RunRecorder, result: TrialResult, evaluation: Evaluation, tags: dict[str, Any]) -> None:
     # at the last epoch's step: a continued trial (halving) shows its final metrics per rung
-    recorder.log_metrics(result.metrics, step=len(result.history))
-    recorder.log_text(evaluation.report, tracking.ARTIFACT_REPORT)
-    recorder.log_dict({"labels": result.class_names, "matrix": evaluation.confusion.tolist()}, tracking.ARTIFACT_CONFUSION_JSON)
-    for name, png in result.draw_figures().items():
-        recorder.log_bytes(png, name)
+    recorder.log_batch(metrics=result.metrics, step=len(result.history), tags=tags)
+    files = {tracking.ARTIFACT_REPORT: text_file(evaluation.report),
+             tracking.ARTIFACT_CONFUSION_JSON: json_file({"labels": result.class_names, "matrix": evaluation.confusion.tolist()})}
+    recorder.log_files({**files, **{name: bytes_file(png) for name, png in result.draw_figures().items()}})
 
 
 def _open_run(params: TrialParams, run_id: Optional[str]) -> RunRecorder:
@@ -138,8 +140,8 @@ def _open_run(params: TrialParams, run_id: Optional[str]) -> RunRecorder:
         tags = {tracking.TAG_MODEL: params.model, tracking.TAG_FRAMEWORK: params.framework}
         run_id = tracking.create_trial_run(params.experiment, name, tags, None)  # owned by this kernel
     recorder = RunRecorder(run_id, record_folder(params.experiment, name))
-    recorder.log_params(params.tracked())
-    recorder.set_tags({tracking.TAG_VERSIONS: _versions(params.framework), tracking.TAG_KERNEL: tracking.process_owner()})
+    recorder.log_batch(params=params.tracked(),
+                       tags={tracking.TAG_VERSIONS: _versions(params.framework), tracking.TAG_KERNEL: tracking.process_owner()})
     return recorder
 
 
@@ -260,12 +262,11 @@ def _train_and_test(recorder: RunRecorder, params: TrialParams, verbose: bool,
     result = TrialResult(
         recorder.run_id, params, metrics, monitor.history, data.class_names, evaluation.confusion, evaluation.report, data.split_sizes()
     )
-    _log_results(recorder, result, evaluation)
+    _log_results(recorder, result, evaluation, {tracking.TAG_EPOCH_BUDGET: monitor.last_epoch(epoch_budget)})
     # kept until the sweep knows the leaders (publish): the whole model, or the head and the cached backbone
     kept, backbone_weights = models.kept()
     trained.save(recorder.folder, get_exporter(params.framework), kept, params, recorder.run_id, data.class_names, probabilities,
                  backbone_weights)  # fmt: skip
-    recorder.set_tags({tracking.TAG_EPOCH_BUDGET: monitor.last_epoch(epoch_budget)})
     return result
 
 

@@ -303,9 +303,10 @@ def regularized_weights(model: ImageClassifier) -> list[torch.Tensor]:
     ]
 
 
-def l2_penalty(model: ImageClassifier, l2: float) -> torch.Tensor:
-    """``l2 * sum(w**2)`` over our kernels, exactly Keras' L2(l2) regulariser summed over layers."""
-    weights = regularized_weights(model)
+def l2_penalty(model: ImageClassifier, l2: float, weights: Optional[list[torch.Tensor]] = None) -> torch.Tensor:
+    """``l2 * sum(w**2)`` over our kernels, exactly Keras' L2(l2) regulariser summed over layers.
+    ``weights``: ``regularized_weights(model)``, found once by a loop that adds this every step."""
+    weights = regularized_weights(model) if weights is None else weights
     if l2 == 0.0 or not weights:
         return torch.zeros((), device=next(model.parameters()).device)
     return l2 * sum(weight.pow(2).sum() for weight in weights)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from imagebench import augment
-from imagebench.backends.torch_models import backbone_model, l2_penalty
+from imagebench.backends.torch_models import backbone_model, l2_penalty, regularized_weights
 from imagebench.data.arrays import Split, TrialData, batch_slices
 from imagebench.evaluation import loss_and_accuracy
 from imagebench.monitor import EpochMonitor, EpochRecord, epoch_rng
@@ -100,6 +100,7 @@ class TrainStep:
         if params.channels_last:
             model.to(memory_format=torch.channels_last)
         self.model, self.optimizer, self.l2 = model, optimizer, params.l2
+        self.regularized = regularized_weights(model) if params.l2 else []  # found once, not every step
         self.forward = torch.compile(model) if params.compile else model
         self.autocast_dtype = (torch.float16 if device.type == "cuda" else torch.bfloat16) if params.mixed_precision else None
         self.device_type = device.type
@@ -114,8 +115,9 @@ class TrainStep:
         """One optimizer step on (x, y); returns the detached loss and logits."""
         with self._autocast():
             logits = self.forward(x)
-            # Keras reports the loss with the regulariser in it; so do we.
-            loss = F.cross_entropy(logits.float(), y) + l2_penalty(self.model, self.l2)
+            loss = F.cross_entropy(logits.float(), y)
+            if self.regularized:  # Keras reports the loss with the regulariser in it; so do we
+                loss = loss + l2_penalty(self.model, self.l2, self.regularized)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
