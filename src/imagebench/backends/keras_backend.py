@@ -10,7 +10,6 @@ from imagebench.backends import load_tensorflow  # noqa: E402
 
 load_tensorflow()  # before keras: its environment, and TensorFlow's start-up chatter kept out of outputs
 
-import gc  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
 
@@ -18,7 +17,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from imagebench.backends import architecture_key  # noqa: E402
+from imagebench.backends import architecture_key, freeze_long_lived_objects  # noqa: E402
 from imagebench.backends.keras_models import backbone_model, build_model, head_model  # noqa: E402
 from imagebench.backends.keras_training import (  # noqa: E402
     build_head,
@@ -43,7 +42,7 @@ def configure(params: TrialParams) -> None:
 
     A sweep's kernel serves several trials in turn: the last trial's models and traced graphs are
     dropped first, so memory stays flat and layer names restart."""
-    _freeze_long_lived_objects()
+    freeze_long_lived_objects()
     keras.backend.clear_session()
     _forget_custom_gradients()
     keras.utils.set_random_seed(params.seed)
@@ -55,24 +54,6 @@ def configure(params: TrialParams) -> None:
             tf.config.threading.set_inter_op_parallelism_threads(1)
         except RuntimeError:
             pass  # TF already started its pools in this process; TF_NUM_INTRAOP_THREADS set them
-
-
-def _freeze_long_lived_objects() -> None:
-    """Once per process: collect, then move every object alive now (TensorFlow's and Keras' modules,
-    hundreds of thousands of objects) out of the garbage collector's sight (``gc.freeze``).
-
-    ``clear_session`` runs a full collection at every trial's start; over those objects it took
-    0.2-0.4 s here, per trial (a cached head trial is ~3 s). The frozen objects live as long as the
-    process anyway; everything a trial creates is still collected.
-    """
-    global _FROZEN
-    if not _FROZEN:
-        gc.collect()
-        gc.freeze()
-        _FROZEN = True
-
-
-_FROZEN = False
 
 
 def _forget_custom_gradients() -> None:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from imagebench.backends import architecture_key
+from imagebench.backends import architecture_key, freeze_long_lived_objects
 from imagebench.backends.torch_models import (
     ImageClassifier,
     backbone_model,
@@ -62,6 +62,7 @@ __all__ = [
 
 def configure(params: TrialParams) -> None:
     """Seed every RNG a trial touches (torch.manual_seed also seeds CUDA)."""
+    freeze_long_lived_objects()
     random.seed(params.seed)
     np.random.seed(params.seed)
     torch.manual_seed(params.seed)
