@@ -40,6 +40,8 @@ bench: $(STAMP)
 		$(PY) benchmarks/throughput.py --framework $$framework || exit 1; \
 	done
 	$(PY) benchmarks/keras_cpu.py --rounds 2
+	$(PY) benchmarks/halving_wall.py
+	$(PY) benchmarks/figure_overlap.py
 
 lab: $(STAMP)
 	$(PIP) install -e ".[lab]"

@@ -43,7 +43,8 @@ def sweep(project: Path, experiment: str, args, strategy: list[str]) -> float:
 
 def job_costs(project: Path, experiment: str, wall: float) -> dict:
     """Jobs, trial-epochs and epoch seconds from the trials' logs; the rest of the wall time per job."""
-    logs = sorted((project / "results" / experiment / "runs").glob("*.log"))
+    runs = project / "results" / experiment / "runs"
+    logs = sorted(log for log in runs.glob("*.log") if log.with_suffix(".ipynb").exists())  # a job's, not a worker's
     epochs = [float(value) for log in logs for value in EPOCH_SECONDS.findall(log.read_text(encoding="utf-8", errors="replace"))]
     return {"wall_seconds": wall, "jobs": len(logs), "trial_epochs": len(epochs), "epoch_seconds": sum(epochs),
             "fixed_seconds_per_job": (wall - sum(epochs)) / max(1, len(logs))}  # fmt: skip

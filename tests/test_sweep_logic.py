@@ -172,3 +172,23 @@ def test_concurrent_writers_on_sqlite_lose_nothing(project):
         for k in range(5):
             history = client.get_metric_history(run_id, f"m{k}")
             assert sorted((m.step, m.value) for m in history) == [(step, step + k) for step in range(batches)]
+
+
+def test_a_running_notebook_is_written_at_most_every_few_seconds_then_whole_at_its_end():
+    from imagebench import worker
+
+    class Manager:  # papermill's NotebookExecutionManager, as far as saving goes
+        writes = 0
+
+        def save(self, **kwargs):
+            self.writes += 1
+
+    manager = Manager()
+    worker._save_at_most_every(manager, seconds=60)
+    for _cell in range(10):  # before and after each cell
+        manager.save()
+        manager.save()
+    assert manager.writes == 1  # the first, then nothing within the minute
+    del manager.save  # what the engine does when the job ends: papermill's last save always writes
+    manager.save()
+    assert manager.writes == 2

@@ -28,6 +28,7 @@ from typing import Optional
 
 ENVIRONMENT_TAG = "injected-environment"
 WARM_ENGINE = "imagebench-warm"  # papermill engine name of the worker's kept kernel
+SAVE_EVERY_SECONDS = 2.0  # the output notebook is rewritten at most this often while a job runs
 # TensorFlow keeps ~110 MB per EfficientNet-B0 trial in a process even after clear_session and
 # gc (measured: RSS 1411 -> 1850 MB over 5 trials), so a kept kernel is replaced once it holds more
 from imagebench.contract import ENV_KERNEL_MAX_MB  # noqa: E402
@@ -133,6 +134,20 @@ def _execute(kernel: WarmKernel, job: dict) -> int:
     return 0
 
 
+def _save_at_most_every(nb_man, seconds: float) -> None:
+    """papermill writes the output notebook before and after every cell (~20 writes, ~0.1 s a short
+    trial waits for); while it runs, the notebook on disk only matters to a reader if the worker is
+    killed (then it is at most ``seconds`` behind; the job's log has every line)."""
+    save, last = nb_man.save, [float("-inf")]
+
+    def throttled(**kwargs) -> None:
+        if time.monotonic() - last[0] >= seconds:
+            save(**kwargs)
+            last[0] = time.monotonic()
+
+    nb_man.save = throttled
+
+
 def _warm_engine_class():
     from papermill.clientwrap import PapermillNotebookClient
     from papermill.engines import NBClientEngine
@@ -155,9 +170,11 @@ def _warm_engine_class():
             # with 0.2 s of listening for stray output (jupyter_client), on every job. Output left
             # from an earlier job is ignored by nbclient (it keeps only replies to its own requests).
             client.kc = cls.kernel.client if client.km is not None else None
+            _save_at_most_every(nb_man, SAVE_EVERY_SECONDS)
             try:
                 return client.execute(cleanup_kc=False)  # the kernel outlives this job
             finally:
+                del nb_man.save  # papermill's own again: its last save (notebook_complete) always writes
                 cls.kernel.manager, cls.kernel.client = client.km, client.kc  # started on first use, kept
 
     return Engine
