@@ -52,16 +52,17 @@ def learning_curves(history: Mapping[str, Sequence[float]], title: str = "", bes
     # solver alone costs ~0.1 s of a ~0.2 s figure; the contents here always fit these margins.
     figure = Figure(figsize=(10, 3.6))
     figure.subplots_adjust(left=0.07, right=0.98, bottom=0.14, top=0.86, wspace=0.22)
-    for axis, (label, train_key, val_key) in zip(figure.subplots(1, 2), CURVE_PAIRS):
-        for key, style in ((train_key, "-"), (val_key, "--")):
+    axes = figure.subplots(1, 2)
+    for axis, (label, train_key, val_key) in zip(axes, CURVE_PAIRS):
+        for key, style, name in ((train_key, "-", "train"), (val_key, "--", "validation")):
             values = history.get(key, [])
-            axis.plot(range(1, len(values) + 1), values, style, marker="o", markersize=3, label=key)
+            axis.plot(range(1, len(values) + 1), values, style, marker="o", markersize=3, label=name)
         if best_epoch:
             axis.axvline(best_epoch, color="grey", linewidth=0.8, linestyle=":", label=f"best epoch {best_epoch}")
         axis.set_xlabel("epoch")
         axis.set_ylabel(label)
-        axis.legend(fontsize=8)
         axis.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)  # one legend: both panels draw train, validation and the best epoch alike
     figure.suptitle(title)
     return figure
 
@@ -79,8 +80,12 @@ def confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], title: str 
     axis.set_ylabel("true")
     if len(class_names) <= 30:  # numbers stay readable up to about this many classes
         threshold = matrix.max() / 2 if matrix.size else 0
+        # Zeros are left blank (the white cell says it): the eye finds the errors at once, and each
+        # number is a text to lay out and render (100 of them were half of this figure's cost).
         for (row, col), count in np.ndenumerate(matrix):
-            axis.text(col, row, str(count), ha="center", va="center", fontsize=7, color="white" if count > threshold else "black")
+            if count:
+                axis.text(col, row, str(count), ha="center", va="center", fontsize=7,
+                          color="white" if count > threshold else "black")  # fmt: skip
     figure.colorbar(image, ax=axis, shrink=0.7)
     axis.set_title(title)
     return figure
