@@ -33,6 +33,15 @@ def scratch_project(folder: Path) -> Path:
     return project
 
 
+def scratch_workspace(folder: Path) -> Path:
+    """A throw-away decode/feature cache, MLflow store and project (``scratch_project``) in ``folder``,
+    for this process and the workers and kernels it starts; returns the project."""
+    folder = Path(folder)
+    os.environ["IMAGEBENCH_CACHE"] = str(folder / "cache")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder / 'mlflow.db'}"
+    return scratch_project(folder)
+
+
 def summary(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": values}
 

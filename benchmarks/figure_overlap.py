@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import os
 import sys
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import scratch_project, timed, write_record  # noqa: E402
+from common import scratch_workspace, timed, write_record  # noqa: E402
 
 
 def draw(curves: dict, best_epoch: int, confusion, class_names: list[str], title: str) -> list[bytes]:
@@ -39,9 +40,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="imagebench-bench-") as temp:
-        os.environ["IMAGEBENCH_CACHE"] = str(Path(temp) / "cache")
-        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{Path(temp) / 'mlflow.db'}"
-        scratch_project(Path(temp))
+        scratch_workspace(Path(temp))
         from frozen_head_grid import head_trials
 
         from imagebench import trial
@@ -49,7 +48,7 @@ def main() -> None:
         configs = head_trials(args.framework, 52, 5, 64, None)
         trial.run_trial(configs[0], verbose=False)  # computes the features: every later trial is a cache hit
         drawer = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
-        drawer.submit(draw, {}, 0, [[1]], ["a"], "warm-up").result()  # its imports are not part of either side
+        drawer.submit(draw, {}, 0, np.ones((1, 1), int), ["a"], "warm-up").result()  # its imports are not part of either side
         drawn_in_trial = trial.TrialResult.draw_figures
         pending = []
 

@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, scratch_project, timed, write_record  # noqa: E402
+from common import REPO, scratch_workspace, timed, write_record  # noqa: E402
 
 
 def head_trials(framework: str, configs: int, epochs: int, size: int, max_per_class: int):
@@ -55,9 +55,7 @@ def main() -> None:
     parser.add_argument("--max-per-class", type=int, default=None, help="cap images per class (default: all 1,797 digits)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="imagebench-bench-") as temp:
-        os.environ["IMAGEBENCH_CACHE"] = str(Path(temp) / "cache")
-        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{Path(temp) / 'mlflow.db'}"
-        scratch_project(Path(temp))
+        scratch_workspace(Path(temp))
         trials = head_trials(args.framework, args.configs, args.epochs, args.size, args.max_per_class)
         run_trial_warmup = trials[:1]
         run_grid(run_trial_warmup, feature_cache=False)  # imports, graph building: not part of either side

@@ -13,7 +13,6 @@ and whether both sweeps chose the same winner (the leaderboard's rule).
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import subprocess
 import sys
@@ -22,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import scratch_project, write_record  # noqa: E402
+from common import scratch_workspace, write_record  # noqa: E402
 
 # the per-epoch line a trial prints (trial._epoch_reporter): "... | 0.5s" at its end
 EPOCH_SECONDS = re.compile(r"^epoch \d+/\d+ .*\|\s*([0-9.]+)s\s*$", re.MULTILINE)
@@ -67,9 +66,7 @@ def main() -> None:
     parser.add_argument("--eta", type=int, default=3)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="imagebench-bench-") as temp:
-        os.environ["IMAGEBENCH_CACHE"] = str(Path(temp) / "cache")
-        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{Path(temp) / 'mlflow.db'}"
-        project = scratch_project(Path(temp))
+        project = scratch_workspace(Path(temp))
         names = {"grid": f"bench-{args.model}-grid", "halving": f"bench-{args.model}-halving"}
         walls = {"grid": sweep(project, names["grid"], args, []),
                  "halving": sweep(project, names["halving"], args, ["--strategy", "halving", "--eta", str(args.eta)])}

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, scratch_project, timed, write_record  # noqa: E402
+from common import REPO, scratch_workspace, timed, write_record  # noqa: E402
 
 FRAMEWORK_IMPORT = {"torch": "imagebench.backends.torch_backend", "keras": "imagebench.backends.keras_backend"}
 
@@ -103,9 +103,7 @@ def main() -> None:
     args = parser.parse_args()
     values = short_trial(args.framework)
     with tempfile.TemporaryDirectory(prefix="imagebench-bench-") as temp:
-        os.environ["IMAGEBENCH_CACHE"] = str(Path(temp) / "cache")
-        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{Path(temp) / 'mlflow.db'}"
-        project = scratch_project(Path(temp))
+        project = scratch_workspace(Path(temp))
         from imagebench.trial import run_trial
 
         run_trial(values, verbose=False)  # warm: imports, store created, decode cache built

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -26,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import scratch_project, timed, write_record  # noqa: E402
+from common import scratch_workspace, timed, write_record  # noqa: E402
 
 
 def trial_params(framework: str, model: str, epochs: int, size: int):
@@ -106,9 +105,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="imagebench-bench-") as temp:
-        os.environ["IMAGEBENCH_CACHE"] = str(Path(temp) / "cache")
-        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{Path(temp) / 'mlflow.db'}"
-        scratch_project(Path(temp))
+        scratch_workspace(Path(temp))
         from imagebench.trial import run_trial
 
         params = trial_params(args.framework, args.model, args.epochs, args.size)
