@@ -63,7 +63,7 @@ def test_a_store_down_mid_run_is_journaled_and_relogged_without_loss(project, st
     run_id = tracking.create_trial_run("outage", "001-trial", {}, None)
     folder = project / "results" / "outage" / "runs" / "001-trial.record"
     recorder = record.RunRecorder(run_id, folder)
-    recorder.log_params({"learning_rate": 0.007, "dense_units": [512, 256]})
+    recorder.log_batch(params={"learning_rate": 0.007, "dense_units": [512, 256]})
     recorder.log_metrics({"val/accuracy": 0.5}, step=1)
     assert not recorder.journal.exists()  # nothing journaled while the store answers
 
@@ -71,7 +71,7 @@ def test_a_store_down_mid_run_is_journaled_and_relogged_without_loss(project, st
     recorder.log_metrics({"val/accuracy": 0.75}, step=2)
     assert recorder.offline and "still unavailable" in str(recorder.store_error)
     recorder.log_metrics({"val/accuracy": 0.875}, step=3)
-    recorder.log_text("precision recall", tracking.ARTIFACT_REPORT)
+    recorder.log_files({tracking.ARTIFACT_REPORT: record.text_file("precision recall")})
     figure = Figure()
     figure.subplots().plot([1, 2, 3])
     recorder.log_files({tracking.ARTIFACT_CURVES_PNG: record.bytes_file(plots.png_bytes(figure))})
@@ -116,7 +116,7 @@ def test_a_store_lost_while_sending_an_artifact_keeps_the_file_itself(project, s
     run_id = tracking.create_trial_run("outage", "003-trial", {}, None)
     recorder = record.RunRecorder(run_id, project / "rec")
     store_down()
-    recorder.log_text("kept, not lost with a temporary folder", tracking.ARTIFACT_REPORT)
+    recorder.log_files({tracking.ARTIFACT_REPORT: record.text_file("kept, not lost with a temporary folder")})
     _header, entries = record.read_journal(recorder.journal)
     # kept inside the record folder, named relative to it: the folder may travel (from a Ray node)
     assert [entry["file"] for entry in entries] == [f"artifacts/{tracking.ARTIFACT_REPORT}"]

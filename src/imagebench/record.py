@@ -124,9 +124,6 @@ class RunRecorder:
             "tags": {key: str(value) for key, value in (tags or {}).items()},
         })  # fmt: skip
 
-    def log_params(self, values: dict[str, Any]) -> None:
-        self.log_batch(params=values)
-
     def log_metrics(self, values: dict[str, float], step: int = 0) -> None:
         self.log_batch(metrics=values, step=step)
 
@@ -146,12 +143,6 @@ class RunRecorder:
         except ValueError:
             stored = str(path)
         self._write({"op": "artifact", "file": stored, "artifact_path": artifact_path})
-
-    def log_text(self, text: str, name: str) -> None:
-        self.log_files({name: text_file(text)})
-
-    def log_dict(self, data: dict, name: str) -> None:
-        self.log_files({name: json_file(data)})
 
     def log_files(self, writers: dict[str, Callable[[Path], Any]]) -> None:
         """Artifacts named by the keys, each written by its writer into a temporary folder sent in one

@@ -63,6 +63,7 @@ def load_tensorflow() -> None:
     with _native_stderr_silenced():
         import tensorflow  # noqa: F401
 
+
 def freeze_long_lived_objects() -> None:
     """Once per process, from each backend's ``configure``: collect, then move every object alive now
     (the framework's, MLflow's and matplotlib's modules: ~0.8 million objects with torch) out of the
@@ -80,6 +81,7 @@ def freeze_long_lived_objects() -> None:
 
 
 _FROZEN = False
+
 
 _MODULES = {framework: f"imagebench.backends.{framework}_backend" for framework in FRAMEWORKS}  # keras_backend, torch_backend
 _EXPORTERS = {framework: f"imagebench.backends.{framework}_export" for framework in FRAMEWORKS}
