@@ -64,14 +64,16 @@ def test_a_store_down_mid_run_is_journaled_and_relogged_without_loss(project, st
     folder = project / "results" / "outage" / "runs" / "001-trial.record"
     recorder = record.RunRecorder(run_id, folder)
     recorder.log_batch(params={"learning_rate": 0.007, "dense_units": [512, 256]})
-    recorder.log_metrics({"val/accuracy": 0.5}, step=1)
-    assert not recorder.journal.exists()  # nothing journaled while the store answers
+    recorder.log_epoch_metrics({"val/accuracy": 0.5}, step=1)  # the first epoch is sent at once
+    assert not recorder.journal.exists() and not (folder / record.UNSENT).exists()  # nothing journaled while the store answers
+    assert _history(run_id, "val/accuracy") == [(1, 0.5)]
 
     store_down()
-    recorder.log_metrics({"val/accuracy": 0.75}, step=2)
-    assert recorder.offline and "still unavailable" in str(recorder.store_error)
-    recorder.log_metrics({"val/accuracy": 0.875}, step=3)
-    recorder.log_files({tracking.ARTIFACT_REPORT: record.text_file("precision recall")})
+    recorder.log_epoch_metrics({"val/accuracy": 0.75}, step=2)  # held (within EPOCH_SEND_SECONDS), kept in UNSENT
+    recorder.log_epoch_metrics({"val/accuracy": 0.875}, step=3)
+    assert not recorder.offline and len((folder / record.UNSENT).read_text().splitlines()) == 2
+    recorder.log_files({tracking.ARTIFACT_REPORT: record.text_file("precision recall")})  # sends the held epochs first: down
+    assert recorder.offline and "still unavailable" in str(recorder.store_error) and not (folder / record.UNSENT).exists()
     figure = Figure()
     figure.subplots().plot([1, 2, 3])
     recorder.log_files({tracking.ARTIFACT_CURVES_PNG: record.bytes_file(plots.png_bytes(figure))})

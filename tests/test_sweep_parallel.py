@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from imagebench import leaderboard, tracking
+from imagebench import leaderboard, record, tracking
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -62,11 +62,19 @@ def test_four_workers_on_sqlite_lose_no_trial_and_no_metric(project):
 
 
 def test_a_raising_a_dying_and_a_hanging_trial_fail_alone(project):
+    # the dying trial's kernel is killed right after its third epoch is recorded: epochs 2 and 3
+    # were still held (record.EPOCH_SEND_SECONDS), and the sweep must send them from the unsent file
     _inject_cell(project, "import os, signal, time\n"
-                          "if params.learning_rate == 0.0666: os.kill(os.getpid(), signal.SIGKILL)\n"
+                          "from imagebench import monitor\n"
+                          "_end_epoch = monitor.EpochMonitor.end_epoch\n"
+                          "def _dies_after_epoch_3(self, record):\n"
+                          "    kept = _end_epoch(self, record)\n"
+                          "    if record.epoch == 3: os.kill(os.getpid(), signal.SIGKILL)\n"
+                          "    return kept\n"
+                          "if params.learning_rate == 0.0666: monitor.EpochMonitor.end_epoch = _dies_after_epoch_3\n"
                           "if params.learning_rate == 0.0777: time.sleep(600)\n"
                           "if params.learning_rate == 0.0888: raise RuntimeError('this trial raises on purpose')\n")
-    sweep_file = _sweep_file(project, "faults", "{learning_rate: [0.001, 0.0666, 0.0777, 0.0888]}", epochs=1)
+    sweep_file = _sweep_file(project, "faults", "{learning_rate: [0.001, 0.0666, 0.0777, 0.0888]}", epochs=4)
     done = _sweep(project, sweep_file, "--workers", "2", "--trial-timeout", "60", "--no-leaderboard")
     assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
     assert "1 finished, 3 failed of 4 trials run" in done.stdout
@@ -80,6 +88,9 @@ def test_a_raising_a_dying_and_a_hanging_trial_fail_alone(project):
     for run in runs.values():  # every one, failed or not, has its (partial) notebook attached
         assert tracking.client().list_artifacts(run.info.run_id, tracking.ARTIFACT_NOTEBOOK_DIR)
     assert done.stdout.count("notebook: ") == 3  # the summary says where each failed notebook is
+    died = next(run for run in runs.values() if run.data.params.get("learning_rate") == "0.0666")
+    assert [m.step for m in tracking.client().get_metric_history(died.info.run_id, "val/accuracy")] == [1, 2, 3]
+    assert not list((project / "results" / "faults" / "runs").rglob(record.UNSENT))
 
 
 def _wait_for(predicate, timeout=300):

@@ -66,6 +66,7 @@ class OutcomeRecorder:
 
     def _in_store(self, job: Job, end: JobEnd, started: float) -> TrialOutcome:
         error = end.error
+        record.RunRecorder(job.run_id, job.record_dir).send_unsent()  # epochs a killed kernel still held
         journal = job.record_dir / record.JOURNAL
         if journal.is_file():  # the store was down during the trial and answers again: complete the record now
             record.relog(journal)
@@ -90,6 +91,7 @@ class OutcomeRecorder:
         """The store is down: the notebook and, if the trial did not record its own end, the
         outcome go to the trial's journal, replayed later by ``imagebench relog``."""
         recorder = record.RunRecorder(job.run_id, job.record_dir, self.store_error)
+        recorder.send_unsent()  # (into the journal)
         if notebook_problem(job.output) is None:
             recorder.log_artifact(job.output, tracking.ARTIFACT_NOTEBOOK_DIR)
             recorder.set_tags({tracking.TAG_NOTEBOOK: str(job.output)})

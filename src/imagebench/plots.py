@@ -86,7 +86,8 @@ def confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], title: str 
             if count:
                 axis.text(col, row, str(count), ha="center", va="center", fontsize=7,
                           color="white" if count > threshold else "black")  # fmt: skip
-    figure.colorbar(image, ax=axis, shrink=0.7)
+    else:  # no numbers: the colour scale is how a count is read (with numbers it would repeat them, at ~20 ms a figure)
+        figure.colorbar(image, ax=axis, shrink=0.7)
     axis.set_title(title)
     return figure
 

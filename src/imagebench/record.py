@@ -24,6 +24,13 @@ from imagebench import tracking
 
 JOURNAL = "journal.jsonl"
 ARTIFACTS = "artifacts"
+# Epoch metrics not yet sent: each store write is a round trip (~4 ms of CPU on sqlite, more to a
+# server), so a trial's per-epoch metrics are held and sent together at most every
+# EPOCH_SEND_SECONDS (the first at once: the UI shows a live run), and before any other write. Each
+# held batch is appended here first, so a kernel that dies holding some loses none: the sweep
+# sends what is left (send_unsent) when it closes the job.
+UNSENT = "unsent.jsonl"
+EPOCH_SEND_SECONDS = 5.0
 from imagebench.contract import ENV_RECORD_DIR  # noqa: E402  (set by the sweep: the trial's folder)
 
 
@@ -54,6 +61,8 @@ def _apply(run_id: str, entry: dict[str, Any], folder: Path) -> None:
     kind = entry["op"]
     if kind == "batch":
         tracking.log_batch(run_id, entry["metrics"], entry["params"], entry["tags"], entry["step"], entry["timestamp"])
+    elif kind == "batches":  # held epoch metrics sent together; only ever sent live (each is journaled alone)
+        tracking.log_batches(run_id, entry["entries"])
     elif kind == "artifacts":  # a folder sent whole; only ever sent live (offline, each file is journaled)
         tracking.client().log_artifacts(run_id, entry["folder"])
     elif kind == "params":  # params / metrics / tags: journals written before "batch" existed
@@ -78,6 +87,8 @@ class RunRecorder:
     def __init__(self, run_id: str, folder: Path, store_error: Optional[tracking.StoreUnavailable] = None):
         self.run_id, self.folder = run_id, Path(folder)
         self.store_error = store_error  # set: the store is down, every write goes to the journal
+        self._held: list[dict[str, Any]] = []  # epoch metrics not sent yet (also in UNSENT)
+        self._last_sent = float("-inf")  # monotonic time of the last held metrics sent
 
     @property
     def offline(self) -> bool:
@@ -99,8 +110,42 @@ class RunRecorder:
             return False
 
     def _write(self, entry: dict[str, Any]) -> None:
+        self.send_held()  # the store sees the run's writes in the order the trial made them
         if not self._send(entry):
             self._append(entry)
+
+    def _hold(self, entry: dict[str, Any]) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with (self.folder / UNSENT).open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(entry) + "\n")  # no fsync: a dead kernel's writes stay with the OS
+        self._held.append(entry)
+        if time.monotonic() - self._last_sent >= EPOCH_SEND_SECONDS:
+            self.send_held()
+
+    def send_unsent(self) -> int:
+        """Send the epoch metrics a trial held when its kernel died (its ``UNSENT`` file), or journal
+        them if the store is down; returns how many epochs' batches there were."""
+        unsent = self.folder / UNSENT
+        if not unsent.is_file():
+            return 0
+        lines = unsent.read_text(encoding="utf-8").splitlines()
+        self._held = [json.loads(line) for line in lines if line.strip().endswith("}")]  # a line cut short by the kill is dropped
+        held = len(self._held)
+        self.send_held()
+        unsent.unlink(missing_ok=True)
+        return held
+
+    def send_held(self) -> None:
+        """Send the held epoch metrics in one write (journaled instead once the store is down)."""
+        if not self._held:
+            return
+        held, self._held = self._held, []
+        if self._send({"op": "batches", "entries": held}):
+            self._last_sent = time.monotonic()
+        else:
+            for entry in held:
+                self._append(entry)
+        (self.folder / UNSENT).unlink(missing_ok=True)
 
     def _append(self, entry: dict[str, Any]) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -117,15 +162,16 @@ class RunRecorder:
     def log_batch(self, metrics: Optional[dict[str, float]] = None, params: Optional[dict[str, Any]] = None,
                   tags: Optional[dict[str, Any]] = None, step: int = 0) -> None:
         """Metrics (at ``step``), params and tags in one write: each write to a store is a round trip."""
-        self._write({
-            "op": "batch", "step": step, "timestamp": tracking.now_ms(),
-            "metrics": {key: float(value) for key, value in (metrics or {}).items()},
-            "params": {key: tracking.param_text(value) for key, value in (params or {}).items()},
-            "tags": {key: str(value) for key, value in (tags or {}).items()},
-        })  # fmt: skip
+        self._write(_batch_entry(metrics, params, tags, step))
 
-    def log_metrics(self, values: dict[str, float], step: int = 0) -> None:
-        self.log_batch(metrics=values, step=step)
+    def log_epoch_metrics(self, values: dict[str, float], step: int) -> None:
+        """An epoch's metrics, stamped now and held: sent with the next write, or with later epochs'
+        after EPOCH_SEND_SECONDS (``UNSENT``)."""
+        entry = _batch_entry(values, None, None, step)
+        if self.offline:
+            self._append(entry)
+        else:
+            self._hold(entry)
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         self.log_batch(tags=tags)
@@ -147,6 +193,7 @@ class RunRecorder:
     def log_files(self, writers: dict[str, Callable[[Path], Any]]) -> None:
         """Artifacts named by the keys, each written by its writer into a temporary folder sent in one
         write; once offline, kept in the record folder instead (each journaled)."""
+        self.send_held()
         if not self.offline:
             with tempfile.TemporaryDirectory(prefix="imagebench-artifact-") as scratch:
                 for name, write in writers.items():
@@ -166,6 +213,16 @@ class RunRecorder:
             f"once the store is back, run `{relog_command(self.folder)}` (a sweep does it itself when it "
             f"can reach the store again)."
         )
+
+
+def _batch_entry(metrics: Optional[dict[str, float]], params: Optional[dict[str, Any]], tags: Optional[dict[str, Any]],
+                 step: int) -> dict[str, Any]:
+    return {
+        "op": "batch", "step": step, "timestamp": tracking.now_ms(),
+        "metrics": {key: float(value) for key, value in (metrics or {}).items()},
+        "params": {key: tracking.param_text(value) for key, value in (params or {}).items()},
+        "tags": {key: str(value) for key, value in (tags or {}).items()},
+    }  # fmt: skip
 
 
 def text_file(text: str) -> Callable[[Path], Any]:

@@ -418,6 +418,19 @@ def log_batch(run_id: str, metrics: Optional[dict[str, float]] = None, params: O
     )
 
 
+def log_batches(run_id: str, batches: list[dict[str, Any]]) -> None:
+    """Several journal-style batches (``metrics`` at ``step`` and ``timestamp``, ``params``, ``tags``)
+    in one write, each metric keeping its own step and time (held epoch metrics sent together)."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    client().log_batch(
+        run_id,
+        metrics=[Metric(key, float(value), batch["timestamp"], batch["step"]) for batch in batches for key, value in batch["metrics"].items()],
+        params=[Param(key, value) for batch in batches for key, value in batch["params"].items()],
+        tags=[RunTag(key, value) for batch in batches for key, value in batch["tags"].items()],
+    )
+
+
 def log_params(run_id: str, values: dict[str, Any]) -> None:
     log_batch(run_id, params=values)
 

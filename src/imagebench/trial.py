@@ -93,7 +93,7 @@ def trial_tags(params: TrialParams, dataset_fingerprint: str) -> dict[str, str]:
 
 def _epoch_reporter(recorder: RunRecorder, params: TrialParams, verbose: bool):
     def report(record: EpochRecord) -> None:
-        recorder.log_metrics(record.as_metrics(), step=record.epoch)
+        recorder.log_epoch_metrics(record.as_metrics(), step=record.epoch)
         if verbose:
             # One plain line per epoch: readable in a notebook, a log file, and parsed by the sweep's progress bar.
             print(
