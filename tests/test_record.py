@@ -3,6 +3,7 @@ record go to a local journal, and `imagebench relog` writes it into the store on
 
 import json
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -183,3 +184,24 @@ def test_a_trial_keeps_its_record_beside_its_notebook_or_under_results(project, 
     assert record.record_folder("flowers", "torch-cnn-20261123") == project / "results" / "flowers" / "runs" / "torch-cnn-20261123.record"
     monkeypatch.setenv(record.ENV_RECORD_DIR, str(project / "results" / "sweep" / "runs" / "001.record"))
     assert record.record_folder("flowers", "ignored") == project / "results" / "sweep" / "runs" / "001.record"
+
+
+def test_held_epoch_metrics_keep_their_steps_and_times_and_a_dead_kernels_are_sent_later(project):
+    run_id = tracking.create_trial_run("held", "001-trial", {}, None)
+    folder = project / "results" / "held" / "runs" / "001-trial.record"
+    recorder = record.RunRecorder(run_id, folder)
+    for step in range(1, 5):
+        recorder.log_epoch_metrics({"val/accuracy": step / 10}, step=step)
+        time.sleep(0.01)
+    assert _history(run_id, "val/accuracy") == [(1, 0.1)]  # the first at once, the rest held
+    held = [json.loads(line) for line in (folder / record.UNSENT).read_text().splitlines()]
+    assert [entry["step"] for entry in held] == [2, 3, 4]
+
+    # the kernel dies here, mid-way through writing a fifth line: the sweep's recorder sends the rest
+    with (folder / record.UNSENT).open("a") as handle:
+        handle.write('{"op": "batch", "step": 5, "metrics": {"val/accuracy": 0.5}')
+    assert record.RunRecorder(run_id, folder).send_unsent() == 3
+    history = tracking.client().get_metric_history(run_id, "val/accuracy")
+    assert [(m.step, m.value) for m in history] == [(1, 0.1), (2, 0.2), (3, 0.3), (4, 0.4)]
+    assert [m.timestamp for m in history][1:] == [entry["timestamp"] for entry in held]  # stamped when trained, not when sent
+    assert not (folder / record.UNSENT).exists()

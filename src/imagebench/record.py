@@ -128,8 +128,7 @@ class RunRecorder:
         unsent = self.folder / UNSENT
         if not unsent.is_file():
             return 0
-        lines = unsent.read_text(encoding="utf-8").splitlines()
-        self._held = [json.loads(line) for line in lines if line.strip().endswith("}")]  # a line cut short by the kill is dropped
+        self._held = _whole_lines(unsent)
         held = len(self._held)
         self.send_held()
         unsent.unlink(missing_ok=True)
@@ -223,6 +222,17 @@ def _batch_entry(metrics: Optional[dict[str, float]], params: Optional[dict[str,
         "params": {key: tracking.param_text(value) for key, value in (params or {}).items()},
         "tags": {key: str(value) for key, value in (tags or {}).items()},
     }  # fmt: skip
+
+
+def _whole_lines(path: Path) -> list[dict[str, Any]]:
+    """The JSON lines of ``path``; a line cut short by a kill mid-write is dropped."""
+    entries = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return entries
 
 
 def text_file(text: str) -> Callable[[Path], Any]:
