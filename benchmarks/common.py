@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import sys
@@ -40,6 +41,17 @@ def scratch_workspace(folder: Path) -> Path:
     os.environ["IMAGEBENCH_CACHE"] = str(folder / "cache")
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder / 'mlflow.db'}"
     return scratch_project(folder)
+
+
+# the per-epoch line a trial prints (trial._epoch_reporter): "epoch 2/4 ... | 1.3s" at its end
+EPOCH_SECONDS = re.compile(r"^epoch \d+/\d+ .*\|\s*([0-9.]+)s\s*$", re.MULTILINE)
+
+
+def epoch_seconds(log: Path) -> list[float]:
+    """Each epoch's seconds as a trial's log printed them ([] if there is no log)."""
+    if not log.exists():
+        return []
+    return [float(value) for value in EPOCH_SECONDS.findall(log.read_text(encoding="utf-8", errors="replace"))]
 
 
 def summary(values: list[float]) -> dict:

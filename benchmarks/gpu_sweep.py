@@ -15,7 +15,6 @@ combination is in the JSON's ``trials``.
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
 import subprocess
 import sys
@@ -26,13 +25,11 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import scratch_workspace, write_record  # noqa: E402
+from common import epoch_seconds, scratch_workspace, write_record  # noqa: E402
 
 # compile first in the matrix: the four trials without it (seconds each) run before the four that
 # compile (a minute or more each), so a sweep stopped by --timeout still has the eager ones
 SWITCHES = ("compile", "mixed_precision", "channels_last")
-# the per-epoch line a trial prints (trial._epoch_reporter): "epoch 2/4 ... | 1.3s"
-EPOCH_SECONDS = re.compile(r"^epoch \d+/\d+ .*\|\s*([0-9.]+)s\s*$", re.MULTILINE)
 
 
 def sweep_file(project: Path, args) -> Path:
@@ -64,8 +61,7 @@ def trial_rows(project: Path) -> list[dict]:
     rows = []
     for run in tracking.search_trial_runs("gpu-switches"):
         trial, metrics, info = run.data.tags[tracking.TAG_TRIAL], run.data.metrics, run.info
-        log = project / "results" / "gpu-switches" / "runs" / f"{trial}.log"
-        epochs = [float(value) for value in EPOCH_SECONDS.findall(log.read_text(encoding="utf-8", errors="replace"))] if log.exists() else []
+        epochs = epoch_seconds(project / "results" / "gpu-switches" / "runs" / f"{trial}.log")
         rows.append({"trial": trial, **{switch: run.data.params.get(switch) == "True" for switch in SWITCHES},
                      "status": info.status, "first_epoch_seconds": epochs[0] if epochs else None, "later_epoch_seconds": epochs[1:],
                      "run_seconds": (info.end_time - info.start_time) / 1000 if info.end_time else None,

@@ -13,7 +13,6 @@ and whether both sweeps chose the same winner (the leaderboard's rule).
 from __future__ import annotations
 
 import argparse
-import re
 import subprocess
 import sys
 import tempfile
@@ -21,10 +20,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import scratch_workspace, write_record  # noqa: E402
+from common import epoch_seconds, scratch_workspace, write_record  # noqa: E402
 
-# the per-epoch line a trial prints (trial._epoch_reporter): "... | 0.5s" at its end
-EPOCH_SECONDS = re.compile(r"^epoch \d+/\d+ .*\|\s*([0-9.]+)s\s*$", re.MULTILINE)
 
 
 def sweep(project: Path, experiment: str, args, strategy: list[str]) -> float:
@@ -44,7 +41,7 @@ def job_costs(project: Path, experiment: str, wall: float) -> dict:
     """Jobs, trial-epochs and epoch seconds from the trials' logs; the rest of the wall time per job."""
     runs = project / "results" / experiment / "runs"
     logs = sorted(log for log in runs.glob("*.log") if log.with_suffix(".ipynb").exists())  # a job's, not a worker's
-    epochs = [float(value) for log in logs for value in EPOCH_SECONDS.findall(log.read_text(encoding="utf-8", errors="replace"))]
+    epochs = [seconds for log in logs for seconds in epoch_seconds(log)]
     return {"wall_seconds": wall, "jobs": len(logs), "trial_epochs": len(epochs), "epoch_seconds": sum(epochs),
             "fixed_seconds_per_job": (wall - sum(epochs)) / max(1, len(logs))}  # fmt: skip
 

@@ -130,8 +130,7 @@ class RunRecorder:
             return 0
         self._held = _whole_lines(unsent)
         held = len(self._held)
-        self.send_held()
-        unsent.unlink(missing_ok=True)
+        self.send_held()  # (removes the file)
         return held
 
     def send_held(self) -> None:

@@ -407,20 +407,14 @@ def run_status(run_id: str) -> str:
 def log_batch(run_id: str, metrics: Optional[dict[str, float]] = None, params: Optional[dict[str, Any]] = None,
               tags: Optional[dict[str, Any]] = None, step: int = 0, timestamp: Optional[int] = None) -> None:
     """Metrics (at ``step``, ``timestamp`` default now), params and tags of a run in one write."""
-    from mlflow.entities import Metric, Param, RunTag
-
-    timestamp = timestamp or now_ms()
-    client().log_batch(
-        run_id,
-        metrics=[Metric(key, float(value), timestamp, step) for key, value in (metrics or {}).items()],
-        params=[Param(key, param_text(value)) for key, value in (params or {}).items()],
-        tags=[RunTag(key, str(value)) for key, value in (tags or {}).items()],
-    )
+    log_batches(run_id, [{"metrics": metrics or {}, "step": step, "timestamp": timestamp or now_ms(),
+                          "params": {key: param_text(value) for key, value in (params or {}).items()},
+                          "tags": {key: str(value) for key, value in (tags or {}).items()}}])  # fmt: skip
 
 
 def log_batches(run_id: str, batches: list[dict[str, Any]]) -> None:
-    """Several journal-style batches (``metrics`` at ``step`` and ``timestamp``, ``params``, ``tags``)
-    in one write, each metric keeping its own step and time (held epoch metrics sent together)."""
+    """Several journal-style batches (``metrics`` at ``step`` and ``timestamp``, ``params`` and ``tags``
+    as text) in one write, each metric keeping its own step and time: the one MLflow batch writer."""
     from mlflow.entities import Metric, Param, RunTag
 
     client().log_batch(
