@@ -19,8 +19,11 @@ $(STAMP): pyproject.toml
 	$(PIP) install -e ".[keras,torch,dev,cluster,server]"
 	touch $(STAMP)
 
+# MODELS=cnn,resnet50 runs only those models of the demo in both frameworks (the tests run
+# `make demo MODELS=cnn` and compare its accuracies with results/demo/leaderboard.csv).
+MODELS ?=
 demo: $(STAMP)
-	$(VENV)/bin/imagebench sweep params/demo.yaml
+	$(VENV)/bin/imagebench sweep params/demo.yaml $(if $(MODELS),--models $(MODELS))
 	$(VENV)/bin/papermill --no-progress-bar notebooks/leaderboard.ipynb results/demo/leaderboard.ipynb -p experiment demo
 
 # TensorFlow and torch never share a process (importing both can segfault), so the framework

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -34,17 +35,30 @@ def private_decode_cache(tmp_path, monkeypatch):
     return tmp_path / "decode-cache"
 
 
+def copy_project(root: Path) -> Path:
+    """The repository's notebooks and params copied into ``root``: a project imagebench finds from there."""
+    shutil.copytree(REPO / "notebooks", root / "notebooks")
+    shutil.copytree(REPO / "params", root / "params")
+    return root
+
+
 @pytest.fixture
 def project(tmp_path, monkeypatch):
     """A throw-away imagebench project: notebooks and params copied, its own MLflow store."""
-    root = tmp_path / "project"
-    shutil.copytree(REPO / "notebooks", root / "notebooks")
-    shutil.copytree(REPO / "params", root / "params")
+    root = copy_project(tmp_path / "project")
     monkeypatch.setenv("IMAGEBENCH_ROOT", str(root))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
     monkeypatch.delenv("IMAGEBENCH_RUN_ID", raising=False)
     monkeypatch.chdir(root)
     return root
+
+
+def run_imagebench(*args, cwd, timeout=600, **kwargs) -> subprocess.CompletedProcess:
+    """``imagebench ARGS`` as a user types it (the venv's console script), output captured."""
+    import sys
+
+    command = [str(Path(sys.executable).parent / "imagebench"), *map(str, args)]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout, **kwargs)
 
 
 def tiny_values(**overrides):
@@ -236,3 +250,59 @@ def check_speed_switches_train(framework: str) -> None:
     # the default trial's exact numbers (a global policy left behind by the first would change them)
     again = run_trial(tiny_values(framework=framework, model="cnn", epochs=2, experiment="switches"), verbose=False)
     assert [r.train_loss for r in again.history] == [r.train_loss for r in plain.history]
+
+
+# --- the validation-best epoch, not the last, gives the test numbers and the kept model (issue 20)
+def best_epoch_values(framework: str) -> dict:
+    """A trial whose validation-best epoch is not its last, in both frameworks: 60 digits, batch 8,
+    no dropout, no early stopping: the CNN fits its train images in ~9 epochs, and from then on
+    its validation loss rises (measured: lowest at epoch 8 of 10 in both, by 0.03-0.3 below every
+    later epoch)."""
+    return tiny_values(framework=framework, model="cnn", epochs=10, batch_size=8, learning_rate=0.003, dropout=0.0,
+                       early_stopping_patience=0, experiment="best-epoch")  # fmt: skip
+
+
+def check_test_numbers_come_from_the_best_epoch(framework: str) -> None:
+    """The trial's logged test numbers and its kept model are the validation-best epoch's, not the
+    last epoch's: the kept weights give the best epoch's validation loss again (and not the last
+    one's), their test predictions are the trial's logged probabilities and accuracy, and a trial
+    trained only up to the best epoch (the same draws: the weights it ends with are the best
+    epoch's, no restoring involved) predicts the test images the same."""
+    import numpy as np
+
+    from imagebench import tracking, trained
+    from imagebench.backends import get_exporter
+    from imagebench.data.load import load_trial_data
+    from imagebench.evaluation import evaluate, loss_and_accuracy
+    from imagebench.params import make_params
+    from imagebench.trial import run_trial
+
+    values = best_epoch_values(framework)
+    result = run_trial(values, verbose=False)
+    best_epoch = int(result.metrics["best_epoch"])
+    best, last = result.history[best_epoch - 1], result.history[-1]
+    assert best.epoch == best_epoch < last.epoch == result.metrics["epochs_run"] == values["epochs"]
+    assert best.val_loss == min(record.val_loss for record in result.history) < last.val_loss - 1e-2
+
+    # the kept weights, rebuilt, evaluated again on the trial's own images
+    kept = trained.load(_kept_folder(values["experiment"], result.run_id))
+    exporter = get_exporter(framework)
+    predict = exporter.predictor(exporter.load_trained(kept.params, len(kept.class_names), kept.folder))
+    data = load_trial_data(make_params(kept.params))
+    val_loss, val_accuracy = loss_and_accuracy(predict(data.val.images.astype(np.float32)), data.val.labels)
+    assert val_loss == pytest.approx(best.val_loss, abs=1e-4) and val_accuracy == best.val_accuracy
+    assert val_loss != pytest.approx(last.val_loss, abs=1e-3)  # not the last epoch's weights
+    probabilities = predict(data.test.images.astype(np.float32))
+    assert np.abs(probabilities - kept.probabilities).max() < 1e-4
+    recomputed = evaluate(probabilities, data.test.labels, data.class_names).metrics
+    logged = tracking.client().get_run(result.run_id).data.metrics
+    assert logged["test/accuracy"] == recomputed["test/accuracy"] == result.metrics["test/accuracy"]
+    assert logged["test/loss"] == pytest.approx(recomputed["test/loss"], abs=1e-4)
+    assert (logged["best_epoch"], logged["best/val_loss"]) == (best_epoch, pytest.approx(best.val_loss))
+
+    # the best epoch's weights reached without restoring anything: train only that far
+    short = run_trial({**values, "epochs": best_epoch}, verbose=False)
+    assert [record.val_loss for record in short.history] == pytest.approx([record.val_loss for record in result.history[:best_epoch]], rel=1e-5)
+    assert short.metrics["best_epoch"] == best_epoch  # its last epoch is its best
+    assert np.abs(kept_probabilities(values["experiment"], short.run_id) - kept.probabilities).max() < 1e-5
+    assert short.metrics["test/accuracy"] == result.metrics["test/accuracy"]

@@ -7,7 +7,7 @@ biases: see test_parity), so only FLOPs are compared here. Six of the eight netw
 the same. ResNet50 does not: Keras' ResNet50 is the original v1 (the stride 2 of a stage's first
 block sits on its first 1x1 conv), timm's resnet50 is v1.5 (the stride sits on the 3x3 conv), so
 timm's first 1x1 conv runs at the stage's input resolution. That difference, and nothing else, is
-asserted for the two ResNet50 entries (5.6% at 32 px and at 224 px).
+asserted for the two ResNet50 entries, exactly, at 32 px (5.6%; measured 5.7% at 224 px).
 """
 
 import json
@@ -21,7 +21,6 @@ from imagebench.models.registry import CNN_FILTERS, MODEL_NAMES
 
 pytestmark = pytest.mark.slow
 SIZE, CLASSES = 32, 10
-TOLERANCE = 0.05
 RESNET50 = ("resnet50", "resnet50_attention")
 
 
@@ -55,9 +54,8 @@ def test_the_plain_cnn_counts_what_its_layers_compute(counts):
 
 
 @pytest.mark.parametrize("name", [name for name in MODEL_NAMES if name not in RESNET50])
-def test_flops_agree_within_five_percent(counts, name):
-    keras_flops, torch_flops = counts["keras"][name]["flops"], counts["torch"][name]["flops"]
-    assert abs(keras_flops - torch_flops) / torch_flops <= TOLERANCE, (keras_flops, torch_flops)
+def test_flops_are_exactly_the_same(counts, name):
+    assert counts["keras"][name]["flops"] == counts["torch"][name]["flops"]
 
 
 @pytest.mark.parametrize("name", RESNET50)
@@ -70,4 +68,4 @@ def test_resnet50_differs_by_the_stride_placement_only(counts, name):
         side //= 2
     keras_flops, torch_flops = counts["keras"][name]["flops"], counts["torch"][name]["flops"]
     assert torch_flops - keras_flops == gap, (keras_flops, torch_flops, gap)
-    assert abs(keras_flops - torch_flops) / torch_flops < 0.06
+    assert f"{gap / torch_flops:.1%}" == "5.6%"  # the difference docs/architecture.md states

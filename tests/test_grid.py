@@ -1,3 +1,4 @@
+import re
 import textwrap
 
 import pytest
@@ -127,3 +128,64 @@ def test_speed_switches_at_their_defaults_keep_recorded_fingerprints():
     assert trial_fingerprint(torch_trial, "d") == "fb3a759b49c84d3a"
     for switch in ("mixed_precision", "channels_last", "compile"):
         assert trial_fingerprint(make_params(**{switch: True}), "d") != "3128bcfd51df2ba5", switch
+
+
+# --- malformed sweep files through the command line (issue 20): exit 2, the key named, no traceback
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", "sweep.yaml: the sweep file is empty"),
+        ("---\n", "sweep.yaml: the sweep file is empty"),
+        ("# only a comment\n", "sweep.yaml: the sweep file is empty"),
+        ("experiment: a\nmatrix: {model: [cnn]}\nexperiment: b\n", "key 'experiment' is given twice, on line 1 and line 3"),
+        ("matrix: {model: [cnn]}\nbase:\n  epochs: 1\n  epochs: 2\n", "key 'epochs' is given twice, on line 3 and line 4"),
+        ("matrix: {model: [cnn]}\ninclude:\n  - {model: cnn, model: vgg16}\n", "key 'model' is given twice, on line 3 and line 3"),
+        ("matrix: {model: [cnn]}\nexclude: 5\n", "key 'exclude' is 5; it must be a list of rules"),
+        ("matrix: {model: [cnn]}\ninclude: 5\n", "key 'include' is 5; it must be a list of trials"),
+        ("matrix: {model: [cnn]}\nexclude: {model: vgg16}\n", "key 'exclude' is {'model': 'vgg16'}; it must be a list"),
+        ("matrix: 5\n", "key 'matrix' is 5; it must be a mapping"),
+        ("base: [1]\n", "key 'base' is [1]; it must be a mapping"),
+        ("experiment:\nmatrix: {model: [cnn]}\n", "key 'experiment' is empty; it must be a name"),
+        ("experiment: [a]\nmatrix: {model: [cnn]}\n", "key 'experiment' is ['a']; it must be a name"),
+        ("matrix: {model: [cnn]}\nexclude: [5]\n", "sweep.yaml exclude entry 1: expected a mapping"),
+        ("matrix: {model: [cnn]}\ninclude: [{model: cnn}, [vgg16]]\n", "sweep.yaml include entry 2: expected a mapping"),
+        ("matrix: {model: [cnn, vgg16]}\nexclude: [{}]\n", "exclude entry 1 is empty: it would drop every trial"),
+        ("base: {1: 2}\n", "unknown parameter '1' in"),
+        ("matrix: {model: [cnn\n", "sweep.yaml: not valid YAML"),
+    ],
+)
+def test_malformed_sweep_files_exit_2_naming_the_key(tmp_path, capsys, text, message):
+    from imagebench.cli import main
+
+    path = _write(tmp_path, text)
+    assert main(["sweep", str(path), "--dry-run"]) == 2  # an exception would fail the test: no traceback
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and message in error, error
+
+
+def test_cli_names_a_malformed_key_and_warns_about_rules_that_change_nothing(project):
+    from conftest import run_imagebench
+
+    bad = _write(project, "matrix: {model: [cnn]}\nexclude: 5\n")
+    done = run_imagebench("sweep", bad, "--dry-run", cwd=project)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert f"error: {bad}: key 'exclude' is 5; it must be a list of rules" in done.stderr
+    idle = _write(project, "base: {dataset: digits, image_size: 32}\nmatrix: {model: [cnn, vgg16]}\n"
+                           "exclude:\n  - {model: resnet50}\n  - {model: vgg16}\ninclude:\n  - {model: cnn}\n")  # fmt: skip
+    done = run_imagebench("sweep", idle, "--dry-run", cwd=project)
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("warning: ")]
+    assert warnings[0] == f"warning: {idle} exclude entry 1 {{model: resnet50}} matches no trial of the matrix: it drops nothing"
+    repeated = re.fullmatch(rf"warning: {re.escape(str(idle))} include entry 1 {{model: cnn}} adds no trial: it is trial (\S+) again",
+                            warnings[1])  # fmt: skip
+    assert len(warnings) == 2 and repeated and done.stdout.split()[3] == repeated[1], done.stderr + done.stdout  # the first row
+    assert "1 trials in experiment 'sweep'" in done.stdout
+
+
+def test_a_trial_file_with_a_repeated_key_is_an_error(tmp_path, capsys):
+    from imagebench.cli import main
+
+    path = tmp_path / "trial.yaml"
+    path.write_text("epochs: 1\nmodel: cnn\nepochs: 2\n")
+    assert main(["trial", "-f", str(path)]) == 2
+    assert "key 'epochs' is given twice, on line 1 and line 3" in capsys.readouterr().err

@@ -49,6 +49,24 @@ def _kept_folders(project: Path, experiment: str) -> list[Path]:
     return sorted((project / "results" / experiment / "runs").glob(f"*.record/{trained.FOLDER}"))
 
 
+def _what_is_published(project: Path, experiment: str, leaders: list[publish.Leader]) -> dict[str, dict]:
+    """Every trace a publication leaves: registered versions, logged models (in any experiment), each
+    run's model outputs, the files under results/<experiment>/models/ and each run's exports/."""
+    client = tracking.client()
+    logged = client.search_logged_models([found.experiment_id for found in client.search_experiments()])  # wherever MLflow filed them
+    exports = project / "results" / experiment / "models"
+    return {
+        "versions": {leader.registered_name: sorted(version.version for version in client.search_model_versions(f"name = '{leader.registered_name}'"))
+                     for leader in leaders},
+        "logged models": {leader.run_id: sorted(model.model_id for model in logged if model.source_run_id == leader.run_id) for leader in leaders},
+        "run model outputs": {leader.run_id: sorted(output.model_id for output in client.get_run(leader.run_id).outputs.model_outputs)
+                              for leader in leaders},
+        "export files": {"all": sorted(str(path.relative_to(exports)) for path in exports.rglob("*") if path.is_file())},
+        "exports artifacts": {leader.run_id: sorted(item.path for item in client.list_artifacts(leader.run_id, tracking.ARTIFACT_EXPORTS))
+                              for leader in leaders},
+    }  # fmt: skip
+
+
 def test_a_sweep_logs_exports_checks_and_registers_its_leaders(project, tmp_path):
     done = _imagebench("sweep", str(_sweep_file(project, "pub", "keras, torch", "0.01, 0.001")), "--quiet", cwd=project)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -63,6 +81,7 @@ def test_a_sweep_logs_exports_checks_and_registers_its_leaders(project, tmp_path
         assert len(run.outputs.model_outputs) == 1  # the run's Models column
         logged = client.get_logged_model(run.outputs.model_outputs[0].model_id)
         assert logged.source_run_id == leader.run_id and logged.name == tracking.LOGGED_MODEL_NAME
+        assert logged.experiment_id == run.info.experiment_id  # the experiment's Models tab, not Default's
         versions = client.search_model_versions(f"name = '{leader.registered_name}'")
         assert [(str(version.version), version.run_id) for version in versions] == [("1", leader.run_id)]
         assert client.get_registered_model(leader.registered_name).tags[tracking.TAG_REGISTERED_EXPERIMENT] == "pub"
@@ -89,10 +108,13 @@ def test_a_sweep_logs_exports_checks_and_registers_its_leaders(project, tmp_path
     winner = next(leader for leader in leaders if leader.rank == 1)
     assert client.get_model_version_by_alias(winner.registered_name, tracking.CHAMPION_ALIAS).run_id == winner.run_id
 
-    # on demand again: the same versions, nothing duplicated
+    # on demand again: the same versions, logged models and export files, nothing duplicated
+    published = _what_is_published(project, "pub", leaders)
     again = _imagebench("export", "--experiment", "pub", cwd=project)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert all(len(client.search_model_versions(f"name = '{leader.registered_name}'")) == 1 for leader in leaders)
+    assert _what_is_published(project, "pub", leaders) == published
+    assert all(len(versions) == 1 for versions in published["versions"].values())
+    assert all(len(models) == 1 for models in published["logged models"].values()) and published["export files"]["all"]
 
     # bad input names what exists
     for args, expected in ((["--experiment", "nope"], "experiments there: pub"),

@@ -3,14 +3,19 @@
 
 Both frameworks to the end with checkpoints travelling between nodes; a node removed mid-trial;
 the driver killed with SIGKILL; a dataset missing on the node; bad executor options and a cluster
-that does not answer or lacks the GPUs asked for, refused before any MLflow run exists."""
+that does not answer or lacks the GPUs asked for, refused before any MLflow run exists. The README's
+one-machine quick start run as written (`ray start`, `make server`, the sweep, `ray stop`). Fast:
+a node's clean-up after a job, and which Ray errors mean a lost node."""
 
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
+import threading
 import time
+from pathlib import Path
 
 # Ray binds the machine's interface address unless told otherwise: with this, every node, the
 # driver and the workers stay on loopback (it must be set before ray is imported anywhere)
@@ -19,11 +24,13 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 import psutil  # noqa: E402
 import pytest  # noqa: E402
 
-from imagebench import leaderboard, tracking  # noqa: E402
+from conftest import copy_project, tiny_values  # noqa: E402
+from imagebench import leaderboard, server, tracking  # noqa: E402
+from readme_blocks import block  # noqa: E402
 from test_sweep_parallel import BIN, REPO, _inject_cell, _runs, _sweep, _sweep_file, _wait_for  # noqa: E402
 from test_tracking_server import on_server, tracking_server  # noqa: E402,F401  (PostgreSQL + mlflow server fixtures)
 
-pytestmark = pytest.mark.slow
+slow = pytest.mark.slow  # every test here but the fast ones at the end
 FAST_NODE_DEATH = {"health_check_period_ms": 1000, "health_check_failure_threshold": 3, "health_check_timeout_ms": 1000}
 
 
@@ -63,6 +70,7 @@ def _ray_sweep(project, cluster, sweep_file, *args, timeout=600, models=False):
     return _sweep(project, sweep_file, "--executor", "ray", "--address", cluster.address, *args, timeout=timeout, models=models)
 
 
+@slow
 def test_both_frameworks_run_to_the_end_on_two_nodes_with_checkpoints_between_rungs(project, cluster, on_server):
     """The documented set-up: a Ray cluster writing to the shared tracking server on PostgreSQL."""
     sweep_file = project / "params" / "raysmall.yaml"
@@ -120,6 +128,7 @@ def _node_running(cluster, pid: int):
     return next(node for node in cluster.worker_nodes if _raylet_pid(node) in ancestors)
 
 
+@slow
 def test_a_node_lost_mid_trial_fails_that_trial_naming_it_and_the_rerun_finishes_only_that(project, cluster, tmp_path):
     _inject_cell(project, _pid_file_cell(tmp_path, 0.002, 120))
     sweep_file = _sweep_file(project, "lostnode", "{learning_rate: [0.001, 0.002, 0.003]}", epochs=1)
@@ -153,6 +162,7 @@ def test_a_node_lost_mid_trial_fails_that_trial_naming_it_and_the_rerun_finishes
     assert "RUNNING" not in {run.info.status for run in runs}
 
 
+@slow
 def test_the_driver_killed_leaves_nothing_training_and_the_rerun_resumes(project, cluster, tmp_path):
     _inject_cell(project, _pid_file_cell(tmp_path, 0.002, 120))
     sweep_file = _sweep_file(project, "driverkill", "{learning_rate: [0.001, 0.002]}", epochs=1)
@@ -177,6 +187,7 @@ def test_the_driver_killed_leaves_nothing_training_and_the_rerun_resumes(project
     assert sorted(run.info.status for run in _runs("driverkill")) == ["FINISHED", "FINISHED", "KILLED"]
 
 
+@slow
 def test_a_hanging_trial_times_out_and_a_dataset_missing_on_the_node_fails_naming_node_and_path(project, cluster, tmp_path):
     from PIL import Image
 
@@ -226,6 +237,7 @@ def _free_port() -> int:
     (["--executor", "ray", "--cpus-per-trial", "-1"], "argument --cpus-per-trial: '-1' is not a whole number"),
     (["--executor", "ray", "--gpus-per-trial", "0.5"], "argument --gpus-per-trial: '0.5' is not a whole number"),
 ])
+@slow
 def test_bad_executor_options_are_named_before_anything_runs(project, args, message):
     sweep_file = _sweep_file(project, "badexec", "{learning_rate: [0.001]}", epochs=1)
     done = _sweep(project, sweep_file, *args)
@@ -233,6 +245,7 @@ def test_bad_executor_options_are_named_before_anything_runs(project, args, mess
     assert not (project / "mlflow.db").exists() or not _runs("badexec")
 
 
+@slow
 def test_a_cluster_that_does_not_answer_or_lacks_gpus_stops_before_any_run(project, cluster):
     sweep_file = _sweep_file(project, "nocluster", "{learning_rate: [0.001]}", epochs=1)
     started = time.monotonic()
@@ -244,3 +257,152 @@ def test_a_cluster_that_does_not_answer_or_lacks_gpus_stops_before_any_run(proje
     assert "has 1 CPU(s) and 1 GPU(s) for one trial" in done.stderr and "0 GPU" in done.stderr
     experiments = tracking.client().search_experiments()
     assert "nocluster" not in {experiment.name for experiment in experiments}  # nothing was created in MLflow
+
+
+# --- the README's one-machine quick start, as a user types it
+LOOPBACK_IPS = ("127.0.0.1", "::1", "::ffff:127.0.0.1")
+
+
+def _ray_process(process: psutil.Process) -> bool:
+    """A Ray process (GCS, raylet, dashboard, agents, actor workers) or the sweep's driver (--executor ray)."""
+    command = " ".join(process.cmdline())
+    return any(word in command for word in ("ray", "raylet", "gcs_server"))
+
+
+class SocketWatch:
+    """Every listening and connected socket of the Ray processes under ``root``, looked at every
+    half second while the block runs: what is off loopback, and which Ray processes were seen."""
+
+    def __init__(self, root: int):
+        self.root, self.off_loopback, self.seen = root, set(), set()
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+        self.thread.start()
+
+    def _watch(self) -> None:
+        while not self.done.wait(0.5):
+            try:
+                family = psutil.Process(self.root).children(recursive=True)
+            except psutil.NoSuchProcess:
+                return
+            for process in family:
+                try:
+                    if not _ray_process(process):
+                        continue
+                    name = process.name()
+                    sockets = process.net_connections(kind="inet")
+                except psutil.Error:
+                    continue  # it ended while we looked
+                self.seen.add(name)
+                for sock in sockets:
+                    for address in (sock.laddr, sock.raddr):
+                        if address and address.ip not in LOOPBACK_IPS:
+                            self.off_loopback.add((name, sock.status, sock.laddr, sock.raddr))
+
+    def stop(self) -> None:
+        self.done.set()
+        self.thread.join(timeout=10)
+
+
+def _quickstart_project() -> Path:
+    """A scratch project `make` works in (the Makefile, pyproject.toml with its time kept so the
+    venv counts as installed, the venv linked). Not under pytest's tmp_path: PostgreSQL runs as the
+    postgres user, who cannot pass pytest's private folders."""
+    base = Path(tempfile.mkdtemp(prefix="ib-quick-"))
+    os.chmod(base, 0o755)
+    root = copy_project(base / "project")
+    for name in ("Makefile", "pyproject.toml"):
+        shutil.copy2(REPO / name, root / name)
+    (root / ".venv").symlink_to(REPO / ".venv")
+    return root
+
+
+@slow
+def test_the_readme_cluster_quickstart_runs_as_written_and_stays_on_loopback(monkeypatch):
+    ray_port, server_port, db_port = _free_port(), _free_port(), _free_port()
+    commands = block("cluster-quickstart").commands(**{"6379": str(ray_port), "127.0.0.1:5000": f"127.0.0.1:{server_port}"})
+    root = _quickstart_project()
+    # the user's shell: no Ray or MLflow settings of this test process (the driver must keep to
+    # loopback by itself), the ports of this test; `make server` has no options, so they go by environment
+    environment = {name: value for name, value in os.environ.items()
+                   if name not in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_ADDRESS", "MLFLOW_TRACKING_URI", "IMAGEBENCH_ROOT")}
+    environment.update(PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", IMAGEBENCH_SERVER_PORT=str(server_port),
+                       IMAGEBENCH_SERVER_DB_PORT=str(db_port))
+    # in a PID namespace of its own: `ray stop` stops every Ray process it can see, and must not see
+    # any other Ray cluster of this machine (another test's); whatever is left dies with the shell
+    shell = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", "bash", "-ex", "-c", "\n".join(commands)],
+                             cwd=root, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    watch = SocketWatch(shell.pid)
+    try:
+        output, _ = shell.communicate(timeout=900)
+    finally:
+        watch.stop()
+        if shell.poll() is None:
+            shell.kill()
+    try:
+        assert shell.returncode == 0, output[-6000:]
+        assert "2 finished, 0 failed of 2 trials run" in output and "alias 'champion'" in output, output[-6000:]
+        assert not watch.off_loopback, watch.off_loopback
+        assert {"gcs_server", "raylet", "imagebench"} <= watch.seen and any("TrialActor" in name for name in watch.seen), watch.seen
+        runs_dir = root / "results" / "ray-quickstart" / "runs"
+        assert len(list(runs_dir.glob("*.ipynb"))) == 2, sorted(runs_dir.iterdir())
+        assert {folder.name for folder in (root / "results" / "ray-quickstart" / "models").iterdir()} >= {"torch-cnn", "torch-cnn_attention"}
+        # the data outlives the server: started again (as `make server` would) to read the record
+        running = server.start(root / ".server", port=server_port, db_port=db_port)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", running.uri)
+        client = tracking.client()
+        runs = _runs("ray-quickstart")
+        assert len(runs) == 2 and {run.info.status for run in runs} == {"FINISHED"}
+        for run in runs:
+            trial = run.data.tags[tracking.TAG_TRIAL]
+            assert tracking.TAG_ERROR not in run.data.tags, run.data.tags[tracking.TAG_ERROR]
+            assert (runs_dir / f"{trial}.ipynb").is_file() and (runs_dir / f"{trial}.record").is_dir()
+            notebooks = [item.path for item in client.list_artifacts(run.info.run_id, tracking.ARTIFACT_NOTEBOOK_DIR)]
+            assert notebooks == [f"{tracking.ARTIFACT_NOTEBOOK_DIR}/{trial}.ipynb"]
+            name = tracking.registered_model_name("ray-quickstart", run.data.params["model"], "torch")
+            assert [version.run_id for version in client.search_model_versions(f"name = '{name}'")] == [run.info.run_id]
+    finally:
+        server.stop(root / ".server")
+        shutil.rmtree(root.parent, ignore_errors=True)
+
+
+# --- fast: no cluster
+def test_the_clean_up_after_a_job_removes_exactly_its_files_and_its_record_folder(tmp_path):
+    from imagebench.executors import Job
+    from imagebench.executors.ray_cluster import job_files, remove_job_files
+    from imagebench.grid import make_trial
+    from imagebench.params import make_params
+
+    def job_of(index: int) -> Job:
+        trial = make_trial(index, make_params(tiny_values(framework="torch", model="cnn", seed=index)), "data", {})
+        return Job(trial, lambda: "run", tmp_path / f"{trial.name}.ipynb", checkpoint=tmp_path / f"{trial.name}.pkl")
+
+    done, other = job_of(1), job_of(2)
+    for job in (done, other):
+        for path in job_files(job):
+            path.write_text("x")
+        (job.record_dir / "model").mkdir(parents=True)  # a whole trial's label matches <label>.record
+        (job.record_dir / "model" / "weights.pt").write_text("x")
+    (tmp_path / "worker-1-123.log").write_text("the actor's worker: kept for its next job")
+    before_other = sorted(tmp_path.rglob(f"{other.trial.name}*"))
+    remove_job_files(done)
+    assert not list(tmp_path.rglob(f"{done.trial.name}*"))
+    assert sorted(tmp_path.rglob(f"{other.trial.name}*")) == before_other and (tmp_path / "worker-1-123.log").is_file()
+
+
+def test_only_a_node_the_cluster_counts_dead_is_reported_lost():
+    import ray
+
+    from imagebench.executors.ray_cluster import failure_reason
+
+    node = "vm (127.0.0.1, node 3732df0f)"
+    raised = ray.exceptions.RayTaskError("TrialActor.run", "Traceback ...", IsADirectoryError(21, "Is a directory", "001-x.record"),
+                                         proctitle="ray::TrialActor.run", pid=1, ip="127.0.0.1").as_instanceof_cause()
+    asked = []
+    reason = failure_reason(raised, node, lambda: asked.append(True) or True)
+    assert "lost" not in reason and not asked  # an exception of our code: the actor and its node are alive
+    assert reason.startswith(f"IsADirectoryError on Ray node {node}: ") and "001-x.record" in reason
+    died = ray.exceptions.ActorDiedError()
+    assert "lost" not in failure_reason(died, node, lambda: True)  # e.g. killed for memory on a live node
+    assert failure_reason(died, node, lambda: True).startswith(f"the Ray actor running this trial on node {node} died (ActorDiedError")
+    assert f"Ray node {node} lost while running this trial (ActorDiedError)" in failure_reason(died, node, lambda: False)

@@ -205,3 +205,40 @@ def test_held_epoch_metrics_keep_their_steps_and_times_and_a_dead_kernels_are_se
     assert [(m.step, m.value) for m in history] == [(1, 0.1), (2, 0.2), (3, 0.3), (4, 0.4)]
     assert [m.timestamp for m in history][1:] == [entry["timestamp"] for entry in held]  # stamped when trained, not when sent
     assert not (folder / record.UNSENT).exists()
+
+
+def test_a_patience_is_waited_out_once_and_not_overrun(monkeypatch):
+    monkeypatch.setenv(tracking.ENV_STORE_PATIENCE, "1")
+    for _ in range(3):  # the jitter differs each time: the wait must not
+        started = time.monotonic()
+        with pytest.raises(tracking.StoreUnavailable):
+            tracking.with_retries(lambda: (_ for _ in ()).throw(RuntimeError("Connection refused")))
+        assert 1.0 <= time.monotonic() - started < 1.2
+
+
+def test_a_run_that_journaled_asks_the_store_once_and_at_once(project, store_down, monkeypatch):
+    from types import SimpleNamespace
+
+    from imagebench.executors import Job
+    from imagebench.outcomes import OutcomeRecorder
+
+    run_id = tracking.create_trial_run("outage", "004-trial", {}, None)
+    job = Job(trial=SimpleNamespace(name="004-trial"), open_run=lambda: run_id, output=project / "004-trial.ipynb", run_id=run_id)
+    journaled, clean = job.record_dir, project / "clean.record"
+    record.check_store_if_journaled(journaled)  # no journal: nothing has waited for the store yet
+    recorder = OutcomeRecorder()
+    recorder.ask_store_after([job])  # the store answers: nothing to say
+    assert recorder.store_error is None
+
+    store_down()
+    monkeypatch.setenv(tracking.ENV_STORE_PATIENCE, "30")  # a second patience would show
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES")  # and so would MLflow's own minutes of retries
+    record.check_store_if_journaled(clean)  # still nothing to check: no store call, no wait
+    trial = record.RunRecorder(run_id, journaled, tracking.StoreUnavailable("MLflow store X still unavailable after 30s"))
+    trial.end("FINISHED")  # the trial's last write, journaled
+    started = time.monotonic()
+    with pytest.raises(tracking.StoreUnavailable, match="still unavailable after 30s"):  # the trial's reason
+        record.check_store_if_journaled(journaled)
+    recorder.ask_store_after([job])
+    assert "still unavailable after 30s" in str(recorder.store_error)
+    assert time.monotonic() - started < 2  # asked, not waited for: the trial already waited a patience

@@ -112,17 +112,6 @@ def test_bad_sweep_file_fails_fast_with_the_key(project):
     assert done.returncode == 2 and "did you mean 'batch_size'" in done.stderr
 
 
-def test_plain_papermill_as_users_type_it(project):
-    (project / "trial.yaml").write_text("experiment: plain\nimage_size: 32\nepochs: 1\nmax_per_class: 12\n"
-                                        "val_fraction: 0.25\ntest_fraction: 0.25\n")
-    done = _run([str(BIN / "papermill"), "notebooks/train.ipynb", "out.ipynb", "-f", "trial.yaml",
-                 "-p", "model", "cnn", "-p", "framework", "torch"], cwd=project)
-    assert done.returncode == 0, done.stderr[-3000:]
-    runs = tracking.client().search_runs([tracking.experiment_id("plain")])
-    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
-    assert runs[0].data.params["framework"] == "torch" and runs[0].data.params["image_size"] == "32"
-
-
 def test_papermill_typo_parameter_is_an_error_not_a_warning(project):
     done = _run([str(BIN / "papermill"), "notebooks/train.ipynb", "out.ipynb", "-p", "learning_rat", "0.1",
                  "-p", "epochs", "1"], cwd=project)

@@ -158,23 +158,54 @@ def test_a_sweep_with_two_workers_against_the_server_loses_nothing(on_server, pr
     assert (on_server.folder / server.PGPASS).stat().st_mode & 0o777 == 0o600
 
 
-def test_a_server_stopped_mid_sweep_stops_it_and_relog_completes_the_run(on_server, project, monkeypatch):
-    _inject_cell(project, "import pathlib, time\nprint('waiting for the server to go down', flush=True)\n"
+PATIENCE = 8.0  # seconds; short, and long beside the few seconds the sweep takes to record a job
+
+
+def _test_clock_waits(log_dir: Path, sweep: subprocess.Popen, down: float) -> tuple[float, float]:
+    """Seconds the trial and then the sweep spent on the store after it went down (wall clock, at
+    ``down``): from then until the trial's journal appears, and from the job's end (its status file)
+    until the sweep has journaled its notebook. Training and the notebook's last cells are not counted."""
+    journal_seen = None
+    while sweep.poll() is None or journal_seen is None:
+        journals = list(log_dir.glob("001-*.record/journal.jsonl"))
+        if journals and journal_seen is None:
+            journal_seen = time.time()
+        if journals and '"notebook"' in journals[0].read_text():
+            status = next(log_dir.glob("001-*.status"))
+            return journal_seen - down, time.time() - status.stat().st_mtime
+        assert time.time() - down < 20 * PATIENCE, "the trial was never journaled"
+        time.sleep(0.05)
+    raise AssertionError(f"the sweep ended (exit {sweep.returncode}) without journaling the trial's notebook")
+
+
+def test_a_server_stopped_mid_sweep_stops_it_and_relog_completes_the_run(on_server, project, monkeypatch, tmp_path):
+    # the kernel has its store client (MLflow imported: seconds) before the server goes down, as a warm kernel has
+    _inject_cell(project, "import pathlib, time\nfrom imagebench import tracking\ntracking.client()\n"
+                          "print('waiting for the server to go down', flush=True)\n"
                           "while not pathlib.Path('SERVER-DOWN').exists():\n    time.sleep(0.1)\n")
     sweep_file = _sweep_file(project, "outage", "{learning_rate: [0.001, 0.002]}")
-    monkeypatch.setenv(tracking.ENV_STORE_PATIENCE, "2")
+    monkeypatch.setenv(tracking.ENV_STORE_PATIENCE, str(PATIENCE))
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # MLflow's own retries would take minutes
-    sweep = subprocess.Popen([str(BIN / "imagebench"), "sweep", str(sweep_file)], cwd=project,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     log_dir = project / "results" / "outage" / "runs"
-    try:
-        _wait_for(lambda: any("waiting for the server" in p.read_text() for p in log_dir.glob("001-*.log")))
-        assert on_server.stop() == ["mlflow server", "PostgreSQL"]  # the whole server goes down while trial 1 trains
-        (project / "SERVER-DOWN").touch()
-        output, _ = sweep.communicate(timeout=300)
-    finally:
-        if sweep.poll() is None:
-            sweep.kill()
+    with (tmp_path / "sweep.out").open("w+") as out:
+        sweep = subprocess.Popen([str(BIN / "imagebench"), "sweep", str(sweep_file)], cwd=project, stdout=out,
+                                 stderr=subprocess.STDOUT, text=True)
+        try:
+            _wait_for(lambda: any("waiting for the server" in p.read_text() for p in log_dir.glob("001-*.log")))
+            assert on_server.stop() == ["mlflow server", "PostgreSQL"]  # the whole server goes down while trial 1 trains
+            down = time.time()
+            (project / "SERVER-DOWN").touch()
+            in_trial, in_sweep = _test_clock_waits(log_dir, sweep, down)
+            sweep.wait(timeout=300)
+        finally:
+            if sweep.poll() is None:
+                sweep.kill()
+        out.seek(0)
+        output = out.read()
+    on_server.timings["outage: trial's wait"], on_server.timings["outage: sweep's wait"] = in_trial, in_sweep
+    # the trial waits out the store once (the patience); what it and the sweep write after that goes
+    # to the journal at once, rather than each waiting another patience
+    assert PATIENCE - 1 < in_trial < 1.25 * PATIENCE and in_trial + in_sweep < 1.5 * PATIENCE, (in_trial, in_sweep)
     assert sweep.returncode == 3, output[-3000:]
     assert "stopped because MLflow store" in output and f"imagebench relog {log_dir}" in output
     journals = list(log_dir.glob("*.record/journal.jsonl"))

@@ -71,6 +71,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     options = _sweep_options(args)
     axes = {key: value.split(",") for key, value in (("model", args.models), ("framework", args.frameworks)) if value}
     plan = grid.plan_sweep(args.file, parse_assignments(args.assignments), experiment=args.experiment, axes=axes)
+    for warning in plan.warnings:  # a rule that changes nothing: the sweep runs, the user learns the rule is idle
+        print(f"warning: {warning}", file=sys.stderr)
     missing = check_weights(trial.params for trial in plan.trials)
     if args.dry_run:
         for problem in missing:
@@ -118,8 +120,8 @@ def _write_leaderboard(experiment: str, out: Optional[str]) -> None:
     """Files under results/<experiment>/ (or ``out``), and the same published into the sweep's parent run."""
     from imagebench import leaderboard, report, tracking
 
+    out_dir = Path(out) if out else tracking.results_dir(experiment)  # refuses a name that is no folder, before reading
     board = leaderboard.build(experiment)
-    out_dir = Path(out) if out else tracking.results_dir(experiment)
     written = leaderboard.write(board, out_dir)
     parent = report.publish(board, written)
     print(report.short_markdown(board.leaders))
@@ -128,7 +130,8 @@ def _write_leaderboard(experiment: str, out: Optional[str]) -> None:
     base = tracking.ui_base_url()
     if base and parent:
         print(f"report: {tracking.run_url(base, experiment, parent)}")
-        print(f"leaders in the runs table: {tracking.run_url(base, experiment)} and search  {report.LEADER_SEARCH}")
+        print(f"leaders in the runs table (searched for {report.LEADER_SEARCH}; open the sweep's row): "
+              f"{tracking.run_url(base, experiment, search=report.LEADER_SEARCH)}")
 
 
 def _cmd_leaderboard(args: argparse.Namespace) -> int:
@@ -143,13 +146,12 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
 
 
 def _trial_values(args: argparse.Namespace) -> dict:
-    import yaml
-
+    from imagebench.grid import load_yaml
     from imagebench.params import parse_assignments
 
     values = {}
     for path in args.file or []:
-        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        loaded = load_yaml(Path(path).read_text(encoding="utf-8"), str(path)) or {}  # a repeated key is an error
         if not isinstance(loaded, dict):
             raise ParamsError(f"{path}: expected a mapping of parameter: value")
         values.update(loaded)

@@ -30,6 +30,12 @@ class TrialOutcome:
     notebook: Path
     error: str = ""
 
+    @property
+    def finished_with_error(self) -> bool:
+        """Trained and recorded FINISHED, but something after the trial's own end failed (a later
+        cell, returning its files from a Ray node): shown with its error, never as a bare FINISHED."""
+        return self.status == "FINISHED" and bool(self.error)
+
 
 def notebook_problem(path: Path) -> Optional[str]:
     """Why ``path`` is not a whole notebook to attach to the run (missing, not a file, cut short
@@ -55,6 +61,17 @@ class OutcomeRecorder:
 
     def __init__(self) -> None:
         self.store_error: Optional[tracking.StoreUnavailable] = None  # set: start nothing more
+
+    def ask_store_after(self, jobs: list[Job]) -> None:
+        """Jobs that just ended: one whose trial journaled has already waited out the store for a
+        whole patience. Before anything waits for the store again (the next job's run, this job's
+        record), the store is asked once, at once; if it still does not answer, ``store_error``."""
+        for job in jobs:
+            if self.store_error is None:
+                try:
+                    record.check_store_if_journaled(job.record_dir)
+                except tracking.StoreUnavailable as exc:
+                    self.store_error = exc
 
     def record(self, job: Job, end: JobEnd, started: float) -> TrialOutcome:
         if self.store_error is None:

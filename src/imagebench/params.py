@@ -85,6 +85,17 @@ class TrialParams(BaseModel):
             raise ValueError(f"every entry must be >= 1, got {value}")
         return value
 
+    @field_validator("experiment")
+    @classmethod
+    def _experiment_names_a_folder(cls, value: str) -> str:
+        # results/<experiment>/ is built from it: the one rule of names.py (imported here, not at the
+        # top, because names.py builds its error on ParamsError)
+        from imagebench import names
+
+        if not names.is_safe(value):
+            raise ValueError(f"{value!r} cannot be used as a folder name; use {names.NAME_RULE}")
+        return value
+
     @field_validator("weights")
     @classmethod
     def _weights_word(cls, value: str) -> str:

@@ -32,7 +32,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from imagebench import trained, tracking
+from imagebench import names, trained, tracking
 
 TOLERANCE = 1e-4  # largest difference in any class probability between an export and its trial
 EXPORT_REPORT = "export.json"
@@ -93,6 +93,7 @@ def leaders_of(experiment: str) -> list[Leader]:
     """Every leaderboard row of ``experiment`` (rank order) as something to publish."""
     from imagebench.leaderboard import LeaderboardError, build
 
+    exports = models_dir(experiment)  # an experiment name that cannot be a folder is refused before anything is read
     if tracking.client().get_experiment_by_name(experiment) is None:
         known = ", ".join(_known_experiments()) or "none yet"
         raise PublishError(f"no experiment '{experiment}' in {tracking.tracking_uri()}; experiments there: {known}")
@@ -103,9 +104,12 @@ def leaders_of(experiment: str) -> list[Leader]:
     leaders = []
     for row in board.leaders.dropna(subset=["val_accuracy"]).itertuples():
         run_name = tracking.client().get_run(row.run_id).info.run_name
+        for what, name in (("name", run_name), (f"tag {tracking.TAG_MODEL}", row.model), (f"tag {tracking.TAG_FRAMEWORK}", row.framework)):
+            # anyone who can write to the store can name a run: its names become paths below
+            names.safe_name(name, f"MLflow run {row.run_id}: {what}", "Rename the run (or correct its tag) in MLflow, or delete the run")
         leaders.append(Leader(experiment, row.model, row.framework, int(row.rank), row.run_id, run_name,
                               str(trained.folder_of(experiment, run_name)),
-                              str(models_dir(experiment) / f"{row.framework}-{row.model}"),
+                              str(exports / f"{row.framework}-{row.model}"),
                               tracking.registered_model_name(experiment, row.model, row.framework)))  # fmt: skip
     return leaders
 
@@ -242,6 +246,27 @@ def _pyfunc_predictor(model_uri: str):
     return lambda pixels: model.predict(pixels)
 
 
+def _logged_model_uri(run_id: str) -> Optional[str]:
+    """The MLflow model an earlier publication logged for this run (publishing again logs none), or None."""
+    from mlflow.entities import LoggedModelStatus
+
+    client = tracking.client()
+    for output in client.get_run(run_id).outputs.model_outputs:
+        logged = client.get_logged_model(output.model_id)
+        if logged.name == tracking.LOGGED_MODEL_NAME and logged.status == LoggedModelStatus.READY:
+            return logged.model_uri
+    return None
+
+
+def _log_model(exporter, model, run_id: str, signature, example: np.ndarray) -> str:
+    import mlflow
+
+    # MLflow files a model logged for a run that is not the active one under the Default experiment
+    # (MLflow 3.17): point it at the run's own, where the experiment's Models tab shows it
+    mlflow.set_experiment(experiment_id=tracking.client().get_run(run_id).info.experiment_id)
+    return exporter.log_mlflow_model(model, run_id, signature, example)
+
+
 def _publish_one(exporter, leader: Leader) -> Outcome:
     """Restore, log, export, check, register one leader; the outcome says which step failed and why."""
     from mlflow.models import infer_signature
@@ -260,7 +285,7 @@ def _publish_one(exporter, leader: Leader) -> Outcome:
         example = pixels[:2]
         out_dir.mkdir(parents=True, exist_ok=True)
         step = "logging the MLflow model"
-        model_uri = exporter.log_mlflow_model(model, leader.run_id, infer_signature(example, expected[:2]), example)
+        model_uri = _logged_model_uri(leader.run_id) or _log_model(exporter, model, leader.run_id, infer_signature(example, expected[:2]), example)
         step = "exporting"
         files = exporter.export_files(model, example, out_dir)
         step = "checking the exports"

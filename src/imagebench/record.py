@@ -55,6 +55,29 @@ def relog_command(folder: Path) -> str:
     return f"imagebench relog {folder}"
 
 
+def check_store_if_journaled(folder: Path) -> None:
+    """A run whose record folder holds a journal has found the store gone for a whole patience:
+    before anything else of that run waits for the store again (the sweep recording its job), the
+    store is asked once, at once; StoreUnavailable, with the run's own reason, if it still does not
+    answer. A run without a journal has waited for nothing yet: nothing to check."""
+    journal = Path(folder) / JOURNAL
+    if not journal.is_file():
+        return
+    try:
+        tracking.check_store_now()
+    except tracking.StoreUnavailable as exc:
+        raise tracking.StoreUnavailable(_journal_reason(journal) or str(exc)) from exc
+
+
+def _journal_reason(journal: Path) -> str:
+    """Why the store was given up, as the journal's header says (the first line)."""
+    with journal.open(encoding="utf-8") as handle:
+        try:
+            return json.loads(handle.readline()).get("reason", "")
+        except json.JSONDecodeError:
+            return ""
+
+
 def _apply(run_id: str, entry: dict[str, Any], folder: Path) -> None:
     """Send one entry to the current store (the one place that knows how each kind is written);
     an artifact's relative path is inside the record ``folder``."""

@@ -59,7 +59,8 @@ def description(experiment: str, leaders: pd.DataFrame, trials: pd.DataFrame, pa
         short_markdown(leaders),
         "",
         f"Full table and plots: artifacts `{ARTIFACT_DIR}/` (leaderboard.html, leaderboard.csv, trials.csv, PNG). "
-        f"The leaders in the runs table: search `{LEADER_SEARCH}`.",
+        f"The leaders in the runs table: [search `{LEADER_SEARCH}`]({tracking.ui_route(experiment, search=LEADER_SEARCH)}), "
+        "then open the sweep's row.",
         "",
         f"Reproduce: `{command}`",
     ]

@@ -109,6 +109,7 @@ class Scheduler:
             while running or (pending and self.store_error is None):
                 self._start_jobs(pending, running)
                 ended = [(job, end, running.pop(job.label)) for job, end in self._endings(POLL_SECONDS)]
+                self.recorder.ask_store_after([job for job, _, _ in ended])  # a trial that journaled: not a second patience
                 # the next jobs start before the ended ones are recorded (their notebooks attached,
                 # their numbers read back): the freed workers train while the driver keeps records
                 self._start_jobs(pending, running)

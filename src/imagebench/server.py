@@ -56,6 +56,8 @@ DB_OS_USER = "postgres"  # who owns the cluster when we are root
 START_TIMEOUT = 120.0  # seconds for `mlflow server` to answer /health (its first start creates the schema)
 EXIT_OK, EXIT_NOT_RUNNING, EXIT_ERROR = 0, 1, 2
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+# `make server` takes no options: these choose its ports (a second server on one machine, a test)
+ENV_PORT, ENV_DB_PORT = "IMAGEBENCH_SERVER_PORT", "IMAGEBENCH_SERVER_DB_PORT"
 
 PGDATA, PGPASS, PG_LOG = "pgdata", "pgpass", "postgres.log"
 MLFLOW_LOG, MLFLOW_PID, STATE, ARTIFACTS = "mlflow-server.log", "mlflow-server.pid", "server.json", "artifacts"
@@ -589,7 +591,22 @@ def exposure_warning(host: str, app_name: Optional[str]) -> Optional[str]:
             f"Host headers of localhost and private addresses unless you pass --allowed-hosts NAME[,NAME...].")
 
 
+def port_from_environment(variable: str, fallback: int) -> int:
+    """The port named by ``$variable``, else ``fallback``; ServerError naming the variable if it is no port."""
+    value = os.environ.get(variable, "").strip()
+    if not value:
+        return fallback
+    if not value.isdigit() or not 0 < int(value) < 65536:
+        raise ServerError(f"{variable}={value!r} is not a port number (1-65535): set a free port or unset it")
+    return int(value)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
+    try:
+        port, db_port = port_from_environment(ENV_PORT, DEFAULT_PORT), port_from_environment(ENV_DB_PORT, DEFAULT_DB_PORT)
+    except ServerError as exc:
+        print(f"imagebench.server: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--folder", help="where the database, artifacts and logs live (default: <project root>/.server)")
     parser = argparse.ArgumentParser(prog="python -m imagebench.server",
@@ -597,8 +614,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     begin = commands.add_parser("start", parents=[common], help="start PostgreSQL and mlflow server (creates them the first time)")
     begin.add_argument("--host", default=DEFAULT_HOST, help="interface to serve on (default 127.0.0.1: this machine only)")
-    begin.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"mlflow server port (default {DEFAULT_PORT})")
-    begin.add_argument("--db-port", type=int, default=DEFAULT_DB_PORT, help=f"PostgreSQL port on 127.0.0.1 (default {DEFAULT_DB_PORT})")
+    begin.add_argument("--port", type=int, default=port, help=f"mlflow server port (default ${ENV_PORT}, else {DEFAULT_PORT})")
+    begin.add_argument("--db-port", type=int, default=db_port,
+                       help=f"PostgreSQL port on 127.0.0.1 (default ${ENV_DB_PORT}, else {DEFAULT_DB_PORT})")
     begin.add_argument("--app-name", choices=("basic-auth",), help="MLflow's authentication (users and passwords)")
     begin.add_argument("--allowed-hosts", help="Host headers MLflow accepts beyond localhost and private IPs (comma-separated)")
     begin.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help=f"uvicorn worker processes (default {DEFAULT_WORKERS})")

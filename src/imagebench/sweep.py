@@ -149,8 +149,9 @@ class SweepSummary:
         lines += [f"  journal not replayed: {problem}" for problem in self.relog_errors]
         if self.marked_killed:
             lines.append(f"  marked KILLED (left RUNNING by an earlier sweep, run again): {', '.join(self.marked_killed)}")
-        for outcome in self.failed + self.journaled:
-            lines.append(f"  {outcome.status} {outcome.notebook.stem}: {outcome.error or outcome.status}")
+        for outcome in self.failed + self.journaled + [o for o in self.outcomes if o.finished_with_error]:
+            status = "FINISHED with an error" if outcome.finished_with_error else outcome.status
+            lines.append(f"  {status} {outcome.notebook.stem}: {outcome.error or outcome.status}")
             lines.append(f"      notebook: {outcome.notebook}  log: {outcome.notebook.with_suffix('.log')}")
         if self.store_error:
             lines.append(f"  stopped because {self.store_error}")
@@ -167,7 +168,8 @@ def _scores(outcome: TrialOutcome) -> str:
     if outcome.status != "FINISHED":
         return outcome.error[:120]
     metrics = _metrics(outcome.run_id)
-    return f"val acc {metrics.get('best/val_accuracy', float('nan')):.4f}  test acc {metrics.get('test/accuracy', float('nan')):.4f}"
+    scores = f"val acc {metrics.get('best/val_accuracy', float('nan')):.4f}  test acc {metrics.get('test/accuracy', float('nan')):.4f}"
+    return f"{scores}  error: {outcome.error[:120]}" if outcome.finished_with_error else scores
 
 
 def _command(plan: SweepPlan) -> str:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import random
-import re
 import socket
 import subprocess
 import time
@@ -17,6 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Optional
 
+from imagebench import names
 from imagebench.contract import ENV_ROOT, ENV_RUN_ID  # noqa: F401  (the sweep-kernel contract names them)
 
 TAG_ROLE = "imagebench.role"  # "sweep" (parent) or "trial" (child)
@@ -90,8 +90,10 @@ TAG_REGISTERED_EXPERIMENT = "imagebench.experiment"  # on each registered model:
 
 
 def registered_model_name(experiment: str, model: str, framework: str) -> str:
-    """One registered model per experiment, model and framework; each publication of a leader is a version."""
-    return f"{experiment}.{framework}.{model}"
+    """One registered model per experiment, model and framework; each publication of a leader is a version.
+    Every part follows ``names.NAME_RULE`` (a registry on a file store keeps the name as a folder)."""
+    parts = [names.safe_name(value, what) for value, what in ((experiment, "experiment"), (framework, "framework"), (model, "model"))]
+    return ".".join(parts)
 
 
 MARKERS = ("params", "notebooks")  # a folder holding both is an imagebench project root
@@ -112,8 +114,10 @@ def project_root() -> Path:
 
 
 def results_dir(experiment: str) -> Path:
-    """Where an experiment's leaderboard, plots and per-trial outputs go."""
-    return project_root() / "results" / experiment
+    """Where an experiment's leaderboard, plots and per-trial outputs go: every path built from an
+    experiment's name starts here, so a name that is not ``names.NAME_RULE`` is refused here."""
+    fix = "Its files go to results/<experiment>/: choose another name (an experiment made in MLflow can be renamed there)"
+    return project_root() / "results" / names.safe_name(experiment, "experiment", fix)
 
 
 def runs_dir(experiment: str) -> Path:
@@ -177,17 +181,25 @@ def is_transient(error: BaseException) -> bool:
 
 
 def with_retries(call, *args, **kwargs):
+    return _retried_for(store_patience(), call, *args, **kwargs)
+
+
+def _retried_for(patience: float, call, *args, **kwargs):
+    """``call``, retried on transient errors until ``patience`` seconds have passed (0: tried once)."""
     started, delay = time.monotonic(), FIRST_DELAY
-    deadline = started + store_patience()
+    deadline = started + patience
     while True:
         try:
             return call(*args, **kwargs)
         except Exception as exc:
             if not is_transient(exc):
                 raise
-            if time.monotonic() + delay > deadline:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 raise StoreUnavailable.after(tracking_uri(), time.monotonic() - started, exc) from exc
-            time.sleep(delay * (1 + random.random()))  # jitter: writers must not retry in lock-step
+            # jitter: writers must not retry in lock-step; the last sleep ends at the deadline, so a
+            # patience is kept, not overrun by up to a whole delay
+            time.sleep(min(delay * (1 + random.random()), left))
             delay = min(2 * delay, LONGEST_DELAY)
 
 
@@ -216,6 +228,9 @@ def _client_for(uri: str):
     # MLflow draws a "Downloading artifacts" bar for every artifact it fetches (the leaderboard reads
     # confusion matrices): noise in the CLI's output and in notebooks
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # MLflow prints "View run ... at: URL" whenever a run on a tracking server ends: links that open on
+    # its GenAI pages. The links imagebench prints (ui_route) open the Model-training view instead
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     return RetryingClient(MlflowClient(tracking_uri=uri))
 
 
@@ -224,33 +239,49 @@ def client():
     return with_retries(_client_for, tracking_uri())
 
 
-def check_store_answers(timeout: float = 5.0) -> None:
-    """A tracking server that does not answer is named before a sweep creates anything (a file or
-    SQLite store always 'answers'; its problems surface as errors of their own)."""
+def _server_problem(uri: str, timeout: float) -> Optional[str]:
+    """Why the tracking server at ``uri`` does not answer its health check, or None (a file or
+    SQLite store always 'answers'; its problems surface as errors of their own). One request, no
+    retries: MLflow's own retries of a request to a server that is down take minutes."""
     import urllib.error
     import urllib.request
 
-    uri = tracking_uri()
     if not uri.startswith(("http://", "https://")):
-        return
+        return None
     try:
         with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
-            return
+            return None
     except urllib.error.HTTPError:
-        return  # it answers (an auth proxy or an older server without /health): MLflow's calls decide
+        return None  # it answers (an auth proxy or an older server without /health): MLflow's calls decide
     except (OSError, ValueError) as exc:
-        raise StoreUnavailable(
-            f"MLflow tracking server {uri} does not answer ({getattr(exc, 'reason', exc)}): start it (`make server`) "
-            f"or set MLFLOW_TRACKING_URI to your team's server; nothing was run"
-        ) from exc
+        return str(getattr(exc, "reason", exc))
+
+
+def check_store_answers(timeout: float = 5.0) -> None:
+    """A tracking server that does not answer is named before a sweep creates anything."""
+    uri = tracking_uri()
+    problem = _server_problem(uri, timeout)
+    if problem:
+        raise StoreUnavailable(f"MLflow tracking server {uri} does not answer ({problem}): start it (`make server`) "
+                               f"or set MLFLOW_TRACKING_URI to your team's server; nothing was run")  # fmt: skip
+
+
+def check_store_now(timeout: float = 5.0) -> None:
+    """Ask the store once, without waiting out an outage: StoreUnavailable at once when it does not
+    answer. For a run that has already waited a whole patience for the store (its record went to a
+    journal): waiting again would cost another patience for every write it still has."""
+    uri = tracking_uri()
+    problem = _server_problem(uri, timeout)
+    if problem:
+        raise StoreUnavailable(f"MLflow store {uri} does not answer ({problem})")
+    _retried_for(0.0, lambda: _client_for(uri)._inner.search_experiments(max_results=1))
 
 
 def _artifact_location(name: str) -> Optional[str]:
     """Keep the embedded store's artifacts beside mlflow.db rather than wherever the cwd happens to be."""
     if tracking_uri() != default_tracking_uri():
         return None  # a tracking server decides for itself
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name)
-    return (project_root() / "mlartifacts" / safe).as_uri()
+    return (project_root() / "mlartifacts" / names.safe_name(name, "experiment")).as_uri()
 
 
 def experiment_id(name: str) -> str:
@@ -313,10 +344,26 @@ def ui_base_url() -> Optional[str]:
         return None
 
 
-def run_url(base: str, experiment: str, run_id: Optional[str] = None) -> str:
-    """The UI page of a run, or the experiment's training-runs table (MLflow 3 routes)."""
-    address = f"{base}/#/experiments/{experiment_id(experiment)}/runs"
-    return f"{address}/{run_id}" if run_id else address
+# MLflow 3.17's UI opens an experiment on its GenAI pages (the experiment's tags aside) unless the
+# URL asks for the Model-training view, or the browser remembers its "Model training" toggle
+UI_MODEL_TRAINING_VIEW = "workflowType=machine_learning"
+
+
+def ui_route(experiment: str, run_id: Optional[str] = None, tab: Optional[str] = None, search: Optional[str] = None) -> str:
+    """The UI's route (after the host) to a run's page (``tab``: e.g. "artifacts"), or to the
+    experiment's runs table with ``search`` filled in, in the Model-training view: every UI link
+    imagebench prints or writes is built here. On its own it is a link inside the UI (a description)."""
+    import urllib.parse
+
+    route = "/".join(["#/experiments", experiment_id(experiment), "runs", *([run_id] if run_id else []), *([tab] if tab else [])])
+    query = UI_MODEL_TRAINING_VIEW + (f"&searchFilter={urllib.parse.quote(search)}" if search else "")
+    return f"{route}?{query}"
+
+
+def run_url(base: str, experiment: str, run_id: Optional[str] = None, tab: Optional[str] = None,
+            search: Optional[str] = None) -> str:
+    """``ui_route`` on the UI at ``base`` (``ui_base_url``)."""
+    return f"{base}/{ui_route(experiment, run_id, tab, search)}"
 
 
 def find_sweep_run(experiment: str) -> Optional[str]:

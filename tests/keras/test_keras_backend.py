@@ -8,17 +8,19 @@ import math
 import numpy as np
 import pytest
 
+# Plain imports, no importorskip: `make install` installs both frameworks and `make test` runs this
+# folder as the Keras session, so a Keras (or imagebench backend) that does not import must fail
+# the session, not turn it into skips.
+import keras
+from imagebench.backends import keras_backend as kb
+from imagebench.backends import keras_training
+from imagebench.data.arrays import Split, TrialData
+from imagebench.evaluation import loss_and_accuracy
+from imagebench.models.registry import MODEL_NAMES
+from imagebench.monitor import EpochMonitor
+from imagebench.params import make_params
+
 pytestmark = pytest.mark.keras
-
-kb = pytest.importorskip("imagebench.backends.keras_backend")
-keras = pytest.importorskip("keras")
-
-from imagebench.backends import keras_training  # noqa: E402
-from imagebench.data.arrays import Split, TrialData  # noqa: E402
-from imagebench.evaluation import loss_and_accuracy  # noqa: E402
-from imagebench.models.registry import MODEL_NAMES  # noqa: E402
-from imagebench.monitor import EpochMonitor  # noqa: E402
-from imagebench.params import make_params  # noqa: E402
 
 SIZE = 32
 CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68])

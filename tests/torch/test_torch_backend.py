@@ -7,18 +7,20 @@ import math
 import numpy as np
 import pytest
 
+# Plain imports, no importorskip: `make install` installs both frameworks and `make test` runs this
+# folder as the torch session, so a torch, timm or imagebench backend that does not import must
+# fail the session, not turn it into skips.
+import timm
+import torch
+from imagebench.backends import get_backend
+from imagebench.backends import torch_backend as tb
+from imagebench.data.arrays import Split, TrialData
+from imagebench.evaluation import loss_and_accuracy
+from imagebench.models.registry import BACKBONES, MODEL_NAMES
+from imagebench.monitor import EpochMonitor
+from imagebench.params import make_params
+
 pytestmark = pytest.mark.torch
-
-torch = pytest.importorskip("torch")
-timm = pytest.importorskip("timm")
-
-from imagebench.backends import get_backend  # noqa: E402
-from imagebench.backends import torch_backend as tb  # noqa: E402
-from imagebench.data.arrays import Split, TrialData  # noqa: E402
-from imagebench.evaluation import loss_and_accuracy  # noqa: E402
-from imagebench.models.registry import BACKBONES, MODEL_NAMES  # noqa: E402
-from imagebench.monitor import EpochMonitor  # noqa: E402
-from imagebench.params import make_params  # noqa: E402
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406])
 IMAGENET_STD = np.array([0.229, 0.224, 0.225])

@@ -7,6 +7,7 @@ from conftest import (
     check_feature_cache_matches_uncached,
     check_in_process_trial,
     check_speed_switches_train,
+    check_test_numbers_come_from_the_best_epoch,
 )
 
 pytestmark = pytest.mark.torch
@@ -30,3 +31,7 @@ def test_feature_cache_matches_the_uncached_path(project, monkeypatch):
 
 def test_gpu_speed_switches_train_on_cpu(project):
     check_speed_switches_train("torch")
+
+
+def test_test_numbers_and_kept_model_come_from_the_best_epoch(project):
+    check_test_numbers_come_from_the_best_epoch("torch")

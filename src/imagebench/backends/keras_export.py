@@ -76,6 +76,8 @@ def _freeze_normalization_statistics(model: keras.Model) -> None:
 
 def export_files(model: keras.Model, example: np.ndarray, folder: Path) -> dict[str, Path]:
     """``model.keras`` (Keras' own format; loading it needs imagebench's custom layers) and ``model.onnx`` (tf2onnx)."""
+    # export refuses a model never called; a re-export logs no MLflow model, the call that used to come first
+    model(example[:1], training=False)
     model.save(Path(folder) / NATIVE)
     with contextlib.redirect_stdout(io.StringIO()):  # the exporter prints the whole traced signature
         model.export(str(Path(folder) / ONNX), format="onnx", verbose=False)

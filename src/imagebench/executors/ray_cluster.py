@@ -10,8 +10,9 @@ back with the result and are written under ``results/<experiment>/runs/`` here, 
 attaches them to the run. The trial itself talks to the tracking server over HTTP.
 
 Faults: a node lost mid-trial ends that job with the node named (the sweep records it FAILED and
-goes on with the nodes left); Ray never retries a trial by itself (``max_restarts=0``), the next
-``imagebench sweep`` does. The actors belong to this driver: if it dies (even ``kill -9``) Ray
+goes on with the nodes left); only a node the cluster counts dead is called lost: an exception of
+our code in a live actor is reported as itself, and the slot gets a new actor. Ray never retries a
+trial by itself (``max_restarts=0``), the next ``imagebench sweep`` does. The actors belong to this driver: if it dies (even ``kill -9``) Ray
 kills them, and each actor's worker kills its kernel when its parent goes (``worker``).
 """
 
@@ -25,7 +26,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import ray
 
@@ -34,12 +35,16 @@ from imagebench.contract import ENV_ROOT, SHARED_WITH_NODES, TRACKING_URI
 from imagebench.executors import Job, JobEnd
 from imagebench.executors.local import LocalExecutor
 from imagebench.params import ParamsError
+from imagebench.worker import error_file, status_file
 
 NAMESPACE = "imagebench"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 STOP_GRACE_SECONDS = 30.0  # a stopped job's actor gets this long to return its partial notebook, then is killed
 ENV_NODE_CACHE = "IMAGEBENCH_CACHE"
 WAIT_NOTE_SECONDS = 30.0  # nothing could be placed for this long: the sweep says what it waits for
+# an actor died and its node still counts as alive: Ray's health checks (every 3 s, 5 misses by
+# default) may not have noticed a lost node yet, so its death is confirmed for up to this long
+NODE_DEATH_SECONDS = 30.0
 
 
 # --- joining the cluster
@@ -69,14 +74,38 @@ def _probe(address: str) -> None:
                           f"`ray start --head` on that machine or give its address with --address HOST:PORT") from exc  # fmt: skip
 
 
+def _recorded_address(address: str) -> str:
+    """``auto``: the address `ray start` recorded on this machine, as recorded (before Ray rewrites a
+    loopback host); any other address as given."""
+    if address != "auto":
+        return address
+    from ray._private.services import get_ray_address_from_environment
+
+    return get_ray_address_from_environment(address, None) or address
+
+
+def _stay_on_loopback() -> None:
+    """A cluster on 127.0.0.1: the driver joins it on 127.0.0.1 and opens no socket off loopback.
+
+    On Linux Ray rewrites 127.0.0.1, both in the address and in ``_node_ip_address``, to this
+    machine's interface address unless ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` was set before ray
+    was imported. The head (``ray start``) is started with it, as the README says; the driver must not
+    depend on its user's environment, so the value Ray read from it is set here, for this process."""
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
 def connect(address: Optional[str]) -> str:
     """Join an existing cluster (never start one: a sweep on Ray means the user's cluster)."""
     given = address or "auto"
+    loopback = _recorded_address(given).removeprefix("ray://").rpartition(":")[0].strip("[]") in LOOPBACK
+    if loopback:
+        _stay_on_loopback()
     resolved = _bootstrap_address(given)
     _probe(resolved)
-    host = resolved.removeprefix("ray://").rpartition(":")[0]
     options: dict[str, Any] = dict(address=resolved, namespace=NAMESPACE, logging_level=logging.ERROR, log_to_driver=False)
-    if host in LOOPBACK:  # a cluster on loopback: the driver must not announce the machine's interface address
+    if loopback:  # the driver announces 127.0.0.1 to the cluster, not the machine's interface address
         options["_node_ip_address"] = "127.0.0.1"
     try:
         ray.init(**options)
@@ -102,6 +131,30 @@ def _alive_nodes() -> list[dict]:
     return [node for node in ray.nodes() if node.get("Alive")]
 
 
+def node_alive(node_id: str, wait: float = NODE_DEATH_SECONDS) -> bool:
+    """Whether the cluster still counts the node alive after up to ``wait`` seconds of asking."""
+    deadline = time.monotonic() + wait
+    while any(node.get("NodeID") == node_id for node in _alive_nodes()):
+        if time.monotonic() >= deadline:
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def failure_reason(exc: "ray.exceptions.RayError", node: str, alive: Callable[[], bool]) -> str:
+    """Why a job came back without its result, in words a user can act on. Only a node the cluster
+    no longer counts alive (``alive()``) is said to be lost: an exception raised by our code in a
+    live actor is reported as what it was, and an actor that died on a live node as that."""
+    if isinstance(exc, ray.exceptions.RayTaskError):
+        cause = exc.cause
+        return f"{type(cause).__name__} on Ray node {node}: {cause}"
+    if not alive():
+        return f"Ray node {node} lost while running this trial ({type(exc).__name__}); run the sweep again to retry it"
+    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return (f"the Ray actor running this trial on node {node} died ({type(exc).__name__}: {detail}); the node is still "
+            f"alive (out of memory? see `ray logs` on it); run the sweep again to retry it")  # fmt: skip
+
+
 # --- on the node
 def node_name() -> str:
     context = ray.get_runtime_context()
@@ -125,11 +178,28 @@ def _read(path: Path) -> Optional[bytes]:
     return path.read_bytes() if path.is_file() else None
 
 
+def job_files(job: Job) -> list[Path]:
+    """The files the local executor and its worker write for ``job`` beside its notebook: the
+    notebook, its log, the params it was sent, the worker's status and error files, a checkpoint."""
+    output = job.output
+    files = [output, output.with_suffix(".log"), output.with_suffix(".params.json"), error_file(output), status_file(output)]
+    return files + ([job.checkpoint] if job.checkpoint else [])
+
+
+def remove_job_files(job: Job) -> None:
+    """Leave the actor's scratch folder as it was before ``job``: exactly its files and its record
+    folder. (Not a glob of ``<label>.*``: for a whole trial that matches the ``<label>.record`` folder.)"""
+    for path in job_files(job):
+        path.unlink(missing_ok=True)
+    shutil.rmtree(job.record_dir, ignore_errors=True)
+
+
 class TrialActor:
     """One slot on a node: a local executor with one worker (its warm kernel) in a scratch folder."""
 
     def __init__(self, notebook_text: str, threads: int, fresh_kernel: bool, environment: dict[str, str]):
         self.node = node_name()
+        self.node_id = ray.get_runtime_context().get_node_id()
         self.folder = Path(tempfile.mkdtemp(prefix="imagebench-node-"))
         (self.folder / "notebooks").mkdir()
         (self.folder / "params").mkdir()  # with notebooks/: a project root for the kernel
@@ -144,8 +214,9 @@ class TrialActor:
                                       environment=environment, where=self.node)  # fmt: skip
         self.job: Optional[Job] = None
 
-    def where(self) -> str:
-        return self.node
+    def where(self) -> tuple[str, str]:
+        """The node's name for people and its Ray id (to ask the cluster whether it is still alive)."""
+        return self.node, self.node_id
 
     def run(self, trial, label: str, run_id: str, epoch_budget: Optional[int], checkpoint: Optional[bytes],
             continues: bool) -> dict[str, Any]:  # fmt: skip
@@ -169,15 +240,8 @@ class TrialActor:
             "record": {str(path.relative_to(job.record_dir)): path.read_bytes()
                        for path in job.record_dir.rglob("*") if path.is_file()} if job.record_dir.is_dir() else {},
         }  # fmt: skip
-        self._clean(job)
+        remove_job_files(job)
         return result
-
-    def _clean(self, job: Job) -> None:
-        for path in self.runs.glob(f"{job.label}.*"):
-            path.unlink(missing_ok=True)
-        if job.checkpoint:
-            job.checkpoint.unlink(missing_ok=True)
-        shutil.rmtree(job.record_dir, ignore_errors=True)
 
     def progress(self) -> str:
         job = self.job
@@ -199,6 +263,7 @@ class Slot:
     actor: Any = None
     ready: Any = None  # ObjectRef of actor.where(): resolves once Ray has placed the actor
     node: str = ""
+    node_id: str = ""
     job: Optional[Job] = None
     result: Any = None
     progress_ref: Any = None
@@ -274,7 +339,7 @@ class RayExecutor:
         if not done:
             return False  # Ray has no node with the resources free yet
         try:
-            slot.node = ray.get(done[0])
+            slot.node, slot.node_id = ray.get(done[0])
         except ray.exceptions.RayError:  # its node went away while it started: try again
             slot.reset()
             return False
@@ -326,9 +391,8 @@ class RayExecutor:
         try:
             result = ray.get(slot.result)
         except ray.exceptions.RayError as exc:
-            lost = f"Ray node {slot.node} lost while running this trial ({type(exc).__name__}); run the sweep again to retry it"
-            end = JobEnd(slot.stop_reason or lost, slot.node)
-            slot.reset()  # the actor is gone with its node; a new one is placed where Ray has room
+            end = JobEnd(slot.stop_reason or failure_reason(exc, slot.node, lambda: node_alive(slot.node_id)), slot.node)
+            self._retire(slot, alive=isinstance(exc, ray.exceptions.RayTaskError))
             return end
         _write(job.output, result.get("notebook"))
         _write(job.output.with_suffix(".log"), result.get("log"))
@@ -338,6 +402,17 @@ class RayExecutor:
             _write(job.checkpoint, result.get("checkpoint"))
         slot.job, slot.result, slot.progress_ref = None, None, None
         return JobEnd(slot.stop_reason or result["error"], result["where"])
+
+    @staticmethod
+    def _retire(slot: Slot, alive: bool) -> None:
+        """A slot whose job ended without a result gets a new actor (placed where Ray has room). One
+        that raised is alive but in an unknown state: it removes its scratch folder before it is killed."""
+        if alive:
+            try:
+                ray.get(slot.actor.shutdown.remote(), timeout=STOP_GRACE_SECONDS)
+            except ray.exceptions.RayError:
+                pass  # it died meanwhile: the kill below is all that is left to do
+        slot.reset()
 
     def progress(self, job: Job) -> str:
         slot = self._slot_of(job)
