@@ -69,7 +69,7 @@ def tiny_values(**overrides):
 
 
 def assert_documented_record(run_id: str, num_classes: int) -> None:
-    """The child run holds exactly the MLflow record DESIGN.md documents (tracking.py names it)."""
+    """The child run holds exactly the documented MLflow record (README "The MLflow record"; tracking.py names it)."""
     from imagebench import tracking
     from imagebench.params import FIELD_NAMES
 

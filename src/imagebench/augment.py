@@ -3,7 +3,7 @@
 Random parameters are drawn here, in NumPy, once per image; each backend only *applies* the
 resulting affine matrices with its own batched warp (TF ImageProjectiveTransformV3, torch
 grid_sample). So `seed000` is literally the same recipe in Keras and PyTorch, and augmentation is
-only ever applied to training batches (seeds.md failure 4: augmented validation data).
+only ever applied to training batches (docs/lessons.md, failure 4: augmented validation data).
 
 Convention: ``theta`` has shape (N, 2, 3) and maps an *output* point to the *input* point it is
 sampled from, both in normalised coordinates (x right, y down, -1..1 across pixel edges), exactly
@@ -38,7 +38,7 @@ class AugmentSpec:
 PRESETS: dict[str, AugmentSpec] = {
     "none": AugmentSpec(),
     "light": AugmentSpec(rotation_degrees=10, shift_fraction=0.1, zoom=(0.9, 1.1), horizontal_flip=True),
-    # The product project's recipe (seeds.md): rotation ±20°, shift ±30%, shear 0.3, zoom 0.8-1.2,
+    # The product project's recipe (docs/lessons.md): rotation ±20°, shift ±30%, shear 0.3, zoom 0.8-1.2,
     # horizontal flip, and random-resized crop over (0.6, 1.0) of the area because products fill
     # most of the frame (the usual (0.08, 1.0) would crop them away).
     "seed000": AugmentSpec(

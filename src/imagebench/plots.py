@@ -12,7 +12,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 CURVE_PAIRS = (("loss", "train/loss", "val/loss"), ("accuracy", "train/accuracy", "val/accuracy"))
-# Class names are often Korean (seeds.md): DejaVu Sans has no Hangul, so glyphs it lacks fall back
+# Class names are often Korean (docs/lessons.md): DejaVu Sans has no Hangul, so glyphs it lacks fall back
 # to NanumGothic, shipped by the koreanize-matplotlib package (its fonts only; its rc changes are not used).
 HANGUL_FONT_PACKAGE = "koreanize_matplotlib"
 

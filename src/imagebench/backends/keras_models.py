@@ -1,7 +1,7 @@
 """Keras model builders for every registry entry: preprocessing, body, attention, pooling, head.
 
 Each model takes raw 0..255 RGB pixels and does its own preprocessing inside, so a backbone can
-never receive the wrong pixel scale (seeds.md failure 1).
+never receive the wrong pixel scale (docs/lessons.md, failure 1).
 """
 
 from __future__ import annotations

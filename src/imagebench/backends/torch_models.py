@@ -2,7 +2,7 @@
 
 The model takes (N, S, S, 3) RGB pixels in 0..255 (uint8 or float, NHWC like Keras) and returns
 logits. Preprocessing lives inside the model (attribute ``preprocess``) so a backbone can never be
-fed pixels prepared for another one (seeds.md failure 1).
+fed pixels prepared for another one (docs/lessons.md, failure 1).
 
 Layers we add (CNN convs, attention, head, classifier) start like Keras' defaults (Glorot-uniform
 weights, zero bias) and are the only ones the ``l2`` penalty touches, like Keras'
@@ -85,7 +85,7 @@ class CBAM(nn.Module):
 
 
 def cnn_body(activation: str) -> nn.Sequential:
-    """seeds.md CNN: per filter count, 3x3 'same' conv -> activation -> 2x2 max pool."""
+    """The plain CNN of docs/lessons.md: per filter count, 3x3 'same' conv -> activation -> 2x2 max pool."""
     layers: list[nn.Module] = []
     channels = 3
     for filters in CNN_FILTERS:

@@ -196,5 +196,5 @@ def fit(
 
 
 def _validate(model: nn.Module, split: Split) -> tuple[float, float]:
-    # Validation images go in as they are: never augmented (seeds.md failure 4).
+    # Validation images go in as they are: never augmented (docs/lessons.md, failure 4).
     return loss_and_accuracy(predict_proba(model, split.images), split.labels)

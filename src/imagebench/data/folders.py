@@ -2,7 +2,7 @@
 
 Class names are Unicode-NFC normalised and sorted, so a Korean class name typed on macOS (NFD)
 and on Linux (NFC) is one class, and the label order never depends on ``os.listdir`` order
-(seeds.md failure 2).
+(docs/lessons.md, failure 2).
 """
 
 from __future__ import annotations

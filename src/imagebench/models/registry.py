@@ -1,7 +1,7 @@
 """The one list of model names, shared by both frameworks.
 
 Each entry says which backbone it uses in each library, where that library keeps pretrained
-weights, how the backbone wants its pixels (seeds.md failure 1: wrong preprocessing left models at
+weights, how the backbone wants its pixels (docs/lessons.md, failure 1: wrong preprocessing left models at
 chance), and the head recipe of the earlier projects. Builders live in the backends; this table
 imports neither TensorFlow nor torch.
 """
@@ -65,7 +65,7 @@ BACKBONES = {
     ),
 }
 
-# seeds.md: the plain CNN flattens into Dense128; backbone models pool into Dense256.
+# docs/lessons.md: the plain CNN flattens into Dense128; backbone models pool into Dense256.
 _CNN_HEAD = (128,)
 _BACKBONE_HEAD = (256,)
 
@@ -86,7 +86,7 @@ MODELS: dict[str, ModelSpec] = _entries()
 MODEL_NAMES: tuple[str, ...] = tuple(MODELS)
 FRAMEWORKS: tuple[str, ...] = ("keras", "torch")
 
-# Channels of the plain CNN's conv blocks (seeds.md) and the SE/CBAM reduction ratio (C/8).
+# Channels of the plain CNN's conv blocks (docs/lessons.md) and the SE/CBAM reduction ratio (C/8).
 CNN_FILTERS = (32, 64, 128)
 ATTENTION_REDUCTION = 8
 # BatchNorm moving statistics blend in this fraction of each batch's statistics (torch's convention
