@@ -36,6 +36,17 @@ def test_demo_plan_has_all_models_in_both_frameworks(tmp_path):
     assert len({t.name for t in plan.trials}) == 16
 
 
+def test_models_and_frameworks_options_also_drop_the_include_entries_of_others():
+    from conftest import REPO
+
+    full = {t.fingerprint for t in plan_sweep(REPO / "params" / "demo.yaml").trials}
+    only_cnn = plan_sweep(REPO / "params" / "demo.yaml", axes={"model": ["cnn"]}).trials
+    assert sorted((t.params.framework, t.params.model) for t in only_cnn) == [("keras", "cnn"), ("torch", "cnn")]
+    torch_vgg = plan_sweep(REPO / "params" / "demo.yaml", axes={"model": ["vgg16"], "framework": ["torch"]}).trials
+    assert sorted(t.params.learning_rate for t in torch_vgg) == [0.0001, 0.001]  # the include entry's rate kept
+    assert {t.fingerprint for t in only_cnn} <= full  # the same trials as in the whole sweep (resume finds them)
+
+
 def test_overrides_apply_to_every_trial_and_change_fingerprints(tmp_path):
     path = _write(tmp_path, """
         experiment: t

@@ -203,7 +203,10 @@ def _with_axes(content: dict[str, Any], axes: dict[str, list[Any]], where: str) 
         return content
     _check_keys(axes, f"{where} (command-line axes)")
     base = {key: value for key, value in (content.get("base") or {}).items() if key not in axes}
-    return {**content, "base": base, "matrix": {**(content.get("matrix") or {}), **axes}}
+    # an include entry of a model (framework) outside --models (--frameworks) was not asked for either
+    include = [entry for entry in content.get("include") or []
+               if not isinstance(entry, dict) or all(entry[key] in values for key, values in axes.items() if key in entry)]
+    return {**content, "base": base, "matrix": {**(content.get("matrix") or {}), **axes}, "include": include}
 
 
 def _experiment_name(content: dict[str, Any], path: str | Path, experiment: Optional[str]) -> str:
