@@ -2,6 +2,7 @@
 
 import re
 import subprocess
+from pathlib import Path
 
 from conftest import REPO
 
@@ -18,7 +19,8 @@ def _tracked_text_files():
 
 
 def test_no_file_points_outside_the_repository():
-    offenders = [str(path.relative_to(REPO)) for path in _tracked_text_files() if OUTSIDE.search(path.read_text())]
+    offenders = [str(path.relative_to(REPO)) for path in _tracked_text_files()
+                 if path != Path(__file__).resolve() and OUTSIDE.search(path.read_text())]  # this file names them
     assert not offenders, f"these files point at files the repository does not contain: {offenders}"
 
 
