@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: install demo test lab ui bench clean-results notebooks lint server server-stop
+.PHONY: install demo test lab ui bench clean-results notebooks lint server server-stop docs
 
 install: $(STAMP)
 
@@ -66,3 +66,8 @@ lint: $(STAMP)
 
 notebooks: $(STAMP)
 	$(PY) tools/write_notebooks.py
+
+# The documentation site (mkdocs.yml, pages in docs/; the reference and benchmark pages are generated
+# by tools/docs_reference.py) into site/; tests/test_docs.py runs the same strict build.
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs build --strict -d site
