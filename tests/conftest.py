@@ -6,10 +6,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
+import time
 import subprocess
 from pathlib import Path
 
 import pytest
+from helpers import free_ports
+
+from imagebench import server
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -306,3 +311,56 @@ def check_test_numbers_come_from_the_best_epoch(framework: str) -> None:
     assert short.metrics["best_epoch"] == best_epoch  # its last epoch is its best
     assert np.abs(kept_probabilities(values["experiment"], short.run_id) - kept.probabilities).max() < 1e-5
     assert short.metrics["test/accuracy"] == result.metrics["test/accuracy"]
+
+
+# --- the shared tracking server (PostgreSQL + mlflow server), for the tests that need one
+class Server:
+    """The module's server: its folder, ports, and how long its starts took."""
+
+    def __init__(self, folder: Path, port: int, db_port: int):
+        self.folder, self.port, self.db_port = folder, port, db_port
+        self.uri = f"http://127.0.0.1:{port}"
+        self.timings: dict[str, float] = {}
+
+    def start(self, label: str = "") -> server.TrackingServer:
+        started = time.monotonic()
+        running = server.start(self.folder, port=self.port, db_port=self.db_port)
+        if label:
+            self.timings[label] = time.monotonic() - started
+        assert running.uri == self.uri
+        return running
+
+    def stop(self, label: str = "") -> list[str]:
+        started = time.monotonic()
+        stopped = server.stop(self.folder)
+        if label:
+            self.timings[label] = time.monotonic() - started
+        return stopped
+
+    @property
+    def password(self) -> str:
+        return server._password(self.folder)
+
+
+@pytest.fixture(scope="module")
+def tracking_server():
+    # Not under pytest's tmp_path: run as root, PostgreSQL runs as the postgres user, who cannot
+    # pass pytest's private (mode 700) folders; and the unix socket's path must stay short.
+    base = Path(tempfile.mkdtemp(prefix="ib-server-"))
+    os.chmod(base, 0o755)
+    handle = Server(base / "server", *free_ports(2))
+    try:
+        handle.start("first start (initdb, schema)")
+        yield handle
+    finally:
+        handle.stop()
+        print("\ntracking server timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in handle.timings.items()))
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def on_server(tracking_server, project, monkeypatch):
+    """A project whose store is the module's server (started again if a test left it down)."""
+    tracking_server.start()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server.uri)
+    return tracking_server

@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from test_data import make_tree
+from helpers import make_tree
 
 from imagebench.data import cache
 from imagebench.data.folders import folder_fingerprint

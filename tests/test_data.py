@@ -6,39 +6,13 @@ import unicodedata
 
 import numpy as np
 import pytest
+from helpers import KOREAN, make_tree, save_image
 from PIL import Image
 
 from imagebench.data.arrays import batch_slices
 from imagebench.data.folders import DatasetError
 from imagebench.data.load import decode_image, load_trial_data
 from imagebench.params import make_params
-
-KOREAN = "사과"  # "apple"
-
-
-def _save(path, mode, size=(20, 14), color=(200, 30, 40)):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image = Image.new("RGB", size, color).convert(mode)
-    image.save(path)
-
-
-def make_tree(root, per_class=10):
-    classes = {KOREAN: (220, 20, 20), "banana": (240, 230, 50), "10": (10, 10, 200), "2": (20, 200, 20)}
-    for name, color in classes.items():
-        for i in range(per_class):
-            mode, ext = [("RGB", "png"), ("RGB", "jpg"), ("L", "png"), ("RGBA", "png")][i % 4]
-            _save(root / name / f"img_{i}.{ext}", mode, color=color)
-    # the same Korean class again, spelled in NFD as macOS writes it: must merge, not add a class
-    nfd = unicodedata.normalize("NFD", KOREAN)
-    for i in range(2):
-        _save(root / nfd / f"mac_{i}.png", "RGB", color=classes[KOREAN])
-    (root / ".DS_Store").write_bytes(b"\0\0")
-    (root / "banana" / ".hidden.png").write_bytes(b"junk")
-    (root / ".ipynb_checkpoints").mkdir()
-    _save(root / ".ipynb_checkpoints" / "x.png", "RGB")
-    (root / "banana" / "notes.txt").write_text("not an image")
-    return classes
-
 
 def _tree_hash(root):
     digest = hashlib.sha256()
@@ -86,7 +60,7 @@ def test_presplit_folders_are_used_as_given(tmp_path):
     for split, count in (("train", 6), ("validation", 2), ("test", 3)):
         for name in ("cat", "dog"):
             for i in range(count):
-                _save(root / split / name / f"{i}.png", "RGB")
+                save_image(root / split / name / f"{i}.png", "RGB")
     data = load_trial_data(make_params(dataset=str(root), image_size=32))
     assert data.split_sizes() == {"train": 12, "val": 4, "test": 6}
     assert data.class_names == ["cat", "dog"]
@@ -96,7 +70,7 @@ def test_unknown_class_in_test_folder_is_an_error(tmp_path):
     root = tmp_path / "ds"
     for split, names in (("train", ("cat", "dog")), ("val", ("cat", "dog")), ("test", ("cat", "cow"))):
         for name in names:
-            _save(root / split / name / "0.png", "RGB")
+            save_image(root / split / name / "0.png", "RGB")
     with pytest.raises(DatasetError, match="cow"):
         load_trial_data(make_params(dataset=str(root), image_size=32))
 
@@ -104,7 +78,7 @@ def test_unknown_class_in_test_folder_is_an_error(tmp_path):
 def test_missing_dataset_and_single_class_are_clear_errors(tmp_path):
     with pytest.raises(DatasetError, match="neither a built-in name nor an existing folder"):
         load_trial_data(make_params(dataset=str(tmp_path / "nope")))
-    _save(tmp_path / "one" / "only" / "0.png", "RGB")
+    save_image(tmp_path / "one" / "only" / "0.png", "RGB")
     with pytest.raises(DatasetError, match="need at least 2"):
         load_trial_data(make_params(dataset=str(tmp_path / "one")))
 

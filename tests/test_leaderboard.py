@@ -1,33 +1,15 @@
 """Leaderboard selection from a real MLflow store: chosen on validation, never on test."""
 
 import pytest
+from helpers import recorded_trial
 
 from imagebench import leaderboard, tracking
 
 
-def _trial(experiment, model, framework, val_acc, val_loss, test_acc, status="FINISHED", parent=None, flops=21_170_688):
-    run_id = tracking.create_trial_run(
-        experiment, f"{framework}-{model}-{val_acc}", {tracking.TAG_MODEL: model, tracking.TAG_FRAMEWORK: framework}, parent
-    )
-    tracking.log_params(run_id, {"learning_rate": round(val_acc / 100, 6), "optimizer": "adam"})
-    if status == "FINISHED":
-        tracking.log_metrics(run_id, {
-            "best/val_accuracy": val_acc, "best/val_loss": val_loss, "test/accuracy": test_acc, "test/loss": 1 - test_acc,
-            "cost/params": 1000 * (1 + val_acc), "cost/latency_ms": 2.0, "best_epoch": 3,
-        })
-        if flops is not None:  # runs recorded before cost/flops existed have none
-            tracking.log_metrics(run_id, {"cost/flops": flops})
-        for step, value in enumerate((val_acc / 2, val_acc), start=1):
-            tracking.log_metrics(run_id, {"val/accuracy": value, "val/loss": 1 - value}, step=step)
-        tracking.client().log_dict(run_id, {"labels": ["a", "b"], "matrix": [[3, 1], [0, 4]]}, tracking.ARTIFACT_CONFUSION_JSON)
-    tracking.end_run(run_id, status, None if status == "FINISHED" else "boom")
-    return run_id
-
-
 def test_leader_is_chosen_on_validation_even_when_test_disagrees(project):
-    on_val = _trial("lb", "cnn", "keras", val_acc=0.90, val_loss=0.3, test_acc=0.50)
-    _trial("lb", "cnn", "keras", val_acc=0.80, val_loss=0.2, test_acc=0.99)  # better on test: must NOT win
-    _trial("lb", "cnn", "keras", val_acc=0.0, val_loss=0.0, test_acc=0.0, status="FAILED")
+    on_val = recorded_trial("lb", "cnn", "keras", val_acc=0.90, val_loss=0.3, test_acc=0.50)
+    recorded_trial("lb", "cnn", "keras", val_acc=0.80, val_loss=0.2, test_acc=0.99)  # better on test: must NOT win
+    recorded_trial("lb", "cnn", "keras", val_acc=0.0, val_loss=0.0, test_acc=0.0, status="FAILED")
     board = leaderboard.build("lb", with_figures=False)
     row = board.leaders.iloc[0]
     assert len(board.leaders) == 1
@@ -37,16 +19,16 @@ def test_leader_is_chosen_on_validation_even_when_test_disagrees(project):
 
 
 def test_validation_ties_go_to_lower_validation_loss(project):
-    _trial("tie", "vgg16", "torch", val_acc=0.9, val_loss=0.5, test_acc=0.9)
-    lower_loss = _trial("tie", "vgg16", "torch", val_acc=0.9, val_loss=0.4, test_acc=0.1)
+    recorded_trial("tie", "vgg16", "torch", val_acc=0.9, val_loss=0.5, test_acc=0.9)
+    lower_loss = recorded_trial("tie", "vgg16", "torch", val_acc=0.9, val_loss=0.4, test_acc=0.1)
     assert leaderboard.build("tie", with_figures=False).leaders.iloc[0]["run_id"] == lower_loss
 
 
 def test_one_row_per_model_and_framework_ranked_by_validation(project):
-    _trial("many", "cnn", "keras", 0.7, 0.5, 0.7)
-    _trial("many", "cnn", "torch", 0.9, 0.5, 0.6)
-    _trial("many", "resnet50", "torch", 0.8, 0.5, 0.95)
-    _trial("many", "resnet50", "keras", 0.0, 0.0, 0.0, status="FAILED")
+    recorded_trial("many", "cnn", "keras", 0.7, 0.5, 0.7)
+    recorded_trial("many", "cnn", "torch", 0.9, 0.5, 0.6)
+    recorded_trial("many", "resnet50", "torch", 0.8, 0.5, 0.95)
+    recorded_trial("many", "resnet50", "keras", 0.0, 0.0, 0.0, status="FAILED")
     board = leaderboard.build("many", with_figures=False)
     assert list(zip(board.leaders["framework"], board.leaders["model"]))[:3] == [("torch", "cnn"), ("torch", "resnet50"), ("keras", "cnn")]
     failed_only = board.leaders[(board.leaders["model"] == "resnet50") & (board.leaders["framework"] == "keras")].iloc[0]
@@ -55,8 +37,8 @@ def test_one_row_per_model_and_framework_ranked_by_validation(project):
 
 
 def test_written_outputs_and_figures(project, tmp_path):
-    _trial("files", "cnn", "keras", 0.7, 0.5, 0.7)
-    _trial("files", "cnn_attention", "torch", 0.8, 0.4, 0.75)
+    recorded_trial("files", "cnn", "keras", 0.7, 0.5, 0.7)
+    recorded_trial("files", "cnn_attention", "torch", 0.8, 0.4, 0.75)
     board = leaderboard.build("files")
     assert set(board.figures) == {
         "test_accuracy_by_model", "accuracy_vs_params", "accuracy_vs_latency", "leader_learning_curves", "winner_confusion_matrix",
@@ -70,12 +52,12 @@ def test_written_outputs_and_figures(project, tmp_path):
 
 
 def test_flops_column_next_to_params_and_runs_recorded_without_it(project):
-    _trial("flops", "cnn", "keras", 0.7, 0.5, 0.7)
+    recorded_trial("flops", "cnn", "keras", 0.7, 0.5, 0.7)
     table = leaderboard.build("flops", with_figures=False).leaders
     assert list(table.columns).index("flops") == list(table.columns).index("params") + 1
     assert table.iloc[0]["flops"] == 21_170_688 and str(table["flops"].dtype) == "Int64"
-    _trial("older", "cnn", "keras", 0.7, 0.5, 0.7, flops=None)
-    _trial("older", "cnn_attention", "torch", 0.8, 0.4, 0.75, flops=None)
+    recorded_trial("older", "cnn", "keras", 0.7, 0.5, 0.7, flops=None)
+    recorded_trial("older", "cnn_attention", "torch", 0.8, 0.4, 0.75, flops=None)
     board = leaderboard.build("older")
     assert "flops" not in board.leaders and "accuracy_vs_flops" not in board.figures
 

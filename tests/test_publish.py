@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_imagebench
 
 from imagebench import publish, trained, tracking
 from imagebench.data.load import load_trial_data
@@ -24,10 +25,6 @@ PYFUNC_CHECK = textwrap.dedent("""
     pixels = np.load(sys.argv[2])
     print(json.dumps(np.asarray(model.predict(pixels)).tolist()))
 """)
-
-
-def _imagebench(*args, cwd, **kwargs):
-    return subprocess.run([str(BIN / "imagebench"), *args], cwd=cwd, capture_output=True, text=True, timeout=900, **kwargs)
 
 
 def _sweep_file(project: Path, name: str, frameworks: str, rates: str) -> Path:
@@ -68,7 +65,7 @@ def _what_is_published(project: Path, experiment: str, leaders: list[publish.Lea
 
 
 def test_a_sweep_logs_exports_checks_and_registers_its_leaders(project, tmp_path):
-    done = _imagebench("sweep", str(_sweep_file(project, "pub", "keras, torch", "0.01, 0.001")), "--quiet", cwd=project)
+    done = run_imagebench("sweep", str(_sweep_file(project, "pub", "keras, torch", "0.01, 0.001")), "--quiet", cwd=project)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "alias 'champion'" in done.stdout and "deleted the kept weights of 2 trial(s)" in done.stdout
 
@@ -110,7 +107,7 @@ def test_a_sweep_logs_exports_checks_and_registers_its_leaders(project, tmp_path
 
     # on demand again: the same versions, logged models and export files, nothing duplicated
     published = _what_is_published(project, "pub", leaders)
-    again = _imagebench("export", "--experiment", "pub", cwd=project)
+    again = run_imagebench("export", "--experiment", "pub", cwd=project)
     assert again.returncode == 0, again.stderr[-3000:]
     assert _what_is_published(project, "pub", leaders) == published
     assert all(len(versions) == 1 for versions in published["versions"].values())
@@ -120,27 +117,27 @@ def test_a_sweep_logs_exports_checks_and_registers_its_leaders(project, tmp_path
     for args, expected in ((["--experiment", "nope"], "experiments there: pub"),
                            (["--experiment", "pub", "--model", "vgg16"], "has no finished model 'vgg16'; its leaderboard has: cnn"),
                            (["--experiment", "pub", "--framework", "jax"], "its leaderboard has: keras, torch")):  # fmt: skip
-        refused = _imagebench("export", *args, cwd=project)
+        refused = run_imagebench("export", *args, cwd=project)
         assert refused.returncode == 2 and expected in refused.stderr, refused.stderr
 
     # a leader whose weights are gone says so; the others are still exported
     keras_leader = next(leader for leader in leaders if leader.framework == "keras")
     for path in Path(keras_leader.folder).iterdir():
         path.unlink()
-    partial = _imagebench("export", "--experiment", "pub", cwd=project)
+    partial = run_imagebench("export", "--experiment", "pub", cwd=project)
     assert partial.returncode == 1
     assert f"keras/cnn (run {keras_leader.run_id}): not exported: its weights are gone" in partial.stderr
     assert "torch/cnn (rank" in partial.stdout and "version 1" in partial.stdout
 
 
 def test_a_store_that_refuses_writes_fails_with_the_reason_and_loses_nothing(project):
-    done = _imagebench("sweep", str(_sweep_file(project, "ro", "torch", "0.01, 0.001")), "--quiet", "--no-models", cwd=project)
+    done = run_imagebench("sweep", str(_sweep_file(project, "ro", "torch", "0.01, 0.001")), "--quiet", "--no-models", cwd=project)
     assert done.returncode == 0, done.stderr[-3000:]
     kept = _kept_folders(project, "ro")
     assert len(kept) == 2  # --no-models: every trial's weights stay for a later export
 
     read_only = f"sqlite:///file:{project / 'mlflow.db'}?mode=ro&uri=true"
-    refused = _imagebench("export", "--experiment", "ro", cwd=project, env={**os.environ, "MLFLOW_TRACKING_URI": read_only})
+    refused = run_imagebench("export", "--experiment", "ro", cwd=project, env={**os.environ, "MLFLOW_TRACKING_URI": read_only})
     assert refused.returncode == 1
     assert "logging the MLflow model failed" in refused.stderr and "readonly database" in refused.stderr
     assert _kept_folders(project, "ro") == kept and all(trained.is_complete(folder) for folder in kept)

@@ -10,7 +10,6 @@ a node's clean-up after a job, and which Ray errors mean a lost node."""
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
@@ -27,8 +26,7 @@ import pytest  # noqa: E402
 from conftest import copy_project, tiny_values  # noqa: E402
 from imagebench import leaderboard, server, tracking  # noqa: E402
 from readme_blocks import block  # noqa: E402
-from test_sweep_parallel import BIN, REPO, _inject_cell, _runs, _sweep, _sweep_file, _wait_for  # noqa: E402
-from test_tracking_server import on_server, tracking_server  # noqa: E402,F401  (PostgreSQL + mlflow server fixtures)
+from helpers import BIN, REPO, free_port, inject_cell, run_sweep, trial_runs, wait_for, write_sweep_file  # noqa: E402
 
 slow = pytest.mark.slow  # every test here but the fast ones at the end
 FAST_NODE_DEATH = {"health_check_period_ms": 1000, "health_check_failure_threshold": 3, "health_check_timeout_ms": 1000}
@@ -67,7 +65,7 @@ def _listening_off_loopback() -> list:
 
 
 def _ray_sweep(project, cluster, sweep_file, *args, timeout=600, models=False):
-    return _sweep(project, sweep_file, "--executor", "ray", "--address", cluster.address, *args, timeout=timeout, models=models)
+    return run_sweep(project, sweep_file, "--executor", "ray", "--address", cluster.address, *args, timeout=timeout, models=models)
 
 
 @slow
@@ -82,7 +80,7 @@ def test_both_frameworks_run_to_the_end_on_two_nodes_with_checkpoints_between_ru
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "3 node(s)" in done.stdout and "2 trial(s) at once" in done.stdout
     assert "only nodes on this machine reach" not in done.stdout  # the nodes write over HTTP
-    runs = _runs("raysmall")
+    runs = trial_runs("raysmall")
     assert len(runs) == 4 and {run.info.status for run in runs} == {"FINISHED"}
     client = tracking.client()
     runs_dir = project / "results" / "raysmall" / "runs"
@@ -130,25 +128,25 @@ def _node_running(cluster, pid: int):
 
 @slow
 def test_a_node_lost_mid_trial_fails_that_trial_naming_it_and_the_rerun_finishes_only_that(project, cluster, tmp_path):
-    _inject_cell(project, _pid_file_cell(tmp_path, 0.002, 120))
-    sweep_file = _sweep_file(project, "lostnode", "{learning_rate: [0.001, 0.002, 0.003]}", epochs=1)
+    inject_cell(project, _pid_file_cell(tmp_path, 0.002, 120))
+    sweep_file = write_sweep_file(project, "lostnode", "{learning_rate: [0.001, 0.002, 0.003]}", epochs=1)
     sweep = subprocess.Popen([str(BIN / "imagebench"), "sweep", str(sweep_file), "--executor", "ray", "--address",
                               cluster.address, "--no-leaderboard"], cwd=project, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)  # fmt: skip
     pid_file = tmp_path / "slow.pid"
-    _wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), timeout=180)
+    wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), timeout=180)
     kernel = int(pid_file.read_text())
     node = _node_running(cluster, kernel)
     node_id = node.node_id[:8]
     cluster.remove_node(node, allow_graceful=False)  # its raylet and workers killed: the node is gone
     try:
         output, _ = sweep.communicate(timeout=300)
-        _wait_for(lambda: _gone(kernel), timeout=30)  # the trial's kernel went with its node
+        wait_for(lambda: _gone(kernel), timeout=30)  # the trial's kernel went with its node
     finally:
         _add_node(cluster)
     assert sweep.returncode == 1, output[-3000:]
     assert "2 finished, 1 failed of 3 trials run" in output
-    lost = [run for run in _runs("lostnode") if run.info.status == "FAILED"]
+    lost = [run for run in trial_runs("lostnode") if run.info.status == "FAILED"]
     assert len(lost) == 1 and lost[0].data.tags[tracking.TAG_TRIAL].startswith("002-")  # the lr 0.002 trial
     assert f"node {node_id}) lost" in lost[0].data.tags[tracking.TAG_ERROR]
 
@@ -156,7 +154,7 @@ def test_a_node_lost_mid_trial_fails_that_trial_naming_it_and_the_rerun_finishes
     done = _ray_sweep(project, cluster, sweep_file, "--no-leaderboard")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "1 finished, 0 failed of 1 trials run, 2 already finished (skipped)" in done.stdout
-    runs = _runs("lostnode")
+    runs = trial_runs("lostnode")
     finished = [run.data.tags[tracking.TAG_FINGERPRINT] for run in runs if run.info.status == "FINISHED"]
     assert len(finished) == 3 and len(set(finished)) == 3  # no fingerprint finished twice
     assert "RUNNING" not in {run.info.status for run in runs}
@@ -164,27 +162,27 @@ def test_a_node_lost_mid_trial_fails_that_trial_naming_it_and_the_rerun_finishes
 
 @slow
 def test_the_driver_killed_leaves_nothing_training_and_the_rerun_resumes(project, cluster, tmp_path):
-    _inject_cell(project, _pid_file_cell(tmp_path, 0.002, 120))
-    sweep_file = _sweep_file(project, "driverkill", "{learning_rate: [0.001, 0.002]}", epochs=1)
+    inject_cell(project, _pid_file_cell(tmp_path, 0.002, 120))
+    sweep_file = write_sweep_file(project, "driverkill", "{learning_rate: [0.001, 0.002]}", epochs=1)
     sweep = subprocess.Popen([str(BIN / "imagebench"), "sweep", str(sweep_file), "--executor", "ray", "--address",
                               cluster.address, "--workers", "1", "--no-leaderboard"], cwd=project,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     pid_file = tmp_path / "slow.pid"
-    _wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), timeout=180)
+    wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), timeout=180)
     kernel = int(pid_file.read_text())
     sweep.send_signal(signal.SIGKILL)
     sweep.wait()
     # Ray ends the dead driver's actors; each actor's worker takes its kernel down: no orphan keeps training
-    _wait_for(lambda: _gone(kernel), timeout=60)
-    _wait_for(lambda: not [p for p in psutil.process_iter(["cmdline"])
+    wait_for(lambda: _gone(kernel), timeout=60)
+    wait_for(lambda: not [p for p in psutil.process_iter(["cmdline"])
                            if "imagebench.worker" in " ".join(p.info["cmdline"] or [])], timeout=60)  # fmt: skip
-    assert sorted(run.info.status for run in _runs("driverkill")) == ["FINISHED", "RUNNING"]
+    assert sorted(run.info.status for run in trial_runs("driverkill")) == ["FINISHED", "RUNNING"]
 
     shutil.copy(REPO / "notebooks" / "train.ipynb", project / "notebooks" / "train.ipynb")
     done = _ray_sweep(project, cluster, sweep_file, "--no-leaderboard")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "1 finished, 0 failed of 1 trials run, 1 already finished (skipped)" in done.stdout and "marked KILLED" in done.stdout
-    assert sorted(run.info.status for run in _runs("driverkill")) == ["FINISHED", "FINISHED", "KILLED"]
+    assert sorted(run.info.status for run in trial_runs("driverkill")) == ["FINISHED", "FINISHED", "KILLED"]
 
 
 @slow
@@ -196,22 +194,22 @@ def test_a_hanging_trial_times_out_and_a_dataset_missing_on_the_node_fails_namin
         (flowers / name).mkdir(parents=True)
         for index in range(8):
             Image.new("RGB", (20, 20), (index * 30, 80, 40 if name == "daisy" else 200)).save(flowers / name / f"{index}.png")
-    _inject_cell(project, _pid_file_cell(tmp_path, 0.001, 600))  # trial 1 hangs
-    sweep_file = _sweep_file(project, "nodata", "{learning_rate: [0.001]}", epochs=1)
+    inject_cell(project, _pid_file_cell(tmp_path, 0.001, 600))  # trial 1 hangs
+    sweep_file = write_sweep_file(project, "nodata", "{learning_rate: [0.001]}", epochs=1)
     sweep_file.write_text(sweep_file.read_text().replace("matrix: {", f"matrix: {{dataset: [digits, {flowers}], "))
     sweep = subprocess.Popen([str(BIN / "imagebench"), "sweep", str(sweep_file), "--executor", "ray", "--address",
                               cluster.address, "--workers", "1", "--trial-timeout", "30", "--no-leaderboard"], cwd=project,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
-    _wait_for(lambda: (tmp_path / "slow.pid").exists(), timeout=180)  # trial 1 (digits) runs; the data was checked
+    wait_for(lambda: (tmp_path / "slow.pid").exists(), timeout=180)  # trial 1 (digits) runs; the data was checked
     flowers.rename(tmp_path / "elsewhere")  # the folder is not at that path where trial 2 will run
     output, _ = sweep.communicate(timeout=300)
     assert sweep.returncode == 1, output[-3000:]
     assert "0 finished, 2 failed of 2 trials run" in output
-    errors = {run.data.tags[tracking.TAG_TRIAL][:3]: run for run in _runs("nodata") if run.info.status == "FAILED"}
+    errors = {run.data.tags[tracking.TAG_TRIAL][:3]: run for run in trial_runs("nodata") if run.info.status == "FAILED"}
     timed_out, missing = errors["001"], errors["002"]
     assert "stopped after --trial-timeout 30s" in timed_out.data.tags[tracking.TAG_ERROR]
     assert tracking.client().list_artifacts(timed_out.info.run_id, tracking.ARTIFACT_NOTEBOOK_DIR)  # its partial notebook came back
-    _wait_for(lambda: _gone(int((tmp_path / "slow.pid").read_text())), timeout=30)  # the hung kernel was stopped
+    wait_for(lambda: _gone(int((tmp_path / "slow.pid").read_text())), timeout=30)  # the hung kernel was stopped
     error = missing.data.tags[tracking.TAG_ERROR]
     assert f"dataset {flowers} does not exist on Ray node" in error and "same absolute path" in error
 
@@ -225,12 +223,6 @@ def _gone(pid: int) -> bool:
         return True
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.mark.parametrize("args, message", [
     (["--executor", "spark"], "--executor 'spark' is unknown: use one of local"),
     (["--gpus-per-trial", "1"], "--gpus-per-trial 1 needs --executor ray"),
@@ -239,17 +231,17 @@ def _free_port() -> int:
 ])
 @slow
 def test_bad_executor_options_are_named_before_anything_runs(project, args, message):
-    sweep_file = _sweep_file(project, "badexec", "{learning_rate: [0.001]}", epochs=1)
-    done = _sweep(project, sweep_file, *args)
+    sweep_file = write_sweep_file(project, "badexec", "{learning_rate: [0.001]}", epochs=1)
+    done = run_sweep(project, sweep_file, *args)
     assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]
-    assert not (project / "mlflow.db").exists() or not _runs("badexec")
+    assert not (project / "mlflow.db").exists() or not trial_runs("badexec")
 
 
 @slow
 def test_a_cluster_that_does_not_answer_or_lacks_gpus_stops_before_any_run(project, cluster):
-    sweep_file = _sweep_file(project, "nocluster", "{learning_rate: [0.001]}", epochs=1)
+    sweep_file = write_sweep_file(project, "nocluster", "{learning_rate: [0.001]}", epochs=1)
     started = time.monotonic()
-    done = _sweep(project, sweep_file, "--executor", "ray", "--address", f"127.0.0.1:{_free_port()}")
+    done = run_sweep(project, sweep_file, "--executor", "ray", "--address", f"127.0.0.1:{free_port()}")
     assert done.returncode == 2 and "does not answer" in done.stderr and "ray start --head" in done.stderr, done.stderr
     assert time.monotonic() - started < 60
     done = _ray_sweep(project, cluster, sweep_file, "--gpus-per-trial", "1")
@@ -319,7 +311,7 @@ def _quickstart_project() -> Path:
 
 @slow
 def test_the_readme_cluster_quickstart_runs_as_written_and_stays_on_loopback(monkeypatch):
-    ray_port, server_port, db_port = _free_port(), _free_port(), _free_port()
+    ray_port, server_port, db_port = free_port(), free_port(), free_port()
     commands = block("cluster-quickstart").commands(**{"6379": str(ray_port), "127.0.0.1:5000": f"127.0.0.1:{server_port}"})
     root = _quickstart_project()
     # the user's shell: no Ray or MLflow settings of this test process (the driver must keep to
@@ -351,7 +343,7 @@ def test_the_readme_cluster_quickstart_runs_as_written_and_stays_on_loopback(mon
         running = server.start(root / ".server", port=server_port, db_port=db_port)
         monkeypatch.setenv("MLFLOW_TRACKING_URI", running.uri)
         client = tracking.client()
-        runs = _runs("ray-quickstart")
+        runs = trial_runs("ray-quickstart")
         assert len(runs) == 2 and {run.info.status for run in runs} == {"FINISHED"}
         for run in runs:
             trial = run.data.tags[tracking.TAG_TRIAL]

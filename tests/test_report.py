@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from imagebench import leaderboard, report, tracking
-from test_leaderboard import _trial
+from helpers import recorded_trial
 
 
 def _table_rows(run_id: str, folder: Path) -> list:
@@ -15,8 +15,8 @@ def _table_rows(run_id: str, folder: Path) -> list:
 
 def test_a_rebuilt_report_replaces_the_table_and_moves_the_leader_tags(project, tmp_path):
     parent = tracking.start_sweep_run("rep", "params/rep.yaml")
-    first = _trial("rep", "cnn", "torch", val_acc=0.8, val_loss=0.3, test_acc=0.7, parent=parent)
-    _trial("rep", "resnet50", "torch", val_acc=0.6, val_loss=0.5, test_acc=0.6, parent=parent)
+    first = recorded_trial("rep", "cnn", "torch", val_acc=0.8, val_loss=0.3, test_acc=0.7, parent=parent)
+    recorded_trial("rep", "resnet50", "torch", val_acc=0.6, val_loss=0.5, test_acc=0.6, parent=parent)
     board = leaderboard.build("rep", with_figures=False)
     written = leaderboard.write(board, tmp_path / "out")
     assert report.publish(board, written) == parent
@@ -31,7 +31,7 @@ def test_a_rebuilt_report_replaces_the_table_and_moves_the_leader_tags(project, 
     assert len(_table_rows(parent, tmp_path / "a")) == 2
     assert tracking.client().get_run(first).data.tags[tracking.TAG_RANK] == "1"
 
-    better = _trial("rep", "cnn", "torch", val_acc=0.95, val_loss=0.1, test_acc=0.9, parent=parent)  # a new cnn leader
+    better = recorded_trial("rep", "cnn", "torch", val_acc=0.95, val_loss=0.1, test_acc=0.9, parent=parent)  # a new cnn leader
     board = leaderboard.build("rep", with_figures=False)
     report.publish(board, leaderboard.write(board, tmp_path / "out"))
     assert len(_table_rows(parent, tmp_path / "b")) == 2  # replaced, not appended

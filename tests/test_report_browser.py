@@ -10,7 +10,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_imagebench
+from helpers import free_port
 from imagebench import leaderboard, report, tracking
 
 pytestmark = pytest.mark.slow
@@ -31,17 +31,11 @@ SWEEP = f"experiment: review\nbase: {{{TINY}, framework: torch}}\n" \
         "matrix: {model: [cnn, cnn_attention, efficientnet_b0], learning_rate: [0.001, 0.01]}\n"
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture
 def ui(project, monkeypatch):
     """`mlflow ui` on 127.0.0.1 over the project's store, and the store reached through it (so the
     CLI prints the UI's links, as it does with a tracking server); stopped at the end."""
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([str(BIN / "mlflow"), "ui", "--backend-store-uri", tracking.tracking_uri(), "--host", "127.0.0.1",
                                "--port", str(port)], cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)  # fmt: skip

@@ -2,56 +2,26 @@
 on one SQLite store, failure isolation (raise, kernel killed, timeout), kill -9 and resume, halving
 continued from checkpoints, repeated seeds."""
 
-import json
 import shutil
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from helpers import BIN, REPO, inject_cell, run_sweep, trial_runs, wait_for, write_sweep_file
+
 from imagebench import leaderboard, record, tracking
 
 pytestmark = pytest.mark.slow
-BIN = Path(sys.executable).parent
-REPO = Path(__file__).resolve().parents[1]
-TINY = "dataset: digits, image_size: 32, batch_size: 64, max_per_class: 12, val_fraction: 0.25, test_fraction: 0.25"
 
-
-def _sweep_file(project: Path, name: str, matrix: str, epochs: int = 2, extra: str = "") -> Path:
-    path = project / "params" / f"{name}.yaml"
-    path.write_text(f"experiment: {name}\nbase: {{{TINY}, epochs: {epochs}, framework: torch, model: cnn}}\n"
-                    f"matrix: {matrix}\n{extra}")
-    return path
-
-
-def _sweep(project, *args, timeout=600, models=False):
-    # the leaders' models are test_publish's subject: published here only when asked (~10 s per sweep)
-    return subprocess.run([str(BIN / "imagebench"), "sweep", *map(str, args), *([] if models else ["--no-models"])], cwd=project, capture_output=True,
-                          text=True, timeout=timeout)
-
-
-def _runs(experiment):
-    return tracking.search_trial_runs(experiment)
-
-
-def _inject_cell(project: Path, source: str) -> None:
-    """Give this test project's train.ipynb an extra cell before the trial runs (the user's copy is untouched)."""
-    path = project / "notebooks" / "train.ipynb"
-    notebook = json.loads(path.read_text())
-    position = next(i for i, cell in enumerate(notebook["cells"]) if "parameters" in cell["metadata"].get("tags", [])) + 2
-    notebook["cells"].insert(position, {"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [],
-                                        "source": source})
-    path.write_text(json.dumps(notebook))
 
 
 def test_four_workers_on_sqlite_lose_no_trial_and_no_metric(project):
-    sweep_file = _sweep_file(project, "busy", "{learning_rate: [0.001, 0.002, 0.003, 0.004, 0.005, 0.006, 0.007, 0.008]}")
-    done = _sweep(project, sweep_file, "--workers", "4", "--no-leaderboard")
+    sweep_file = write_sweep_file(project, "busy", "{learning_rate: [0.001, 0.002, 0.003, 0.004, 0.005, 0.006, 0.007, 0.008]}")
+    done = run_sweep(project, sweep_file, "--workers", "4", "--no-leaderboard")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    runs = _runs("busy")
+    runs = trial_runs("busy")
     assert len(runs) == 8 and {run.info.status for run in runs} == {"FINISHED"}
     client = tracking.client()
     for run in runs:
@@ -64,7 +34,7 @@ def test_four_workers_on_sqlite_lose_no_trial_and_no_metric(project):
 def test_a_raising_a_dying_and_a_hanging_trial_fail_alone(project):
     # the dying trial's kernel is killed right after its third epoch is recorded: epochs 2 and 3
     # were still held (record.EPOCH_SEND_SECONDS), and the sweep must send them from the unsent file
-    _inject_cell(project, "import os, signal, time\n"
+    inject_cell(project, "import os, signal, time\n"
                           "from imagebench import monitor\n"
                           "_end_epoch = monitor.EpochMonitor.end_epoch\n"
                           "def _dies_after_epoch_3(self, record):\n"
@@ -74,11 +44,11 @@ def test_a_raising_a_dying_and_a_hanging_trial_fail_alone(project):
                           "if params.learning_rate == 0.0666: monitor.EpochMonitor.end_epoch = _dies_after_epoch_3\n"
                           "if params.learning_rate == 0.0777: time.sleep(600)\n"
                           "if params.learning_rate == 0.0888: raise RuntimeError('this trial raises on purpose')\n")
-    sweep_file = _sweep_file(project, "faults", "{learning_rate: [0.001, 0.0666, 0.0777, 0.0888]}", epochs=4)
-    done = _sweep(project, sweep_file, "--workers", "2", "--trial-timeout", "60", "--no-leaderboard")
+    sweep_file = write_sweep_file(project, "faults", "{learning_rate: [0.001, 0.0666, 0.0777, 0.0888]}", epochs=4)
+    done = run_sweep(project, sweep_file, "--workers", "2", "--trial-timeout", "60", "--no-leaderboard")
     assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
     assert "1 finished, 3 failed of 4 trials run" in done.stdout
-    runs = {run.data.tags[tracking.TAG_TRIAL]: run for run in _runs("faults")}
+    runs = {run.data.tags[tracking.TAG_TRIAL]: run for run in trial_runs("faults")}
     assert len(runs) == 4
     errors = sorted(run.data.tags.get(tracking.TAG_ERROR, "") for run in runs.values() if run.info.status == "FAILED")
     assert len(errors) == 3
@@ -93,15 +63,6 @@ def test_a_raising_a_dying_and_a_hanging_trial_fail_alone(project):
     assert not list((project / "results" / "faults" / "runs").rglob(record.UNSENT))
 
 
-def _wait_for(predicate, timeout=300):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.5)
-    raise AssertionError("condition not reached in time")
-
-
 def _workers_of(project: Path) -> list:
     import psutil
 
@@ -110,26 +71,26 @@ def _workers_of(project: Path) -> list:
 
 
 def test_kill_9_mid_trial_then_resume_completes_exactly_the_missing_trials(project):
-    _inject_cell(project, "import time\nif params.learning_rate == 0.002:\n    print('trial 2 is running', flush=True)\n"
+    inject_cell(project, "import time\nif params.learning_rate == 0.002:\n    print('trial 2 is running', flush=True)\n"
                           "    time.sleep(120)\n")  # in the copy the first sweep runs; the rerun gets the plain one
-    sweep_file = _sweep_file(project, "crash", "{learning_rate: [0.001, 0.002, 0.003]}", epochs=2)
+    sweep_file = write_sweep_file(project, "crash", "{learning_rate: [0.001, 0.002, 0.003]}", epochs=2)
     sweep = subprocess.Popen([str(BIN / "imagebench"), "sweep", str(sweep_file), "--no-leaderboard"], cwd=project,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     log_dir = project / "results" / "crash" / "runs"
 
-    _wait_for(lambda: any("trial 2 is running" in p.read_text() for p in log_dir.glob("002-*.log")))
+    wait_for(lambda: any("trial 2 is running" in p.read_text() for p in log_dir.glob("002-*.log")))
     sweep.send_signal(signal.SIGKILL)
     sweep.wait()
-    _wait_for(lambda: not _workers_of(project), timeout=30)  # the orphaned worker took its kernel down
-    before = {r.data.tags[tracking.TAG_TRIAL]: r.info.status for r in _runs("crash")}
+    wait_for(lambda: not _workers_of(project), timeout=30)  # the orphaned worker took its kernel down
+    before = {r.data.tags[tracking.TAG_TRIAL]: r.info.status for r in trial_runs("crash")}
     assert sorted(before.values()) == ["FINISHED", "RUNNING"]  # the killed trial is left RUNNING
 
     shutil.copy(REPO / "notebooks" / "train.ipynb", project / "notebooks" / "train.ipynb")
-    done = _sweep(project, sweep_file)
+    done = run_sweep(project, sweep_file)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "2 finished, 0 failed of 2 trials run, 1 already finished (skipped)" in done.stdout
     assert "marked KILLED" in done.stdout
-    after = [r.info.status for r in _runs("crash")]
+    after = [r.info.status for r in trial_runs("crash")]
     assert sorted(after) == ["FINISHED", "FINISHED", "FINISHED", "KILLED"] and "RUNNING" not in after
     board = leaderboard.build("crash", with_figures=False)
     assert len(board.trials) == 3 and board.trials["trial"].is_unique
@@ -138,11 +99,11 @@ def test_kill_9_mid_trial_then_resume_completes_exactly_the_missing_trials(proje
 
 
 def test_halving_continues_survivors_from_checkpoints_then_repeats_the_best(project):
-    sweep_file = _sweep_file(project, "halve", "{learning_rate: [0.0003, 0.001, 0.003, 0.01]}", epochs=3)
-    done = _sweep(project, sweep_file, "--strategy", "halving", "--eta", "3", "--repeats", "2", "--workers", "2",
+    sweep_file = write_sweep_file(project, "halve", "{learning_rate: [0.0003, 0.001, 0.003, 0.01]}", epochs=3)
+    done = run_sweep(project, sweep_file, "--strategy", "halving", "--eta", "3", "--repeats", "2", "--workers", "2",
                   "--set", "early_stopping_patience=0")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    runs = _runs("halve")
+    runs = trial_runs("halve")
     assert len(runs) == 5  # 4 trials (one run each, across rungs) + 1 repeat of the best
     client = tracking.client()
     rung2 = [r for r in runs if r.data.tags.get(tracking.TAG_RUNG) == "2/2"]
@@ -163,40 +124,40 @@ def test_halving_continues_survivors_from_checkpoints_then_repeats_the_best(proj
 
 
 def test_a_worker_keeps_its_kernel_warm_and_replaces_it_after_a_failure(project):
-    _inject_cell(project, "if params.learning_rate == 0.002:\n    params.dataset = 'no-such-folder'  # fails in run_trial\n")
-    sweep_file = _sweep_file(project, "warm", "{learning_rate: [0.001, 0.002, 0.003, 0.004]}", epochs=1)
-    done = _sweep(project, sweep_file, "--no-leaderboard")
+    inject_cell(project, "if params.learning_rate == 0.002:\n    params.dataset = 'no-such-folder'  # fails in run_trial\n")
+    sweep_file = write_sweep_file(project, "warm", "{learning_rate: [0.001, 0.002, 0.003, 0.004]}", epochs=1)
+    done = run_sweep(project, sweep_file, "--no-leaderboard")
     assert done.returncode == 1 and "no-such-folder" in done.stdout
     # trials 001..004 ran in this order on the one worker; 002 failed loading its data
-    kernel = {r.data.tags[tracking.TAG_TRIAL][:3]: r.data.tags[tracking.TAG_KERNEL] for r in _runs("warm")}
+    kernel = {r.data.tags[tracking.TAG_TRIAL][:3]: r.data.tags[tracking.TAG_KERNEL] for r in trial_runs("warm")}
     assert kernel["001"] == kernel["002"]  # the second trial ran in the first one's kernel: no imports again
     assert kernel["003"] != kernel["002"]  # a failed trial's kernel is replaced: its state is unknown
     assert kernel["003"] == kernel["004"]
-    statuses = sorted(r.info.status for r in _runs("warm"))
+    statuses = sorted(r.info.status for r in trial_runs("warm"))
     assert statuses == ["FAILED", "FINISHED", "FINISHED", "FINISHED"]
 
-    fresh_file = _sweep_file(project, "fresh", "{learning_rate: [0.001, 0.003]}", epochs=1)
-    done = _sweep(project, fresh_file, "--no-leaderboard", "--fresh-kernel")
+    fresh_file = write_sweep_file(project, "fresh", "{learning_rate: [0.001, 0.003]}", epochs=1)
+    done = run_sweep(project, fresh_file, "--no-leaderboard", "--fresh-kernel")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert len({r.data.tags[tracking.TAG_KERNEL] for r in _runs("fresh")}) == 2
+    assert len({r.data.tags[tracking.TAG_KERNEL] for r in trial_runs("fresh")}) == 2
 
 
 def test_sigterm_ends_the_running_trial_killed_and_keeps_its_notebook(project):
-    _inject_cell(project, "import time\nprint('trial is running', flush=True)\ntime.sleep(120)\n")
-    sweep_file = _sweep_file(project, "term", "{learning_rate: [0.001, 0.002]}", epochs=1)
+    inject_cell(project, "import time\nprint('trial is running', flush=True)\ntime.sleep(120)\n")
+    sweep_file = write_sweep_file(project, "term", "{learning_rate: [0.001, 0.002]}", epochs=1)
     sweep = subprocess.Popen([str(BIN / "imagebench"), "sweep", str(sweep_file), "--no-leaderboard"], cwd=project,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     log_dir = project / "results" / "term" / "runs"
-    _wait_for(lambda: any("trial is running" in p.read_text() for p in log_dir.glob("001-*.log")))
+    wait_for(lambda: any("trial is running" in p.read_text() for p in log_dir.glob("001-*.log")))
     sweep.send_signal(signal.SIGTERM)
     output, _ = sweep.communicate(timeout=120)
     assert sweep.returncode == 130, output[-3000:]
-    runs = _runs("term")
+    runs = trial_runs("term")
     assert [run.info.status for run in runs] == ["KILLED"]  # the second trial never started
     assert "sweep interrupted" in runs[0].data.tags.get(tracking.TAG_ERROR, "")
     assert tracking.client().list_artifacts(runs[0].info.run_id, tracking.ARTIFACT_NOTEBOOK_DIR)  # partial notebook kept
     assert "interrupted" in output.lower()
-    _wait_for(lambda: not _workers_of(project), timeout=30)  # no worker or kernel left behind
+    wait_for(lambda: not _workers_of(project), timeout=30)  # no worker or kernel left behind
 
 
 def test_a_store_that_stays_down_stops_the_sweep_and_relog_loses_nothing(project, monkeypatch):
@@ -204,14 +165,14 @@ def test_a_store_that_stays_down_stops_the_sweep_and_relog_loses_nothing(project
 
     from conftest import assert_documented_record
 
-    _inject_cell(project, "import pathlib, time\nprint('waiting for the store to go down', flush=True)\n"
+    inject_cell(project, "import pathlib, time\nprint('waiting for the store to go down', flush=True)\n"
                           "while not pathlib.Path('STORE-LOCKED').exists():\n    time.sleep(0.1)\n")
-    sweep_file = _sweep_file(project, "outage", "{learning_rate: [0.001, 0.002]}", epochs=2)
+    sweep_file = write_sweep_file(project, "outage", "{learning_rate: [0.001, 0.002]}", epochs=2)
     monkeypatch.setenv(tracking.ENV_STORE_PATIENCE, "2")
     sweep = subprocess.Popen([str(BIN / "imagebench"), "sweep", str(sweep_file)], cwd=project,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     log_dir = project / "results" / "outage" / "runs"
-    _wait_for(lambda: any("waiting for the store" in p.read_text() for p in log_dir.glob("001-*.log")))
+    wait_for(lambda: any("waiting for the store" in p.read_text() for p in log_dir.glob("001-*.log")))
     lock = sqlite3.connect(project / "mlflow.db", isolation_level=None)
     lock.execute("BEGIN EXCLUSIVE")  # another program holds the database: every MLflow call is refused
     (project / "STORE-LOCKED").touch()
@@ -222,12 +183,12 @@ def test_a_store_that_stays_down_stops_the_sweep_and_relog_loses_nothing(project
         lock.close()
     assert sweep.returncode == 3, output[-3000:]
     assert "stopped because MLflow store" in output and f"imagebench relog {log_dir}" in output
-    runs = _runs("outage")
+    runs = trial_runs("outage")
     assert [run.info.status for run in runs] == ["RUNNING"]  # the second trial never started
     run_id = runs[0].info.run_id
     assert not tracking.client().get_metric_history(run_id, "val/accuracy")  # trained, but nothing reached the store
 
-    done = _sweep(project, sweep_file, "--no-leaderboard")  # the store is back: resume replays the journal first
+    done = run_sweep(project, sweep_file, "--no-leaderboard")  # the store is back: resume replays the journal first
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "re-logged from their journals" in done.stdout and "marked KILLED" not in done.stdout
     assert "1 finished, 0 failed of 1 trials run, 1 already finished (skipped)" in done.stdout
@@ -238,15 +199,15 @@ def test_a_store_that_stays_down_stops_the_sweep_and_relog_loses_nothing(project
 def test_a_full_disk_while_writing_a_notebook_fails_that_trial_clearly(project):
     from imagebench import grid
 
-    sweep_file = _sweep_file(project, "fulldisk", "{learning_rate: [0.001, 0.002]}", epochs=1)
+    sweep_file = write_sweep_file(project, "fulldisk", "{learning_rate: [0.001, 0.002]}", epochs=1)
     first, second = grid.plan_sweep(sweep_file).trials
     runs_dir = project / "results" / "fulldisk" / "runs"
     runs_dir.mkdir(parents=True)
     (runs_dir / f"{first.name}.ipynb").symlink_to("/dev/full")  # every write there: ENOSPC, no space left
-    done = _sweep(project, sweep_file, "--no-leaderboard")
+    done = run_sweep(project, sweep_file, "--no-leaderboard")
     assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
     assert "1 finished, 1 failed of 2 trials run" in done.stdout
-    runs = {run.data.tags[tracking.TAG_TRIAL]: run for run in _runs("fulldisk")}
+    runs = {run.data.tags[tracking.TAG_TRIAL]: run for run in trial_runs("fulldisk")}
     failed, finished = runs[first.name], runs[second.name]
     assert failed.info.status == "FAILED" and finished.info.status == "FINISHED"
     error = failed.data.tags[tracking.TAG_ERROR]
@@ -258,15 +219,15 @@ def test_a_full_disk_while_writing_a_notebook_fails_that_trial_clearly(project):
 def test_a_store_back_before_the_sweep_records_the_trial_gets_its_journal_replayed(project, monkeypatch):
     # the trial's own kernel holds the database for the whole trial: every write of that trial is
     # refused; the lock goes with the kernel, so the store answers again when the sweep records it
-    _inject_cell(project, "import sqlite3\nif params.learning_rate == 0.001:\n"
+    inject_cell(project, "import sqlite3\nif params.learning_rate == 0.001:\n"
                           "    _hold = sqlite3.connect('mlflow.db', isolation_level=None)\n"
                           "    _hold.execute('BEGIN EXCLUSIVE')\n")
-    sweep_file = _sweep_file(project, "blip", "{learning_rate: [0.001, 0.002]}", epochs=2)
+    sweep_file = write_sweep_file(project, "blip", "{learning_rate: [0.001, 0.002]}", epochs=2)
     monkeypatch.setenv(tracking.ENV_STORE_PATIENCE, "2")
-    done = _sweep(project, sweep_file, "--no-leaderboard")
+    done = run_sweep(project, sweep_file, "--no-leaderboard")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "2 finished, 0 failed of 2 trials run" in done.stdout
-    runs = {run.data.params["learning_rate"]: run for run in _runs("blip")}
+    runs = {run.data.params["learning_rate"]: run for run in trial_runs("blip")}
     replayed = runs["0.001"]
     assert replayed.info.status == "FINISHED" and tracking.TAG_ERROR not in replayed.data.tags
     assert "entries from" in replayed.data.tags[tracking.TAG_RELOGGED]
@@ -278,11 +239,11 @@ def test_a_store_back_before_the_sweep_records_the_trial_gets_its_journal_replay
 
 def test_a_kernel_grown_past_its_memory_limit_is_replaced(project, monkeypatch):
     monkeypatch.setenv("IMAGEBENCH_KERNEL_MAX_MB", "1")  # every kernel is over 1 MB after a trial
-    sweep_file = _sweep_file(project, "recycle", "{learning_rate: [0.001, 0.002]}", epochs=1)
-    done = _sweep(project, sweep_file, "--no-leaderboard")
+    sweep_file = write_sweep_file(project, "recycle", "{learning_rate: [0.001, 0.002]}", epochs=1)
+    done = run_sweep(project, sweep_file, "--no-leaderboard")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert len({r.data.tags[tracking.TAG_KERNEL] for r in _runs("recycle")}) == 2
+    assert len({r.data.tags[tracking.TAG_KERNEL] for r in trial_runs("recycle")}) == 2
 
     monkeypatch.setenv("IMAGEBENCH_KERNEL_MAX_MB", "lots")
-    done = _sweep(project, sweep_file, "--no-leaderboard")
+    done = run_sweep(project, sweep_file, "--no-leaderboard")
     assert done.returncode == 2 and "IMAGEBENCH_KERNEL_MAX_MB='lots' is invalid" in done.stderr

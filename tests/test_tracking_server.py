@@ -6,9 +6,7 @@ its own file."""
 
 import base64
 import json
-import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,78 +18,11 @@ from pathlib import Path
 import pytest
 
 from imagebench import server, tracking
-from test_sweep_parallel import _inject_cell, _sweep_file, _wait_for  # noqa: E402  (shared sweep-test helpers)
+from conftest import run_imagebench
+from helpers import free_ports, inject_cell, wait_for, write_sweep_file
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
-
-
-def _free_ports(count: int) -> list[int]:
-    probes = [socket.socket() for _ in range(count)]
-    try:
-        for probe in probes:
-            probe.bind(("127.0.0.1", 0))
-        return [probe.getsockname()[1] for probe in probes]
-    finally:
-        for probe in probes:
-            probe.close()
-
-
-class Server:
-    """The module's server: its folder, ports, and how long its starts took."""
-
-    def __init__(self, folder: Path, port: int, db_port: int):
-        self.folder, self.port, self.db_port = folder, port, db_port
-        self.uri = f"http://127.0.0.1:{port}"
-        self.timings: dict[str, float] = {}
-
-    def start(self, label: str = "") -> server.TrackingServer:
-        started = time.monotonic()
-        running = server.start(self.folder, port=self.port, db_port=self.db_port)
-        if label:
-            self.timings[label] = time.monotonic() - started
-        assert running.uri == self.uri
-        return running
-
-    def stop(self, label: str = "") -> list[str]:
-        started = time.monotonic()
-        stopped = server.stop(self.folder)
-        if label:
-            self.timings[label] = time.monotonic() - started
-        return stopped
-
-    @property
-    def password(self) -> str:
-        return server._password(self.folder)
-
-
-@pytest.fixture(scope="module")
-def tracking_server():
-    # Not under pytest's tmp_path: run as root, PostgreSQL runs as the postgres user, who cannot
-    # pass pytest's private (mode 700) folders; and the unix socket's path must stay short.
-    base = Path(tempfile.mkdtemp(prefix="ib-server-"))
-    os.chmod(base, 0o755)
-    handle = Server(base / "server", *_free_ports(2))
-    try:
-        handle.start("first start (initdb, schema)")
-        yield handle
-    finally:
-        handle.stop()
-        print("\ntracking server timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in handle.timings.items()))
-        shutil.rmtree(base, ignore_errors=True)
-
-
-@pytest.fixture
-def on_server(tracking_server, project, monkeypatch):
-    """A project whose store is the module's server (started again if a test left it down)."""
-    tracking_server.start()
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server.uri)
-    return tracking_server
-
-
-def _imagebench(project: Path, *args, timeout=600) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "imagebench"), *map(str, args)], cwd=project, capture_output=True, text=True,
-                          timeout=timeout)
 
 
 def _files_holding(text: str, *folders: Path) -> list[Path]:
@@ -129,9 +60,9 @@ def _assert_complete_run(run_id: str) -> None:
 def test_a_sweep_with_two_workers_against_the_server_loses_nothing(on_server, project):
     import psutil
 
-    sweep_file = _sweep_file(project, "shared", "{learning_rate: [0.001, 0.002, 0.003, 0.004]}")
+    sweep_file = write_sweep_file(project, "shared", "{learning_rate: [0.001, 0.002, 0.003, 0.004]}")
     started = time.monotonic()
-    done = _imagebench(project, "sweep", sweep_file, "--workers", "2", "--no-leaderboard")
+    done = run_imagebench("sweep", sweep_file, "--workers", "2", "--no-leaderboard", cwd=project)
     on_server.timings["sweep of 4 trials, 2 workers"] = time.monotonic() - started
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "done 4/4, failed 0" in done.stdout
@@ -143,7 +74,7 @@ def test_a_sweep_with_two_workers_against_the_server_loses_nothing(on_server, pr
     assert len(list((on_server.folder / server.ARTIFACTS).rglob("notebook/*.ipynb"))) == 4
     assert not (project / "mlartifacts").exists() and not (project / "mlflow.db").exists()
 
-    board = _imagebench(project, "leaderboard", "--experiment", "shared")
+    board = run_imagebench("leaderboard", "--experiment", "shared", cwd=project)
     assert board.returncode == 0, board.stdout[-3000:] + board.stderr[-3000:]
     assert len((project / "results" / "shared" / "trials.csv").read_text().strip().splitlines()) == 1 + 4
 
@@ -180,10 +111,10 @@ def _test_clock_waits(log_dir: Path, sweep: subprocess.Popen, down: float) -> tu
 
 def test_a_server_stopped_mid_sweep_stops_it_and_relog_completes_the_run(on_server, project, monkeypatch, tmp_path):
     # the kernel has its store client (MLflow imported: seconds) before the server goes down, as a warm kernel has
-    _inject_cell(project, "import pathlib, time\nfrom imagebench import tracking\ntracking.client()\n"
+    inject_cell(project, "import pathlib, time\nfrom imagebench import tracking\ntracking.client()\n"
                           "print('waiting for the server to go down', flush=True)\n"
                           "while not pathlib.Path('SERVER-DOWN').exists():\n    time.sleep(0.1)\n")
-    sweep_file = _sweep_file(project, "outage", "{learning_rate: [0.001, 0.002]}")
+    sweep_file = write_sweep_file(project, "outage", "{learning_rate: [0.001, 0.002]}")
     monkeypatch.setenv(tracking.ENV_STORE_PATIENCE, str(PATIENCE))
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # MLflow's own retries would take minutes
     log_dir = project / "results" / "outage" / "runs"
@@ -191,7 +122,7 @@ def test_a_server_stopped_mid_sweep_stops_it_and_relog_completes_the_run(on_serv
         sweep = subprocess.Popen([str(BIN / "imagebench"), "sweep", str(sweep_file)], cwd=project, stdout=out,
                                  stderr=subprocess.STDOUT, text=True)
         try:
-            _wait_for(lambda: any("waiting for the server" in p.read_text() for p in log_dir.glob("001-*.log")))
+            wait_for(lambda: any("waiting for the server" in p.read_text() for p in log_dir.glob("001-*.log")))
             assert on_server.stop() == ["mlflow server", "PostgreSQL"]  # the whole server goes down while trial 1 trains
             down = time.time()
             (project / "SERVER-DOWN").touch()
@@ -217,7 +148,7 @@ def test_a_server_stopped_mid_sweep_stops_it_and_relog_completes_the_run(on_serv
     run_id = runs[0].info.run_id
     assert not tracking.client().get_metric_history(run_id, "val/accuracy")
 
-    relogged = _imagebench(project, "relog", "results/")
+    relogged = run_imagebench("relog", "results/", cwd=project)
     assert relogged.returncode == 0, relogged.stdout[-3000:] + relogged.stderr[-3000:]
     _assert_complete_run(run_id)
     run = tracking.client().get_run(run_id)
@@ -256,9 +187,9 @@ def test_start_is_idempotent_and_names_what_blocks_it(on_server, monkeypatch):
     other = Path(tempfile.mkdtemp(prefix="ib-other-"))
     try:
         with pytest.raises(server.ServerError, match=rf"port {on_server.port} on 127.0.0.1 is taken.*--port"):
-            server.start(other, port=on_server.port, db_port=_free_ports(1)[0])
+            server.start(other, port=on_server.port, db_port=free_ports(1)[0])
         with pytest.raises(server.ServerError, match=rf"port {on_server.db_port} on 127.0.0.1 is taken.*--db-port"):
-            server.start(other, port=_free_ports(1)[0], db_port=on_server.db_port)
+            server.start(other, port=free_ports(1)[0], db_port=on_server.db_port)
         assert server.database_port(other) is None  # a failed start leaves nothing running
 
         with monkeypatch.context() as patch:

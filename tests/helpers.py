@@ -1,0 +1,114 @@
+"""Functions the tests share (fixtures live in conftest.py). No test module imports another."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import unicodedata  # noqa: F401  (make_tree's NFD spelling)
+from pathlib import Path
+
+from PIL import Image
+
+from imagebench import tracking
+
+BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[1]
+TINY = "dataset: digits, image_size: 32, batch_size: 64, max_per_class: 12, val_fraction: 0.25, test_fraction: 0.25"
+KOREAN = "사과"  # "apple"
+
+
+def write_sweep_file(project: Path, name: str, matrix: str, epochs: int = 2, extra: str = "") -> Path:
+    path = project / "params" / f"{name}.yaml"
+    path.write_text(f"experiment: {name}\nbase: {{{TINY}, epochs: {epochs}, framework: torch, model: cnn}}\n"
+                    f"matrix: {matrix}\n{extra}")
+    return path
+
+
+def run_sweep(project, *args, timeout=600, models=False):
+    # the leaders' models are test_publish's subject: published here only when asked (~10 s per sweep)
+    return subprocess.run([str(BIN / "imagebench"), "sweep", *map(str, args), *([] if models else ["--no-models"])], cwd=project, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def trial_runs(experiment):
+    return tracking.search_trial_runs(experiment)
+
+
+def inject_cell(project: Path, source: str) -> None:
+    """Give this test project's train.ipynb an extra cell before the trial runs (the user's copy is untouched)."""
+    path = project / "notebooks" / "train.ipynb"
+    notebook = json.loads(path.read_text())
+    position = next(i for i, cell in enumerate(notebook["cells"]) if "parameters" in cell["metadata"].get("tags", [])) + 2
+    notebook["cells"].insert(position, {"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [],
+                                        "source": source})
+    path.write_text(json.dumps(notebook))
+
+
+def wait_for(predicate, timeout=300):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise AssertionError("condition not reached in time")
+
+
+def free_ports(count: int) -> list[int]:
+    probes = [socket.socket() for _ in range(count)]
+    try:
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
+
+
+def free_port() -> int:
+    return free_ports(1)[0]
+
+
+def save_image(path, mode, size=(20, 14), color=(200, 30, 40)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.new("RGB", size, color).convert(mode)
+    image.save(path)
+
+
+def make_tree(root, per_class=10):
+    classes = {KOREAN: (220, 20, 20), "banana": (240, 230, 50), "10": (10, 10, 200), "2": (20, 200, 20)}
+    for name, color in classes.items():
+        for i in range(per_class):
+            mode, ext = [("RGB", "png"), ("RGB", "jpg"), ("L", "png"), ("RGBA", "png")][i % 4]
+            save_image(root / name / f"img_{i}.{ext}", mode, color=color)
+    # the same Korean class again, spelled in NFD as macOS writes it: must merge, not add a class
+    nfd = unicodedata.normalize("NFD", KOREAN)
+    for i in range(2):
+        save_image(root / nfd / f"mac_{i}.png", "RGB", color=classes[KOREAN])
+    (root / ".DS_Store").write_bytes(b"\0\0")
+    (root / "banana" / ".hidden.png").write_bytes(b"junk")
+    (root / ".ipynb_checkpoints").mkdir()
+    save_image(root / ".ipynb_checkpoints" / "x.png", "RGB")
+    (root / "banana" / "notes.txt").write_text("not an image")
+    return classes
+
+
+def recorded_trial(experiment, model, framework, val_acc, val_loss, test_acc, status="FINISHED", parent=None, flops=21_170_688):
+    run_id = tracking.create_trial_run(
+        experiment, f"{framework}-{model}-{val_acc}", {tracking.TAG_MODEL: model, tracking.TAG_FRAMEWORK: framework}, parent
+    )
+    tracking.log_params(run_id, {"learning_rate": round(val_acc / 100, 6), "optimizer": "adam"})
+    if status == "FINISHED":
+        tracking.log_metrics(run_id, {
+            "best/val_accuracy": val_acc, "best/val_loss": val_loss, "test/accuracy": test_acc, "test/loss": 1 - test_acc,
+            "cost/params": 1000 * (1 + val_acc), "cost/latency_ms": 2.0, "best_epoch": 3,
+        })
+        if flops is not None:  # runs recorded before cost/flops existed have none
+            tracking.log_metrics(run_id, {"cost/flops": flops})
+        for step, value in enumerate((val_acc / 2, val_acc), start=1):
+            tracking.log_metrics(run_id, {"val/accuracy": value, "val/loss": 1 - value}, step=step)
+        tracking.client().log_dict(run_id, {"labels": ["a", "b"], "matrix": [[3, 1], [0, 4]]}, tracking.ARTIFACT_CONFUSION_JSON)
+    tracking.end_run(run_id, status, None if status == "FINISHED" else "boom")
+    return run_id
