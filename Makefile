@@ -29,9 +29,9 @@ demo: $(STAMP)
 # TensorFlow and torch never share a process (importing both can segfault), so the framework
 # tests run in their own pytest sessions.
 test: $(STAMP)
-	$(PY) -m pytest tests --ignore=tests/keras --ignore=tests/torch
-	$(PY) -m pytest tests/keras
-	$(PY) -m pytest tests/torch
+	$(PY) -m pytest tests --ignore=tests/backends/keras --ignore=tests/backends/torch
+	$(PY) -m pytest tests/backends/keras
+	$(PY) -m pytest tests/backends/torch
 
 # Benchmarks print ratios against a baseline measured in the same run; JSON in results/benchmarks/.
 bench: $(STAMP)
@@ -63,6 +63,7 @@ server-stop: $(STAMP)
 # The style the code follows (settings in pyproject.toml): pyflakes + pycodestyle through ruff.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks tools
+	$(VENV)/bin/lint-imports
 
 notebooks: $(STAMP)
 	$(PY) tools/write_notebooks.py

@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from imagebench.resources import available_cores
-from imagebench.tracking import package_versions
+from imagebench.training.resources import available_cores
+from imagebench.store import package_versions
 
 REPO = Path(__file__).resolve().parents[1]
 OUT_DIR = REPO / "results" / "benchmarks"

@@ -27,7 +27,7 @@ from common import scratch_workspace, timed, write_record  # noqa: E402
 
 
 def draw(curves: dict, best_epoch: int, confusion, class_names: list[str], title: str) -> list[bytes]:
-    from imagebench import plots
+    from imagebench.core import plots
 
     return [plots.png_bytes(plots.learning_curves(curves, title, best_epoch)),
             plots.png_bytes(plots.confusion_matrix(confusion, class_names, title))]  # fmt: skip

@@ -25,7 +25,7 @@ from common import REPO, scratch_workspace, timed, write_record  # noqa: E402
 
 
 def head_trials(framework: str, configs: int, epochs: int, size: int, max_per_class: int):
-    from imagebench.grid import plan_sweep
+    from imagebench.sweep.grid import plan_sweep
 
     overrides = {"framework": framework, "model": "efficientnet_b0", "freeze_backbone": True, "epochs": epochs,
                  "image_size": size, "max_per_class": max_per_class, "experiment": "bench-frozen-head"}
@@ -34,7 +34,7 @@ def head_trials(framework: str, configs: int, epochs: int, size: int, max_per_cl
 
 
 def run_grid(trials, feature_cache: bool) -> float:
-    from imagebench.features import ENV_FEATURE_CACHE
+    from imagebench.training.features import ENV_FEATURE_CACHE
     from imagebench.trial import run_trial
 
     os.environ[ENV_FEATURE_CACHE] = "on" if feature_cache else "off"

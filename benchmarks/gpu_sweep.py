@@ -56,11 +56,11 @@ def run_sweep(project: Path, path: Path, timeout: float) -> tuple[float, str]:
 
 def trial_rows(project: Path) -> list[dict]:
     """One row per trial run: its switches, epoch seconds (from its log), train seconds, accuracy."""
-    from imagebench import tracking
+    from imagebench import store
 
     rows = []
-    for run in tracking.search_trial_runs("gpu-switches"):
-        trial, metrics, info = run.data.tags[tracking.TAG_TRIAL], run.data.metrics, run.info
+    for run in store.search_trial_runs("gpu-switches"):
+        trial, metrics, info = run.data.tags[store.TAG_TRIAL], run.data.metrics, run.info
         epochs = epoch_seconds(project / "results" / "gpu-switches" / "runs" / f"{trial}.log")
         rows.append({"trial": trial, **{switch: run.data.params.get(switch) == "True" for switch in SWITCHES},
                      "status": info.status, "first_epoch_seconds": epochs[0] if epochs else None, "later_epoch_seconds": epochs[1:],

@@ -47,7 +47,7 @@ def job_costs(project: Path, experiment: str, wall: float) -> dict:
 
 
 def winner(experiment: str) -> dict:
-    from imagebench import leaderboard
+    from imagebench.report import leaderboard
 
     best = leaderboard.select_leaders(leaderboard.trial_runs(experiment)).iloc[0]
     return {"trial": best["trial"], "val_accuracy": float(best["metrics.best/val_accuracy"]),

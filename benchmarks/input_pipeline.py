@@ -51,7 +51,7 @@ def write_jpeg_tree(root: Path, size: int) -> Path:
 
 
 def our_params(root: Path, framework: str, size: int):
-    from imagebench.params import make_params
+    from imagebench.core.params import make_params
 
     return make_params(framework=framework, model="cnn", dataset=str(root), image_size=size, augment="seed000",
                        epochs=1, batch_size=BATCH, early_stopping_patience=0)
@@ -60,7 +60,7 @@ def our_params(root: Path, framework: str, size: int):
 def ours(root: Path, framework: str, size: int, repeats: int) -> tuple[list[float], int, float]:
     from imagebench.backends import get_backend
     from imagebench.data.load import load_trial_data
-    from imagebench.monitor import EpochMonitor
+    from imagebench.training.monitor import EpochMonitor
 
     params = our_params(root, framework, size)
     backend = get_backend(framework)

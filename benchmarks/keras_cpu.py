@@ -53,7 +53,7 @@ def plain_fit_rates(model_name: str, images: int, repeats: int, jit_compile: boo
     import numpy as np
 
     from imagebench.backends.keras_backend import build_model, make_optimizer
-    from imagebench.params import make_params
+    from imagebench.core.params import make_params
 
     params = make_params(framework="keras", model=model_name, image_size=SIZE, weights="none", freeze_backbone=False,
                          batch_size=BATCH, augment="none")  # fmt: skip

@@ -41,7 +41,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from imagebench.tracking import package_versions  # noqa: E402
+from imagebench.store import package_versions  # noqa: E402
 
 
 def surviving_graphs() -> int:
@@ -84,7 +84,7 @@ def fit_rss(trials: int, start_trial) -> list[float]:
     import psutil
 
     from imagebench.backends.keras_models import build_model
-    from imagebench.params import make_params
+    from imagebench.core.params import make_params
 
     params = make_params(framework="keras", model="efficientnet_b0", image_size=64, weights="none")
     rng = np.random.default_rng(0)
@@ -137,7 +137,7 @@ def one_side(side: str, rss_trials: int, trials: int = 0) -> dict:
             keras.backend.clear_session()
         else:
             from imagebench.backends import keras_backend
-            from imagebench.params import make_params
+            from imagebench.core.params import make_params
 
             keras_backend.configure(params or make_params(framework="keras"))  # what every trial starts with
 

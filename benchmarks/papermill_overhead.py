@@ -38,34 +38,35 @@ class Worker:
     """The sweep's worker process (``executors.local.WorkerProcess``), sent jobs as the scheduler sends them."""
 
     def __init__(self, folder: Path, project: Path, fresh_kernel: bool = False):
-        from imagebench import tracking
-        from imagebench.resources import available_cores, thread_environment
+        from imagebench.core import contract
+        from imagebench.training.resources import available_cores, thread_environment
         from imagebench.executors.local import WorkerProcess
 
-        env = {**os.environ, **thread_environment(available_cores()), tracking.ENV_ROOT: str(project), "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, **thread_environment(available_cores()), contract.ENV_ROOT: str(project), "PYTHONUNBUFFERED": "1"}
         self.folder, self.jobs = folder, 0
         self.worker = WorkerProcess.start(project, env, folder / f"worker-{fresh_kernel}.log", fresh_kernel)
 
     def trial_seconds(self, values: dict) -> float:
         """One trial from the moment the job is sent until the worker reports it done."""
-        from imagebench import tracking
-        from imagebench.params import make_params
-        from imagebench.worker import status_file
+        from imagebench import store
+        from imagebench.core import contract
+        from imagebench.core.params import make_params
+        from imagebench.executors.worker import status_file
 
         params = make_params(values)
         self.jobs += 1
-        run_id = tracking.create_trial_run(params.experiment, f"worker-{self.jobs}", {}, None)
+        run_id = store.create_trial_run(params.experiment, f"worker-{self.jobs}", {}, None)
         params_file = self.folder / f"trial-{self.jobs}.params.json"
         params_file.write_text(json.dumps(params.model_dump()), encoding="utf-8")
         output = self.folder / f"trial-{self.jobs}-{self.worker.process.pid}.ipynb"
         started = time.perf_counter()
-        self.worker.send(params_file, run_id, output, {tracking.ENV_RUN_ID: run_id})
+        self.worker.send(params_file, run_id, output, {contract.ENV_RUN_ID: run_id})
         while not status_file(output).exists():
             if not self.worker.alive():
                 raise SystemExit(f"the worker exited with status {self.worker.process.returncode}; see {self.worker.log}")
             time.sleep(0.02)
         seconds = time.perf_counter() - started
-        if status_file(output).read_text().strip() != "0" or tracking.client().get_run(run_id).info.status != "FINISHED":
+        if status_file(output).read_text().strip() != "0" or store.client().get_run(run_id).info.status != "FINISHED":
             raise SystemExit(f"the worker's trial failed; see {output}")
         return seconds
 
@@ -87,11 +88,11 @@ def breakdown(framework: str) -> dict[str, float]:
     python = fresh_process_seconds("pass")
     return {
         "python_start": python,
-        "worker_imports": fresh_process_seconds("import imagebench.worker, papermill"),
+        "worker_imports": fresh_process_seconds("import imagebench.executors.worker, papermill"),
         "kernel_start": kernel_start_seconds(),
         "trial_imports": fresh_process_seconds(f"import imagebench.trial, {FRAMEWORK_IMPORT[framework]}"),
         "mlflow_store_open": fresh_process_seconds(
-            "from imagebench import tracking; tracking.client().search_experiments(max_results=1)"
+            "from imagebench import store; store.client().search_experiments(max_results=1)"
         ),
     }
 

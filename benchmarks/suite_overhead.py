@@ -31,7 +31,7 @@ from common import scratch_workspace, timed, write_record  # noqa: E402
 
 
 def trial_params(framework: str, model: str, epochs: int, size: int):
-    from imagebench.params import make_params
+    from imagebench.core.params import make_params
 
     return make_params(framework=framework, model=model, image_size=size, epochs=epochs, optimizer="adam",
                        learning_rate=1e-3, l2=0.0, batch_size=32, augment="none", early_stopping_patience=0,

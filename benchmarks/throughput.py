@@ -74,7 +74,7 @@ def training_flops_per_image(model_name: str, size: int) -> dict[str, float]:
     from torch.utils.flop_counter import FlopCounterMode
 
     from imagebench.backends.torch_backend import build_model
-    from imagebench.params import make_params
+    from imagebench.core.params import make_params
 
     model = build_model(make_params(framework="torch", model=model_name, image_size=size, weights="none"), 10)
     pixels, labels = torch.zeros(2, size, size, 3), torch.zeros(2, dtype=torch.long)  # 2: BatchNorm trains on a batch
@@ -101,7 +101,7 @@ def counted_in_torch(model_name: str, size: int) -> dict[str, float]:
 def training_data(size: int, images: int):
     from imagebench.data.arrays import Split
     from imagebench.data.load import load_trial_data
-    from imagebench.params import make_params
+    from imagebench.core.params import make_params
 
     data = load_trial_data(make_params(image_size=size, max_per_class=None))
     if images > len(data.train):
@@ -115,8 +115,8 @@ def training_rates(framework: str, model_name: str, data, size: int, repeats: in
     """Training images/s of ``repeats`` epochs after a first one (graph tracing, allocator warm-up),
     all in one ``fit`` as a trial trains, read from the epoch times the monitor records."""
     from imagebench.backends import get_backend
-    from imagebench.monitor import EpochMonitor
-    from imagebench.params import make_params
+    from imagebench.training.monitor import EpochMonitor
+    from imagebench.core.params import make_params
 
     params = make_params(framework=framework, model=model_name, image_size=size, weights="none", freeze_backbone=False,
                          batch_size=BATCH, augment="none", epochs=repeats + 1, early_stopping_patience=0, **(switches or {}))

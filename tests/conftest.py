@@ -1,6 +1,6 @@
 """Shared fixtures. TensorFlow and torch never share a test process (importing both can segfault):
-tests/keras and tests/torch import their framework at collection, so `make test` runs them in
-pytest sessions of their own, and a plain `pytest` leaves tests/torch out unless it is named."""
+tests/backends/keras and tests/backends/torch import their framework at collection, so `make test` runs them in
+pytest sessions of their own, and a plain `pytest` leaves tests/backends/torch out unless it is named."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import pytest
 from helpers import free_ports
 
 from imagebench import server
+from imagebench.server import postgres
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -27,7 +28,7 @@ def _inside(arg: str, folder: Path) -> bool:
 
 
 def pytest_ignore_collect(collection_path, config):
-    torch_tests = HERE / "torch"
+    torch_tests = HERE / "backends" / "torch"
     if collection_path == torch_tests:
         return not any(_inside(arg, torch_tests) for arg in config.args)
     return None
@@ -74,61 +75,62 @@ def tiny_values(**overrides):
 
 
 def assert_documented_record(run_id: str, num_classes: int) -> None:
-    """The child run holds exactly the documented MLflow record (README "The MLflow record"; tracking.py names it)."""
-    from imagebench import tracking
-    from imagebench.params import FIELD_NAMES
+    """The child run holds exactly the documented MLflow record (README "The MLflow record"; store.py names it)."""
+    from imagebench import store
+    from imagebench.core import metrics
+    from imagebench.core.params import FIELD_NAMES
 
-    client = tracking.client()
+    client = store.client()
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     assert set(run.data.params) == set(FIELD_NAMES)
-    expected_final = set(tracking.FINAL_METRICS) - (set() if num_classes > 5 else {"test/top5_accuracy"})
+    expected_final = set(metrics.FINAL_METRICS) - (set() if num_classes > 5 else {"test/top5_accuracy"})
     data_metrics = {"data/train_images", "data/val_images", "data/test_images", "data/classes", "data/skipped_files"}
-    assert set(run.data.metrics) == set(tracking.EPOCH_METRICS) | expected_final | data_metrics
-    for key in tracking.EPOCH_METRICS:
+    assert set(run.data.metrics) == set(metrics.EPOCH_METRICS) | expected_final | data_metrics
+    for key in metrics.EPOCH_METRICS:
         history = client.get_metric_history(run_id, key)
         assert [m.step for m in history] == list(range(1, len(history) + 1)) and history
-    for tag in (tracking.TAG_FINGERPRINT, tracking.TAG_MODEL, tracking.TAG_FRAMEWORK, tracking.TAG_SWEEP,
-                tracking.TAG_DATASET_FINGERPRINT, tracking.TAG_GIT_COMMIT, tracking.TAG_VERSIONS, tracking.TAG_ROLE):
+    for tag in (store.TAG_FINGERPRINT, store.TAG_MODEL, store.TAG_FRAMEWORK, store.TAG_SWEEP,
+                store.TAG_DATASET_FINGERPRINT, store.TAG_GIT_COMMIT, store.TAG_VERSIONS, store.TAG_ROLE):
         assert run.data.tags.get(tag), tag
     artifacts = {item.path for item in client.list_artifacts(run_id)}
-    assert artifacts >= {tracking.ARTIFACT_CONFUSION_PNG, tracking.ARTIFACT_CONFUSION_JSON, tracking.ARTIFACT_CURVES_PNG,
-                         tracking.ARTIFACT_REPORT, tracking.ARTIFACT_CLASS_MAP}
+    assert artifacts >= {store.ARTIFACT_CONFUSION_PNG, store.ARTIFACT_CONFUSION_JSON, store.ARTIFACT_CURVES_PNG,
+                         store.ARTIFACT_REPORT, store.ARTIFACT_CLASS_MAP}
 
 
 def check_in_process_trial(framework: str) -> None:
-    """Shared by tests/keras and tests/torch: one tiny in-process trial and its MLflow record."""
+    """Shared by tests/backends/keras and tests/backends/torch: one tiny in-process trial and its MLflow record."""
     import json
 
-    from imagebench import tracking
+    from imagebench import store
     from imagebench.trial import run_trial
 
     result = run_trial(tiny_values(framework=framework, model="cnn_attention", epochs=2, experiment="inproc"), verbose=False)
     assert_documented_record(result.run_id, num_classes=10)
-    run = tracking.client().get_run(result.run_id)
+    run = store.client().get_run(result.run_id)
     assert run.data.params["framework"] == framework and run.data.params["head_units"] == "128"
-    class_map = json.loads(Path(tracking.client().download_artifacts(result.run_id, tracking.ARTIFACT_CLASS_MAP)).read_text())
+    class_map = json.loads(Path(store.client().download_artifacts(result.run_id, store.ARTIFACT_CLASS_MAP)).read_text())
     assert class_map == {str(i): str(i) for i in range(10)}
     assert result.metrics["test/accuracy"] == pytest.approx(run.data.metrics["test/accuracy"])
     assert 1 <= result.metrics["best_epoch"] <= 2
 
 
 def check_failing_trial_recorded(framework: str, missing_folder: Path) -> None:
-    from imagebench import tracking
+    from imagebench import store
     from imagebench.data.folders import DatasetError
     from imagebench.trial import run_trial
 
     with pytest.raises(DatasetError):
         run_trial(tiny_values(framework=framework, dataset=str(missing_folder), experiment="inproc"), verbose=False)
-    runs = tracking.client().search_runs([tracking.experiment_id("inproc")])
+    runs = store.client().search_runs([store.experiment_id("inproc")])
     assert len(runs) == 1 and runs[0].info.status == "FAILED"
-    assert "neither a built-in name" in runs[0].data.tags[tracking.TAG_ERROR]
+    assert "neither a built-in name" in runs[0].data.tags[store.TAG_ERROR]
 
 
 def check_continued_trial_equals_uninterrupted(framework: str, tmp_path: Path) -> None:
     """Halving's promise: 2 epochs, checkpoint, 2 more == 4 epochs in one go (same seed, same draws,
     same optimizer state, same dropout stream), and the continued run reports 4 epochs in all."""
-    from imagebench import tracking
+    from imagebench import store
     from imagebench.trial import run_trial
 
     values = tiny_values(framework=framework, epochs=4, augment="light", early_stopping_patience=0, experiment="resume")
@@ -143,18 +145,18 @@ def check_continued_trial_equals_uninterrupted(framework: str, tmp_path: Path) -
         assert ours.train_loss == pytest.approx(theirs.train_loss, rel=1e-5, abs=1e-6)
     assert continued.metrics["test/accuracy"] == pytest.approx(whole.metrics["test/accuracy"])
     assert continued.metrics["epochs_run"] == 4
-    history = tracking.client().get_metric_history(first.run_id, "val/loss")
+    history = store.client().get_metric_history(first.run_id, "val/loss")
     assert sorted(m.step for m in history) == [1, 2, 3, 4]  # one run, each epoch once
-    assert tracking.client().get_run(first.run_id).data.tags[tracking.TAG_EPOCH_BUDGET] == "4"
+    assert store.client().get_run(first.run_id).data.tags[store.TAG_EPOCH_BUDGET] == "4"
 
 
 def check_feature_cache_matches_uncached(framework: str, monkeypatch) -> None:
     """Frozen backbone: the head trained on cached pooled features gives the uncached path's numbers."""
     import numpy as np
 
-    from imagebench import tracking
+    from imagebench import store
     from imagebench.backends import get_backend, get_exporter
-    from imagebench.features import ENV_FEATURE_CACHE
+    from imagebench.training.features import ENV_FEATURE_CACHE
     from imagebench.trial import run_trial
 
     values = tiny_values(framework=framework, model="efficientnet_b0", freeze_backbone=True, epochs=3, head_units=[64, 32],
@@ -172,7 +174,7 @@ def check_feature_cache_matches_uncached(framework: str, monkeypatch) -> None:
     with monkeypatch.context() as patched:  # the fast path: on a hit only the head is built
         patched.setattr(backend, "build_model", whole_model_built)
         cached = run_trial(values, verbose=False)
-    tags = [tracking.client().get_run(r.run_id).data.tags.get(tracking.TAG_FEATURE_CACHE) for r in (plain, computed, cached)]
+    tags = [store.client().get_run(r.run_id).data.tags.get(store.TAG_FEATURE_CACHE) for r in (plain, computed, cached)]
     assert tags == [None, "computed", "hit"]
     for result in (computed, cached):
         for ours, theirs in zip(result.history, plain.history):
@@ -205,14 +207,15 @@ def check_feature_cache_matches_uncached(framework: str, monkeypatch) -> None:
 
 
 def _kept_folder(experiment: str, run_id: str) -> Path:
-    from imagebench import tracking, trained
+    from imagebench import store
+    from imagebench.trial import trained
 
-    return trained.folder_of(experiment, tracking.client().get_run(run_id).info.run_name)
+    return trained.folder_of(experiment, store.client().get_run(run_id).info.run_name)
 
 
 def kept_probabilities(experiment: str, run_id: str):
     """What the trial predicted on its test images, as kept with its model."""
-    from imagebench import trained
+    from imagebench.trial import trained
 
     return trained.load(_kept_folder(experiment, run_id)).probabilities
 
@@ -222,10 +225,10 @@ def check_kept_model_predicts_as_trial(framework: str, experiment: str, run_id: 
     its test images exactly as the trial did."""
     import numpy as np
 
-    from imagebench import trained
+    from imagebench.trial import trained
     from imagebench.backends import get_exporter
     from imagebench.data.load import load_trial_data
-    from imagebench.params import make_params
+    from imagebench.core.params import make_params
 
     folder = _kept_folder(experiment, run_id)
     kept = trained.load(folder)
@@ -240,7 +243,7 @@ def check_speed_switches_train(framework: str) -> None:
     CPU: finite losses, the whole record, and the same trial with the switches off is unaffected."""
     import math
 
-    from imagebench import tracking
+    from imagebench import store
     from imagebench.trial import run_trial
 
     switches = dict(mixed_precision=True, channels_last=True, compile=True)
@@ -249,7 +252,7 @@ def check_speed_switches_train(framework: str) -> None:
     for result in (fast, plain):
         assert all(math.isfinite(record.train_loss) and math.isfinite(record.val_loss) for record in result.history)
         assert_documented_record(result.run_id, num_classes=10)
-    logged = tracking.client().get_run(fast.run_id).data.params
+    logged = store.client().get_run(fast.run_id).data.params
     assert (logged["mixed_precision"], logged["channels_last"], logged["compile"]) == ("True", "True", "True")
     # reduced precision changes the numbers, so the two runs are not equal; the float32 run must be
     # the default trial's exact numbers (a global policy left behind by the first would change them)
@@ -275,11 +278,12 @@ def check_test_numbers_come_from_the_best_epoch(framework: str) -> None:
     epoch's, no restoring involved) predicts the test images the same."""
     import numpy as np
 
-    from imagebench import tracking, trained
+    from imagebench import store
+    from imagebench.trial import trained
     from imagebench.backends import get_exporter
     from imagebench.data.load import load_trial_data
-    from imagebench.evaluation import evaluate, loss_and_accuracy
-    from imagebench.params import make_params
+    from imagebench.training.evaluation import evaluate, loss_and_accuracy
+    from imagebench.core.params import make_params
     from imagebench.trial import run_trial
 
     values = best_epoch_values(framework)
@@ -300,7 +304,7 @@ def check_test_numbers_come_from_the_best_epoch(framework: str) -> None:
     probabilities = predict(data.test.images.astype(np.float32))
     assert np.abs(probabilities - kept.probabilities).max() < 1e-4
     recomputed = evaluate(probabilities, data.test.labels, data.class_names).metrics
-    logged = tracking.client().get_run(result.run_id).data.metrics
+    logged = store.client().get_run(result.run_id).data.metrics
     assert logged["test/accuracy"] == recomputed["test/accuracy"] == result.metrics["test/accuracy"]
     assert logged["test/loss"] == pytest.approx(recomputed["test/loss"], abs=1e-4)
     assert (logged["best_epoch"], logged["best/val_loss"]) == (best_epoch, pytest.approx(best.val_loss))
@@ -339,7 +343,7 @@ class Server:
 
     @property
     def password(self) -> str:
-        return server._password(self.folder)
+        return postgres._password(self.folder)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from imagebench import tracking
+from imagebench import store
 
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[1]
@@ -34,7 +34,7 @@ def run_sweep(project, *args, timeout=600, models=False):
 
 
 def trial_runs(experiment):
-    return tracking.search_trial_runs(experiment)
+    return store.search_trial_runs(experiment)
 
 
 def inject_cell(project: Path, source: str) -> None:
@@ -96,19 +96,19 @@ def make_tree(root, per_class=10):
 
 
 def recorded_trial(experiment, model, framework, val_acc, val_loss, test_acc, status="FINISHED", parent=None, flops=21_170_688):
-    run_id = tracking.create_trial_run(
-        experiment, f"{framework}-{model}-{val_acc}", {tracking.TAG_MODEL: model, tracking.TAG_FRAMEWORK: framework}, parent
+    run_id = store.create_trial_run(
+        experiment, f"{framework}-{model}-{val_acc}", {store.TAG_MODEL: model, store.TAG_FRAMEWORK: framework}, parent
     )
-    tracking.log_params(run_id, {"learning_rate": round(val_acc / 100, 6), "optimizer": "adam"})
+    store.log_params(run_id, {"learning_rate": round(val_acc / 100, 6), "optimizer": "adam"})
     if status == "FINISHED":
-        tracking.log_metrics(run_id, {
+        store.log_metrics(run_id, {
             "best/val_accuracy": val_acc, "best/val_loss": val_loss, "test/accuracy": test_acc, "test/loss": 1 - test_acc,
             "cost/params": 1000 * (1 + val_acc), "cost/latency_ms": 2.0, "best_epoch": 3,
         })
         if flops is not None:  # runs recorded before cost/flops existed have none
-            tracking.log_metrics(run_id, {"cost/flops": flops})
+            store.log_metrics(run_id, {"cost/flops": flops})
         for step, value in enumerate((val_acc / 2, val_acc), start=1):
-            tracking.log_metrics(run_id, {"val/accuracy": value, "val/loss": 1 - value}, step=step)
-        tracking.client().log_dict(run_id, {"labels": ["a", "b"], "matrix": [[3, 1], [0, 4]]}, tracking.ARTIFACT_CONFUSION_JSON)
-    tracking.end_run(run_id, status, None if status == "FINISHED" else "boom")
+            store.log_metrics(run_id, {"val/accuracy": value, "val/loss": 1 - value}, step=step)
+        store.client().log_dict(run_id, {"labels": ["a", "b"], "matrix": [[3, 1], [0, 4]]}, store.ARTIFACT_CONFUSION_JSON)
+    store.end_run(run_id, status, None if status == "FINISHED" else "boom")
     return run_id

@@ -1,7 +1,7 @@
 """MkDocs hook (``hooks:`` in mkdocs.yml): writes the reference pages from the code at build time.
 
 The command line comes from ``imagebench.cli.build_parser``, the parameters from
-``imagebench.params.TrialParams``, the sweep-file keys from ``imagebench.grid.SHAPES`` and the
+``imagebench.core.params.TrialParams``, the sweep-file keys from ``imagebench.sweep.grid.SHAPES`` and the
 benchmarks from ``results/benchmarks/**/*.json``, so a new option, parameter or measurement appears
 in the site without anyone retyping it. None of these imports loads TensorFlow or torch.
 """
@@ -17,8 +17,9 @@ from typing import Any, Literal, get_args, get_origin
 
 from mkdocs.structure.files import File
 
-from imagebench import cli, grid
-from imagebench.params import TrialParams
+from imagebench import cli
+from imagebench.sweep import grid
+from imagebench.core.params import TrialParams
 
 CONSTRAINTS = {"Ge": ">=", "Gt": ">", "Le": "<=", "Lt": "<", "MinLen": "length >="}
 
@@ -81,7 +82,7 @@ def parameters_page() -> str:
     keys = [[f"`{key}`", kind.__name__, holds] for key, (kind, holds, _) in grid.SHAPES.items()]
     return "\n".join([
         "# Sweep files and parameters\n",
-        "Generated from `imagebench.grid` and `imagebench.params.TrialParams`.\n",
+        "Generated from `imagebench.sweep.grid` and `imagebench.core.params.TrialParams`.\n",
         "## Sweep file\n", f"```yaml\n{example}\n```\n", _table(["key", "type", "holds"], keys),
         "## Trial parameters\n",
         "Each is a key of `base`, `matrix`, `exclude` and `include`, of `imagebench sweep --set KEY=VALUE`, "

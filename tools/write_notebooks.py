@@ -8,13 +8,13 @@ from pathlib import Path
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from imagebench.params import TrialParams
+from imagebench.core.params import TrialParams
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 
 def parameters_source() -> str:
-    lines = ["# Parameters: every knob of one trial (defaults == imagebench.params.TrialParams)."]
+    lines = ["# Parameters: every knob of one trial (defaults == imagebench.core.params.TrialParams)."]
     for name, info in TrialParams.model_fields.items():
         comment = f"  # {info.description}" if info.description else ""
         lines.append(f"{name} = {info.default!r}{comment}")
@@ -46,14 +46,14 @@ def train() -> nbformat.NotebookNode:
             ),
             new_code_cell(
                 "%matplotlib inline\nfrom IPython.display import display\n\n"
-                "from imagebench.params import names_before_parameters, params_from_notebook\nfrom imagebench.trial import run_trial\n\n"
+                "from imagebench.core.params import names_before_parameters, params_from_notebook\nfrom imagebench.trial import run_trial\n\n"
                 "_names_before = names_before_parameters(globals())  # every name the next cells add must be a parameter"
             ),
             tagged(parameters_source(), "parameters"),
             new_code_cell("params = params_from_notebook(globals(), _names_before)\nparams.tracked()"),
             new_code_cell("result = run_trial(params)"),
             new_markdown_cell("## Learning curves and test results (weights of the best validation epoch)"),
-            new_code_cell("display(result.learning_curves_figure())\ndisplay(result.confusion_figure())"),
+            new_code_cell("display(*result.images())  # the PNGs logged to MLflow (result.*_figure() redraw them as matplotlib figures)"),
             new_code_cell("print(result.report)\nresult.summary()"),
         ],
     )
@@ -69,13 +69,21 @@ def leaderboard() -> nbformat.NotebookNode:
             ),
             new_code_cell(
                 "%matplotlib inline\nimport pandas as pd\nfrom IPython.display import display\n\n"
-                "from imagebench import leaderboard, sweep"
+                "from imagebench.report import leaderboard\nfrom imagebench import sweep"
             ),
-            tagged('experiment = "demo"  # MLflow experiment: the sweep name\nwrite_files = True  # also write results/<experiment>/', "parameters"),
+            tagged('experiment = "demo"  # MLflow experiment: the sweep name\nwrite_files = True  # also write results/<experiment>/\n'
+                   "publish_models = False  # also log, export (ONNX, .keras/.pt2), check and register the leaders' models, as `imagebench export` does",
+                   "parameters"),
             new_code_cell("board = leaderboard.build(experiment)\nwith pd.option_context('display.max_columns', None):\n    display(board.leaders.round(4))"),
             new_code_cell("for name, figure in board.figures.items():\n    display(figure)"),
             new_code_cell("with pd.option_context('display.max_rows', 200, 'display.max_columns', None):\n    display(board.trials.round(4))"),
             new_code_cell("if write_files:\n    for path in leaderboard.write(board, sweep.results_dir(experiment)):\n        print(path)"),
+            new_code_cell(
+                "if publish_models:  # one worker process per framework; the trials' weights are kept (imagebench export deletes the rest)\n"
+                "    from imagebench.report import publish\n\n"
+                "    published = publish.publish(experiment, prune=False)\n"
+                "    display(pd.DataFrame([vars(outcome) for outcome in published.outcomes]))"
+            ),
         ],
     )
 
@@ -88,7 +96,7 @@ def explore() -> nbformat.NotebookNode:
                               "exactly as a trial with these settings would see them."),
             new_code_cell(
                 "%matplotlib inline\nfrom IPython.display import display\n\n"
-                "from imagebench import plots\nfrom imagebench.data.load import load_trial_data\nfrom imagebench.params import make_params"
+                "from imagebench.core import plots\nfrom imagebench.data.load import load_trial_data\nfrom imagebench.core.params import make_params"
             ),
             tagged(
                 'dataset = "digits"  # built-in name or a folder of class folders\nimage_size = 64\n'

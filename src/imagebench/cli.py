@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 from imagebench.models.registry import FRAMEWORKS
-from imagebench.params import ParamsError
+from imagebench.core.params import ParamsError
 
 EXIT_OK, EXIT_TRIALS_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 EXIT_ENVIRONMENT = 3  # nothing wrong with the inputs: the MLflow store is down or the disk is full
@@ -47,7 +47,7 @@ def _whole_number(text: str) -> int:
 def _print_plan(plan, options) -> None:
     import pandas as pd
 
-    from imagebench.strategies import strategy_for
+    from imagebench.sweep.strategies import strategy_for
 
     strategy, count = strategy_for(options.strategy)
     trials = strategy.select(plan.trials, count)
@@ -64,9 +64,10 @@ def _print_plan(plan, options) -> None:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from imagebench import grid, sweep
-    from imagebench.params import parse_assignments
-    from imagebench.weights import check_weights, require_weights
+    from imagebench.sweep import grid
+    from imagebench import sweep
+    from imagebench.core.params import parse_assignments
+    from imagebench.training.weights import check_weights, require_weights
 
     options = _sweep_options(args)
     axes = {key: value.split(",") for key, value in (("model", args.models), ("framework", args.frameworks)) if value}
@@ -97,7 +98,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 def _publish_models(experiment: str, model: Optional[str], framework: Optional[str], prune: bool) -> bool:
     """The leaders' models logged, exported, checked and registered (``publish``); False if one was not."""
-    from imagebench import publish
+    from imagebench.report import publish
 
     summary = publish.publish(experiment, model, framework, prune=prune, echo=lambda line: print(line, flush=True))
     for outcome in summary.failed:
@@ -106,7 +107,7 @@ def _publish_models(experiment: str, model: Optional[str], framework: Optional[s
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from imagebench.publish import PublishError
+    from imagebench.report.publish import PublishError
 
     try:
         published_ok = _publish_models(args.experiment, args.model, args.framework, prune=not args.keep_weights)
@@ -118,24 +119,26 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _write_leaderboard(experiment: str, out: Optional[str]) -> None:
     """Files under results/<experiment>/ (or ``out``), and the same published into the sweep's parent run."""
-    from imagebench import leaderboard, report, tracking
+    from imagebench.report import leaderboard
+    from imagebench.report import parent_run
+    from imagebench import store
 
-    out_dir = Path(out) if out else tracking.results_dir(experiment)  # refuses a name that is no folder, before reading
+    out_dir = Path(out) if out else store.results_dir(experiment)  # refuses a name that is no folder, before reading
     board = leaderboard.build(experiment)
     written = leaderboard.write(board, out_dir)
-    parent = report.publish(board, written)
-    print(report.short_markdown(board.leaders))
+    parent = parent_run.publish(board, written)
+    print(parent_run.short_markdown(board.leaders))
     print(f"\nfull leaderboard: {out_dir}/leaderboard.html (.md, .csv; plots as PNG)"
-          + (f"; in MLflow: the parent run's description and artifacts {report.ARTIFACT_DIR}/" if parent else ""))
-    base = tracking.ui_base_url()
+          + (f"; in MLflow: the parent run's description and artifacts {parent_run.ARTIFACT_DIR}/" if parent else ""))
+    base = store.ui_base_url()
     if base and parent:
-        print(f"report: {tracking.run_url(base, experiment, parent)}")
-        print(f"leaders in the runs table (searched for {report.LEADER_SEARCH}; open the sweep's row): "
-              f"{tracking.run_url(base, experiment, search=report.LEADER_SEARCH)}")
+        print(f"report: {store.run_url(base, experiment, parent)}")
+        print(f"leaders in the runs table (searched for {parent_run.LEADER_SEARCH}; open the sweep's row): "
+              f"{store.run_url(base, experiment, search=parent_run.LEADER_SEARCH)}")
 
 
 def _cmd_leaderboard(args: argparse.Namespace) -> int:
-    from imagebench.leaderboard import LeaderboardError
+    from imagebench.report.leaderboard import LeaderboardError
 
     try:
         _write_leaderboard(args.experiment, args.out)
@@ -146,8 +149,8 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
 
 
 def _trial_values(args: argparse.Namespace) -> dict:
-    from imagebench.grid import load_yaml
-    from imagebench.params import parse_assignments
+    from imagebench.sweep.grid import load_yaml
+    from imagebench.core.params import parse_assignments
 
     values = {}
     for path in args.file or []:
@@ -160,7 +163,7 @@ def _trial_values(args: argparse.Namespace) -> dict:
 
 
 def _cmd_trial(args: argparse.Namespace) -> int:
-    from imagebench.params import make_params
+    from imagebench.core.params import make_params
     from imagebench.trial import run_trial
 
     params = make_params(_trial_values(args), where=" ".join(args.file or []) or "--set")
@@ -175,7 +178,7 @@ def _data_report(args: argparse.Namespace) -> dict:
     classes too small to split)."""
     from imagebench.data.folders import DatasetError
     from imagebench.data.load import load_trial_data
-    from imagebench.params import make_params
+    from imagebench.core.params import make_params
 
     report = {"dataset": args.path, "problems": [], "skipped_files": [], "images_per_class": {}, "splits": {}}
     try:
@@ -216,7 +219,7 @@ def _cmd_check_data(args: argparse.Namespace) -> int:
 def _cmd_models(args: argparse.Namespace) -> int:
     from imagebench.backends import get_backend
     from imagebench.models.registry import MODEL_NAMES
-    from imagebench.params import make_params
+    from imagebench.core.params import make_params
 
     backend = get_backend(args.framework)
     rows = []
@@ -235,7 +238,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_relog(args: argparse.Namespace) -> int:
-    from imagebench import record
+    from imagebench.store import record
 
     journals = record.journals_under(args.paths)
     if not journals:
@@ -339,8 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[list[str]] = None) -> int:
     from imagebench.data.folders import DatasetError
-    from imagebench.tracking import StoreUnavailable
-    from imagebench.weights import WeightsError
+    from imagebench.store import StoreUnavailable
+    from imagebench.training.weights import WeightsError
 
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["server"]:  # its own parser (python -m imagebench.server): every option and --help pass through

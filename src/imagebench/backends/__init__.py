@@ -19,7 +19,7 @@ Each backend module provides the same functions (see ``keras_backend`` and ``tor
   Keras backend applies it to the traced graph), so both frameworks count the same.
 - ``latency_ms(model, image) -> median ms for one image (batch of 1) after warm-up``.
 
-Publishing a leader (``imagebench.publish``) uses a second module per framework, ``get_exporter``
+Publishing a leader (``imagebench.report.publish``) uses a second module per framework, ``get_exporter``
 (``keras_export``, ``torch_export``): ``save_trained`` / ``load_trained`` (the kept weights),
 ``export_files`` (ONNX and the framework's own file), ``predictor`` / ``native_predictor`` (checks)
 and ``log_mlflow_model`` (the framework's MLflow flavour).

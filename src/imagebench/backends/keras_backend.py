@@ -28,8 +28,8 @@ from imagebench.backends.keras_training import (  # noqa: E402
     pooled_features,
     predict_proba,
 )
-from imagebench.params import TrialParams  # noqa: E402
-from imagebench.resources import requested_threads  # noqa: E402
+from imagebench.core.params import TrialParams  # noqa: E402
+from imagebench.training.resources import requested_threads  # noqa: E402
 
 FRAMEWORK = "keras"
 LATENCY_WARMUP = 3

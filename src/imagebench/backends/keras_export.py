@@ -1,4 +1,4 @@
-"""Keras side of publishing a leader (see ``imagebench.publish``): keep, restore, export, log.
+"""Keras side of publishing a leader (see ``imagebench.report.publish``): keep, restore, export, log.
 
 Every export takes what the trial took, 0-255 RGB pixels (N, S, S, 3) as float32, with the
 model's own preprocessing inside, and returns class probabilities.
@@ -20,11 +20,11 @@ from typing import Callable  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from imagebench import tracking  # noqa: E402
+from imagebench import store  # noqa: E402
 from imagebench.backends.keras_backend import configure  # noqa: E402
 from imagebench.backends.keras_models import backbone_model, build_model, head_model  # noqa: E402  (also registers the custom layers)
 from imagebench.backends.keras_training import predict_proba  # noqa: E402
-from imagebench.params import make_params  # noqa: E402
+from imagebench.core.params import make_params  # noqa: E402
 
 WEIGHTS = "model.weights.h5"
 # A frozen-backbone trial on cached features keeps its head and the backbone's (shared) weights instead
@@ -106,9 +106,9 @@ def log_mlflow_model(model: keras.Model, run_id: str, signature, example: np.nda
     from mlflow.models import Model
 
     flavour = types.SimpleNamespace(__name__="mlflow.keras", save_model=_save_model_into_fresh_folder)
-    requirements = tracking.pinned_requirements(list(REQUIREMENTS))
+    requirements = store.pinned_requirements(list(REQUIREMENTS))
     with contextlib.redirect_stdout(io.StringIO()):  # model.export prints the traced signature
-        info = Model.log(artifact_path=None, name=tracking.LOGGED_MODEL_NAME, flavor=flavour, flavor_name="mlflow.keras",
+        info = Model.log(artifact_path=None, name=store.LOGGED_MODEL_NAME, flavor=flavour, flavor_name="mlflow.keras",
                          run_id=run_id, model=model, signature=signature, input_example=example,
                          pip_requirements=requirements, save_exported_model=True)  # fmt: skip
     return info.model_uri

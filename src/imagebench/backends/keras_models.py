@@ -23,7 +23,7 @@ from imagebench.models.registry import (  # noqa: E402
     head_seed,
     model_spec,
 )
-from imagebench.params import TrialParams  # noqa: E402
+from imagebench.core.params import TrialParams  # noqa: E402
 
 # Preprocess mode of the plain CNN; backbones use their keras.applications module name instead.
 UNIT_SCALE = "unit"
@@ -145,7 +145,7 @@ def _backbone_body(x, spec: ModelSpec, params: TrialParams):
     except (ValueError, KeyError, OSError) as exc:  # a file from another architecture, or not weights
         if params.weights in ("none", "imagenet"):
             raise
-        from imagebench.weights import wrong_weights_file
+        from imagebench.training.weights import wrong_weights_file
 
         raise wrong_weights_file(params.weights, "keras", params.model, exc) from exc
     _set_batchnorm_momentum(backbone)

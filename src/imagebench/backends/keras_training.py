@@ -15,12 +15,12 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from imagebench import augment  # noqa: E402
+from imagebench.training import augment  # noqa: E402
 from imagebench.backends.keras_models import backbone_model, new_head  # noqa: E402
 from imagebench.data.arrays import Split, TrialData, batch_slices  # noqa: E402
-from imagebench.evaluation import loss_and_accuracy  # noqa: E402
-from imagebench.monitor import EpochMonitor, EpochRecord, epoch_rng  # noqa: E402
-from imagebench.params import TrialParams  # noqa: E402
+from imagebench.training.evaluation import loss_and_accuracy  # noqa: E402
+from imagebench.training.monitor import EpochMonitor, EpochRecord, epoch_rng  # noqa: E402
+from imagebench.core.params import TrialParams  # noqa: E402
 
 
 def make_optimizer(params: TrialParams) -> keras.optimizers.Optimizer:

@@ -33,8 +33,8 @@ from imagebench.backends.torch_training import (
     predict_proba,
     warp,
 )
-from imagebench.params import TrialParams
-from imagebench.resources import requested_threads
+from imagebench.core.params import TrialParams
+from imagebench.training.resources import requested_threads
 
 __all__ = [
     "ImageClassifier",

@@ -1,4 +1,4 @@
-"""PyTorch side of publishing a leader (see ``imagebench.publish``): keep, restore, export, log.
+"""PyTorch side of publishing a leader (see ``imagebench.report.publish``): keep, restore, export, log.
 
 Every export takes what the trial took, 0-255 RGB pixels (N, S, S, 3), as float32 (ONNX and MLflow
 signatures are typed; the model's own preprocessing is inside) and returns class probabilities.
@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from imagebench import tracking
+from imagebench import store
 from imagebench.backends.torch_models import build_model, head_model
-from imagebench.params import make_params
+from imagebench.core.params import make_params
 
 WEIGHTS = "weights.pt"
 # A frozen-backbone trial on cached features keeps its head and the backbone's (shared) weights instead
@@ -107,7 +107,7 @@ def log_mlflow_model(model: nn.Module, run_id: str, signature, example: np.ndarr
     """The PyTorch flavour, serialized as a torch.export program (no pickled imagebench classes)."""
     import mlflow.pytorch
 
-    requirements = tracking.pinned_requirements(list(REQUIREMENTS))
-    info = mlflow.pytorch.log_model(model, name=tracking.LOGGED_MODEL_NAME, signature=signature, input_example=example,
+    requirements = store.pinned_requirements(list(REQUIREMENTS))
+    info = mlflow.pytorch.log_model(model, name=store.LOGGED_MODEL_NAME, signature=signature, input_example=example,
                                     run_id=run_id, serialization_format="pt2", pip_requirements=requirements)  # fmt: skip
     return info.model_uri

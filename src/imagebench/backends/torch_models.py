@@ -26,7 +26,7 @@ from imagebench.models.registry import (
     head_seed,
     model_spec,
 )
-from imagebench.params import TrialParams
+from imagebench.core.params import TrialParams
 
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "swish": nn.SiLU, "elu": nn.ELU, "tanh": nn.Tanh}
 
@@ -97,7 +97,7 @@ def cnn_body(activation: str) -> nn.Sequential:
 def _load_weights_file(model: nn.Module, path: str, backbone: Backbone) -> None:
     """Load a local weights file strictly: timm's own loader accepts a file from another
     architecture with only a warning, leaving a random backbone that looks pretrained."""
-    from imagebench.weights import wrong_weights_file
+    from imagebench.training.weights import wrong_weights_file
 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"weights={path!r}: no such file (use 'imagenet', 'none' or a weights file)")

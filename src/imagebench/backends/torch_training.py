@@ -13,12 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from imagebench import augment
+from imagebench.training import augment
 from imagebench.backends.torch_models import backbone_model, l2_penalty, regularized_weights
 from imagebench.data.arrays import Split, TrialData, batch_slices
-from imagebench.evaluation import loss_and_accuracy
-from imagebench.monitor import EpochMonitor, EpochRecord, epoch_rng
-from imagebench.params import TrialParams
+from imagebench.training.evaluation import loss_and_accuracy
+from imagebench.training.monitor import EpochMonitor, EpochRecord, epoch_rng
+from imagebench.core.params import TrialParams
 
 
 def device_for() -> torch.device:

@@ -47,7 +47,7 @@ def cache_root(kind: str = "decoded") -> Optional[Path]:
         return None
     if setting:
         return Path(setting).expanduser() / kind
-    from imagebench.tracking import project_root
+    from imagebench.store import project_root
 
     return project_root() / ".cache" / kind
 

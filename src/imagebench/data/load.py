@@ -24,7 +24,7 @@ from imagebench.data.folders import (
     resolve_dataset_path,
     scan_class_folders,
 )
-from imagebench.params import TrialParams
+from imagebench.core.params import TrialParams
 
 MIN_CLASSES = 2
 

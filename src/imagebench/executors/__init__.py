@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Protocol
 
-from imagebench.contract import job_environment
-from imagebench.grid import Trial
-from imagebench.params import ParamsError
+from imagebench.core.contract import job_environment
+from imagebench.core.planned import Trial
+from imagebench.core.params import ParamsError
 
 
 @dataclass

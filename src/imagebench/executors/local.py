@@ -1,6 +1,6 @@
 """The local executor: trial jobs on worker processes of this machine, N at a time.
 
-Each of the N workers is ``python -m imagebench.worker`` in a session of its own; it executes
+Each of the N workers is ``python -m imagebench.executors.worker`` in a session of its own; it executes
 train.ipynb with papermill for each job it is sent, in a kernel kept warm between trials of one
 framework (see ``worker``). A job that hangs is stopped with its worker's process tree; a worker
 that dies (its kernel killed by OOM, a crash) is noticed and its job reported with the reason; a
@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from imagebench import tracking
-from imagebench.contract import ENV_ROOT, TRACKING_URI
+from imagebench import store
+from imagebench.core.contract import ENV_ROOT, TRACKING_URI
 from imagebench.executors import Job, JobEnd
-from imagebench.resources import thread_environment, threads_per_worker
-from imagebench.worker import error_file, status_file
+from imagebench.training.resources import thread_environment, threads_per_worker
+from imagebench.executors.worker import error_file, status_file
 
 EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+)", re.MULTILINE)
 LOW_DISK_BYTES = 1 << 20
@@ -43,7 +43,7 @@ def disk_full_note(folder: Path) -> str:
 
 @dataclass
 class WorkerProcess:
-    """A running ``imagebench.worker``: it takes one job at a time on stdin."""
+    """A running ``imagebench.executors.worker``: it takes one job at a time on stdin."""
 
     process: subprocess.Popen
     log: Path
@@ -54,7 +54,7 @@ class WorkerProcess:
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("ab") as worker_log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "imagebench.worker", str(root), *(["--fresh-kernel"] if fresh_kernel else [])],
+                [sys.executable, "-m", "imagebench.executors.worker", str(root), *(["--fresh-kernel"] if fresh_kernel else [])],
                 env=env, stdout=worker_log, stderr=subprocess.STDOUT, stdin=subprocess.PIPE, cwd=str(root), text=True,
                 start_new_session=True,  # Ctrl-C reaches the sweep only; it stops the workers itself
             )  # fmt: skip
@@ -64,7 +64,7 @@ class WorkerProcess:
         return self.process.poll() is None
 
     def send(self, params_file: Path, run_id: str, output: Path, env: dict[str, Optional[str]]) -> None:
-        """One job, in the format ``imagebench.worker`` reads; it writes ``status_file(output)`` when done."""
+        """One job, in the format ``imagebench.executors.worker`` reads; it writes ``status_file(output)`` when done."""
         job = {"params": str(params_file), "run_id": run_id, "output": str(output), "env": env}
         self.process.stdin.write(json.dumps(job) + "\n")
         self.process.stdin.flush()
@@ -178,14 +178,14 @@ class LocalExecutor:
         return self.workers
 
     def _root(self) -> Path:
-        return self.root or tracking.project_root()
+        return self.root or store.project_root()
 
     def _worker_environment(self) -> dict[str, str]:
         return {
             **os.environ,
             **thread_environment(self.threads),
             ENV_ROOT: str(self._root()),
-            TRACKING_URI: tracking.tracking_uri(),
+            TRACKING_URI: store.tracking_uri(),
             "PYTHONUNBUFFERED": "1",
             **self.environment,
         }

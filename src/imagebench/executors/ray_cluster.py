@@ -30,12 +30,12 @@ from typing import Any, Callable, Optional
 
 import ray
 
-from imagebench import tracking
-from imagebench.contract import ENV_ROOT, SHARED_WITH_NODES, TRACKING_URI
+from imagebench import store
+from imagebench.core.contract import ENV_ROOT, SHARED_WITH_NODES, TRACKING_URI
 from imagebench.executors import Job, JobEnd
 from imagebench.executors.local import LocalExecutor
-from imagebench.params import ParamsError
-from imagebench.worker import error_file, status_file
+from imagebench.core.params import ParamsError
+from imagebench.executors.worker import error_file, status_file
 
 NAMESPACE = "imagebench"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -302,9 +302,9 @@ class RayExecutor:
                               f"trial (nodes: {have or 'none'}); lower --cpus-per-trial/--gpus-per-trial or add nodes")  # fmt: skip
         self.nodes, self.capacity = nodes, capacity
         self.slots = workers or capacity
-        self.notebook_text = (tracking.project_root() / "notebooks" / "train.ipynb").read_text(encoding="utf-8")
+        self.notebook_text = (store.project_root() / "notebooks" / "train.ipynb").read_text(encoding="utf-8")
         self.environment = {name: os.environ[name] for name in SHARED_WITH_NODES if os.environ.get(name)}
-        self.environment[TRACKING_URI] = tracking.tracking_uri()
+        self.environment[TRACKING_URI] = store.tracking_uri()
         self._slots = [Slot() for _ in range(self.slots)]
         self.waiting_since: Optional[float] = None
 
@@ -317,7 +317,7 @@ class RayExecutor:
         gpus = sum(node["Resources"].get("GPU", 0) for node in self.nodes)
         lines = [f"ray: cluster {self.address}, {len(self.nodes)} node(s), {cpus:g} CPUs, {gpus:g} GPUs; {self.slots} trial(s) at "
                  f"once (room for {self.capacity}), each asking {self.cpus} CPU(s) and {self.gpus} GPU(s)"]  # fmt: skip
-        uri = tracking.tracking_uri()
+        uri = store.tracking_uri()
         if not uri.startswith(("http://", "https://")):
             lines.append(f"ray: note: trials write to {uri}, which only nodes on this machine reach; "
                          f"for other machines run a tracking server (make server) and set MLFLOW_TRACKING_URI")  # fmt: skip

@@ -1,0 +1,312 @@
+"""Leaderboard from MLflow alone: one row per (model, framework), chosen on validation, never on test.
+
+- One record per trial: a resumed sweep leaves KILLED or FAILED attempts beside the FINISHED
+  re-run of the same trial (same fingerprint); only the FINISHED one counts, so nothing is counted twice.
+- Selection: the configuration with the highest ``best/val_accuracy`` (mean over its seeds; one
+  seed unless ``--repeats`` ran); ties go to the lower ``best/val_loss``. Its test metrics (means over
+  seeds, with a 95% confidence interval of test accuracy from Student's t when there are several
+  seeds), hyperparameters and costs are reported, with how many trials finished and failed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+from imagebench.core import plots
+from imagebench import store
+from imagebench.core import metrics
+
+SELECT_ON = metrics.RANKING
+HYPERPARAMETERS = (
+    "optimizer", "learning_rate", "l2", "batch_size", "epochs", "augment", "weights", "freeze_backbone",
+    "head_units", "dropout", "lr_schedule", "image_size", "seed",
+)  # fmt: skip
+LEADER_COLUMNS = {
+    "model": "model",
+    "framework": "framework",
+    "metrics.test/accuracy": "test_accuracy",
+    "metrics.test/loss": "test_loss",
+    "metrics.test/macro_f1": "test_macro_f1",
+    "metrics.test/top5_accuracy": "test_top5_accuracy",
+    "metrics.best/val_accuracy": "val_accuracy",
+    "metrics.best/val_loss": "val_loss",
+    "metrics.best_epoch": "best_epoch",
+    "metrics.cost/params": "params",
+    "metrics.cost/flops": "flops",  # forward, one image, multiply-add = 2
+    "metrics.cost/trainable_params": "trainable_params",
+    "metrics.cost/train_seconds": "train_seconds",
+    "metrics.cost/latency_ms": "latency_ms",
+}
+
+
+class LeaderboardError(LookupError):
+    pass
+
+
+def _flatten(run) -> dict:
+    row = {"run_id": run.info.run_id, "status": run.info.status, "start_time": run.info.start_time}
+    row.update({f"params.{key}": value for key, value in run.data.params.items()})
+    row.update({f"metrics.{key}": value for key, value in run.data.metrics.items()})
+    row.update({f"tags.{key}": value for key, value in run.data.tags.items()})
+    return row
+
+
+def trial_runs(experiment: str) -> pd.DataFrame:
+    """Every trial run of the experiment, one row each (params.*, metrics.*, tags.* columns)."""
+    if store.client().get_experiment_by_name(experiment) is None:
+        raise LeaderboardError(f"no MLflow experiment '{experiment}' in {store.tracking_uri()}; run a sweep first")
+    rows = [_flatten(run) for run in store.search_trial_runs(experiment)]
+    if not rows:
+        raise LeaderboardError(f"experiment '{experiment}' has no trial runs yet")
+    table = pd.DataFrame(rows)
+    table["model"] = table[f"tags.{store.TAG_MODEL}"]
+    table["framework"] = table[f"tags.{store.TAG_FRAMEWORK}"]
+    table["trial"] = table.get(f"tags.{store.TAG_TRIAL}", table["run_id"])
+    return table
+
+
+STATUS_PREFERENCE = {"FINISHED": 0, "RUNNING": 1, "FAILED": 2, "KILLED": 3}
+
+
+def _tag_column(runs: pd.DataFrame, tag: str, fallback: pd.Series) -> pd.Series:
+    column = f"tags.{tag}"
+    return runs[column].fillna(fallback) if column in runs else fallback
+
+
+def one_run_per_trial(runs: pd.DataFrame) -> pd.DataFrame:
+    """Each trial (fingerprint) once: its FINISHED run trained furthest, else its latest attempt."""
+    runs = runs.assign(
+        fingerprint=_tag_column(runs, store.TAG_FINGERPRINT, runs["run_id"]),
+        _status_rank=runs["status"].map(STATUS_PREFERENCE).fillna(9),
+        _budget=pd.to_numeric(_tag_column(runs, store.TAG_EPOCH_BUDGET, pd.Series(0, index=runs.index)), errors="coerce"),
+    )
+    runs["config"] = _tag_column(runs, store.TAG_CONFIG, runs["fingerprint"])
+    ordered = runs.sort_values(["_status_rank", "_budget", "start_time"], ascending=[True, False, False])
+    return ordered.drop_duplicates("fingerprint").drop(columns=["_status_rank", "_budget"]).sort_index()
+
+
+def _confidence_half_width(values: pd.Series) -> float:
+    """Half-width of the 95% confidence interval of the mean (Student's t); NaN for a single seed."""
+    from scipy import stats
+
+    values = values.dropna()
+    if len(values) < 2:
+        return float("nan")
+    return float(stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values)))
+
+
+def _per_configuration(finished: pd.DataFrame) -> pd.DataFrame:
+    """One row per configuration: its first run's params and tags, metrics averaged over its seeds."""
+    metric_columns = [c for c in finished if c.startswith("metrics.")]
+    first = finished.sort_values("start_time").groupby("config", as_index=False).head(1).set_index("config")
+    grouped = finished.groupby("config")
+    first[metric_columns] = grouped[metric_columns].mean()
+    first["seeds"] = grouped.size()
+    first["test_accuracy_ci95"] = grouped["metrics.test/accuracy"].apply(_confidence_half_width) if "metrics.test/accuracy" in finished else np.nan
+    return first.reset_index()
+
+
+def select_leaders(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per (model, framework): best (mean) validation accuracy, ties to lower validation loss."""
+    for column in (f"metrics.{name}" for name in SELECT_ON):
+        if column not in runs:
+            runs = runs.assign(**{column: np.nan})
+    runs = one_run_per_trial(runs)
+    counts = runs.assign(finished=runs["status"].eq("FINISHED"), failed=~runs["status"].isin(["FINISHED", "RUNNING"]))
+    counts = counts.groupby(["model", "framework"])[["finished", "failed"]].sum().astype(int)
+    finished = runs[runs["status"].eq("FINISHED")].dropna(subset=[f"metrics.{SELECT_ON[0]}"])
+    configurations = _per_configuration(finished) if len(finished) else finished.assign(seeds=[], test_accuracy_ci95=[])
+    ordered = configurations.sort_values(
+        [f"metrics.{SELECT_ON[0]}", f"metrics.{SELECT_ON[1]}", "start_time"], ascending=[*metrics.RANKING_ASCENDING, True]
+    )
+    leaders = ordered.groupby(["model", "framework"], as_index=False).head(1)
+    leaders = leaders.merge(counts.reset_index(), on=["model", "framework"], how="right")
+    return leaders.sort_values([f"metrics.{name}" for name in SELECT_ON], ascending=list(metrics.RANKING_ASCENDING)).reset_index(drop=True)
+
+
+def leader_table(leaders: pd.DataFrame) -> pd.DataFrame:
+    """The readable leaderboard: test metrics, the chosen trial's hyperparameters, costs, counts."""
+    columns = {key: name for key, name in LEADER_COLUMNS.items() if key in leaders}
+    table = leaders[list(columns)].rename(columns=columns)
+    if "test_accuracy" in table:
+        table.insert(table.columns.get_loc("test_accuracy") + 1, "test_accuracy_ci95", leaders["test_accuracy_ci95"])
+        table.insert(table.columns.get_loc("test_accuracy_ci95") + 1, "seeds", leaders["seeds"].astype("Int64"))
+    for name in HYPERPARAMETERS:
+        if f"params.{name}" in leaders:
+            table[name] = leaders[f"params.{name}"]
+    for name in ("params", "flops", "trainable_params", "best_epoch"):
+        if name in table:
+            # counts, not floats (MLflow stores every metric as float); a mean over seeds (best_epoch) is rounded
+            table[name] = table[name].round().astype("Int64")
+    table["finished"] = leaders["finished"]
+    table["failed"] = leaders["failed"]
+    table["run_id"] = leaders["run_id"]
+    table.insert(0, "rank", range(1, len(table) + 1))
+    return table
+
+
+def trial_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Every trial once (see ``one_run_per_trial``), with its metrics, hyperparameters and error."""
+    runs = one_run_per_trial(runs)
+    columns = ["trial", "model", "framework", "status"] + [c for c in LEADER_COLUMNS if c.startswith("metrics.") and c in runs]
+    columns += [f"params.{name}" for name in HYPERPARAMETERS if f"params.{name}" in runs]
+    error_column = f"tags.{store.TAG_ERROR}"
+    table = runs[columns + ([error_column] if error_column in runs else [])].copy()
+    table.columns = [c.split(".", 1)[1] if c.startswith(("metrics.", "params.")) else c for c in table.columns]
+    return table.rename(columns={error_column: "error"}).sort_values("trial").reset_index(drop=True)
+
+
+def metric_history(run_id: str, keys=("val/accuracy", "val/loss", "train/accuracy", "train/loss")) -> dict[str, list[float]]:
+    mlflow_client = store.client()
+    return {key: [m.value for m in sorted(mlflow_client.get_metric_history(run_id, key), key=lambda m: m.step)] for key in keys}
+
+
+def confusion_of(run_id: str) -> tuple[np.ndarray, list[str]]:
+    import json
+
+    path = store.client().download_artifacts(run_id, store.ARTIFACT_CONFUSION_JSON)
+    content = json.loads(Path(path).read_text(encoding="utf-8"))
+    return np.array(content["matrix"]), content["labels"]
+
+
+# What the parity table sets side by side per model, and when it flags a pair
+PARITY_COLUMNS = ("params", "flops", "test_accuracy", "test_accuracy_ci95", "latency_ms", "train_seconds")
+PARITY_PARAMS_TOLERANCE = 0.02  # params differing by more than 2% mean the two builds are not the same model
+
+
+def _parity_flags(row: pd.Series) -> str:
+    flags = []
+    keras, torch = row.get("keras_params"), row.get("torch_params")
+    if pd.notna(keras) and pd.notna(torch) and abs(keras - torch) > PARITY_PARAMS_TOLERANCE * max(keras, torch):
+        flags.append(f"params differ by {abs(keras - torch) / max(keras, torch):.1%}")
+    intervals = [(row.get(f"{f}_test_accuracy"), row.get(f"{f}_test_accuracy_ci95")) for f in ("keras", "torch")]
+    if all(pd.notna(mean) and pd.notna(half) for mean, half in intervals):
+        (low_k, high_k), (low_t, high_t) = ((mean - half, mean + half) for mean, half in intervals)
+        if high_k < low_t or high_t < low_k:
+            flags.append("test accuracy CIs do not overlap")
+    return "; ".join(flags)
+
+
+def parity_table(leaders: pd.DataFrame) -> pd.DataFrame:
+    """Per model, Keras next to PyTorch (each framework's leader): params, FLOPs, test accuracy
+    (mean ± 95% CI over seeds where repeated), latency, train seconds, and a flag where params
+    differ by more than 2% or the accuracy intervals do not overlap."""
+    columns = [name for name in PARITY_COLUMNS if name in leaders]
+    if leaders.empty or not {"model", "framework"} <= set(leaders):
+        return pd.DataFrame()
+    wide = leaders.pivot_table(index="model", columns="framework", values=columns, aggfunc="first", dropna=False)
+    wide.columns = [f"{framework}_{name}" for name, framework in wide.columns]
+    ordered = [f"{framework}_{name}" for name in columns for framework in ("keras", "torch") if f"{framework}_{name}" in wide]
+    table = wide[ordered].reset_index()
+    table["flag"] = table.apply(_parity_flags, axis=1)
+    return table
+
+
+@dataclass
+class Leaderboard:
+    experiment: str
+    leaders: pd.DataFrame  # readable table (leader_table)
+    trials: pd.DataFrame  # every trial
+    figures: dict = field(default_factory=dict)  # name -> matplotlib Figure
+
+    @property
+    def parity(self) -> pd.DataFrame:
+        return parity_table(self.leaders)
+
+    @property
+    def winner(self) -> Optional[pd.Series]:
+        ranked = self.leaders.dropna(subset=["val_accuracy"]) if "val_accuracy" in self.leaders else self.leaders.iloc[0:0]
+        return ranked.iloc[0] if len(ranked) else None
+
+
+def _figures(table: pd.DataFrame, trials: pd.DataFrame) -> dict:
+    chosen = table.dropna(subset=["test_accuracy"]) if "test_accuracy" in table else table.iloc[0:0]
+    if chosen.empty:
+        return {}
+    figures = {
+        "test_accuracy_by_model": plots.accuracy_by_model(chosen),
+        "accuracy_vs_params": plots.accuracy_vs_cost(chosen, "params", "parameters (log)"),
+        "accuracy_vs_latency": plots.accuracy_vs_cost(chosen, "latency_ms", "latency ms / image (log)"),
+    }
+    if "flops" in chosen and chosen["flops"].notna().any():  # runs recorded before cost/flops have none
+        figures["accuracy_vs_flops"] = plots.accuracy_vs_cost(chosen, "flops", "forward FLOPs / image (log; multiply-add = 2)")
+    curves = {f"{row.framework}/{row.model}": metric_history(row.run_id) for row in chosen.itertuples()}
+    figures["leader_learning_curves"] = plots.leader_curves(curves, "val/accuracy")
+    if {"learning_rate", "optimizer", "best/val_accuracy"} <= set(trials) and trials["learning_rate"].nunique() > 1:
+        figures["accuracy_by_learning_rate"] = plots.accuracy_by_learning_rate(trials)
+    winner = chosen.iloc[0]
+    matrix, labels = confusion_of(winner["run_id"])
+    figures["winner_confusion_matrix"] = plots.confusion_matrix(
+        matrix, labels, f"winner on validation: {winner['framework']}/{winner['model']} (test set)"
+    )
+    return figures
+
+
+def build(experiment: str, with_figures: bool = True) -> Leaderboard:
+    runs = trial_runs(experiment)
+    leaders, trials = leader_table(select_leaders(runs)), trial_table(runs)
+    return Leaderboard(experiment, leaders, trials, _figures(leaders, trials) if with_figures else {})
+
+
+def _rounded(table: pd.DataFrame) -> pd.DataFrame:
+    return table.round(4)
+
+
+def _html(board: Leaderboard, images: dict[str, bytes]) -> str:
+    from imagebench.report.html_report import render
+
+    return render(board.experiment, board.leaders, board.trials, images, board.parity)
+
+
+def markdown_table(leaders: pd.DataFrame) -> str:
+    """The leader table as Markdown; blank where a value does not apply (one seed: no interval)."""
+    table = _rounded(leaders.drop(columns=["run_id"]))
+    return table.astype(object).where(table.notna(), None).to_markdown(index=False, missingval="")
+
+
+def _markdown(board: Leaderboard, image_names: list[str]) -> str:
+    lines = [
+        f"# Leaderboard: {board.experiment}",
+        "",
+        "One row per (model, framework): the configuration with the best validation accuracy (ties: lower",
+        "validation loss; the mean over seeds where `--repeats` ran). Test metrics are those of that",
+        "configuration (means over its `seeds`, `test_accuracy_ci95` = half-width of the 95% confidence",
+        "interval, Student's t); the test set never chooses.",
+        "",
+        markdown_table(board.leaders),
+        "",
+        *[f"![{name}]({name}.png)" for name in image_names],
+        "",
+        f"All {len(board.trials)} trials: `trials.csv`.",
+    ]
+    parity = board.parity
+    if {"keras_test_accuracy", "torch_test_accuracy"} <= set(parity):
+        table = parity.round(4)
+        lines += ["", "## Framework parity: Keras next to PyTorch", "",
+                  table.astype(object).where(table.notna(), None).to_markdown(index=False, missingval="")]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def write(board: Leaderboard, out_dir: Path) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    images = {name: plots.png_bytes(figure, dpi=110) for name, figure in board.figures.items()}
+    written = []
+    for name, data in images.items():
+        (out_dir / f"{name}.png").write_bytes(data)
+        written.append(out_dir / f"{name}.png")
+    outputs = {
+        "leaderboard.md": _markdown(board, list(images)),
+        "leaderboard.html": _html(board, images),
+    }
+    for name, text in outputs.items():
+        (out_dir / name).write_text(text, encoding="utf-8")
+        written.append(out_dir / name)
+    board.leaders.to_csv(out_dir / "leaderboard.csv", index=False)
+    board.trials.to_csv(out_dir / "trials.csv", index=False)
+    board.parity.to_csv(out_dir / "parity.csv", index=False)
+    return written + [out_dir / "leaderboard.csv", out_dir / "trials.csv", out_dir / "parity.csv"]

@@ -1,0 +1,7 @@
+"""``python -m imagebench.server start|stop|status`` (what ``make server`` runs)."""
+
+import sys
+
+from imagebench.server.service import main
+
+sys.exit(main())

@@ -1,0 +1,311 @@
+"""One trial: params → data → model → fit (best weights) → test → MLflow child run → result."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import platform
+import sys
+import time
+import uuid
+from pathlib import Path
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Optional
+
+import numpy as np
+
+from imagebench.training import features
+from imagebench.core import plots
+from imagebench import store
+from imagebench.core.metrics import EPOCH_METRICS
+from imagebench.trial import trained
+from imagebench.backends import get_backend, get_exporter
+from imagebench.data.arrays import TrialData
+from imagebench.data.load import load_trial_data
+from imagebench.training.evaluation import Evaluation, evaluate
+from imagebench.trial.fingerprint import config_fingerprint, trial_fingerprint
+from imagebench.training.monitor import EpochMonitor, EpochRecord
+from imagebench.core.params import TrialParams, make_params
+from imagebench.store.record import RunRecorder, bytes_file, json_file, record_folder, text_file
+from imagebench.training.weights import require_weights
+
+PREDICT_BATCH = 256
+# How the sweep runs a trial (not what the trial is, so not parameters): halving gives a rung an
+# epoch budget and a checkpoint file to continue from and save to.
+from imagebench.core.contract import ENV_CHECKPOINT, ENV_EPOCH_BUDGET, ENV_RUN_ID  # noqa: E402
+
+
+@dataclass
+class TrialResult:
+    run_id: str
+    params: TrialParams
+    metrics: dict[str, float]
+    history: list[EpochRecord]
+    class_names: list[str]
+    confusion: np.ndarray
+    report: str
+    split_sizes: dict[str, int] = field(default_factory=dict)
+    figures: dict[str, bytes] = field(default_factory=dict)  # artifact name -> PNG, drawn once for the record
+
+    @property
+    def curves(self) -> dict[str, list[float]]:
+        return {key: [record.as_metrics()[key] for record in self.history] for key in EPOCH_METRICS}
+
+    def learning_curves_figure(self):
+        title = f"{self.params.framework} / {self.params.model}"
+        return plots.learning_curves(self.curves, title, int(self.metrics.get("best_epoch", 0)))
+
+    def confusion_figure(self):
+        return plots.confusion_matrix(self.confusion, self.class_names, f"test confusion matrix ({self.params.model})")
+
+    def draw_figures(self) -> dict[str, bytes]:
+        """Learning curves, then the confusion matrix, as the PNGs the run's record keeps."""
+        self.figures = {
+            store.ARTIFACT_CURVES_PNG: plots.png_bytes(self.learning_curves_figure()),
+            store.ARTIFACT_CONFUSION_PNG: plots.png_bytes(self.confusion_figure()),
+        }
+        return self.figures
+
+    def images(self) -> list:
+        """The record's figures for a notebook to display: the same PNGs, not drawn again (drawing
+        them costs more than a short trial's epoch; ``*_figure()`` give the matplotlib figures)."""
+        from IPython.display import Image
+
+        return [Image(data=png, format="png") for png in (self.figures or self.draw_figures()).values()]
+
+    def summary(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "model": self.params.model, "framework": self.params.framework, **self.metrics}
+
+
+@lru_cache(maxsize=None)  # read from package metadata: ~10 ms per trial, and fixed for a process
+def _versions(framework: str) -> str:
+    names = ["imagebench", "mlflow", "scikit-learn"] + (["tensorflow-cpu", "tensorflow", "keras"] if framework == "keras" else ["torch", "timm"])
+    return json.dumps({"python": platform.python_version(), **store.package_versions(names)})
+
+
+def trial_tags(params: TrialParams, dataset_fingerprint: str) -> dict[str, str]:
+    return {
+        store.TAG_MODEL: params.model,
+        store.TAG_FRAMEWORK: params.framework,
+        store.TAG_FINGERPRINT: trial_fingerprint(params, dataset_fingerprint),
+        store.TAG_CONFIG: config_fingerprint(params, dataset_fingerprint),
+        store.TAG_DATASET_FINGERPRINT: dataset_fingerprint,
+    }
+
+
+def _epoch_reporter(recorder: RunRecorder, params: TrialParams, verbose: bool):
+    def report(record: EpochRecord) -> None:
+        recorder.log_epoch_metrics(record.as_metrics(), step=record.epoch)
+        if verbose:
+            # One plain line per epoch: readable in a notebook, a log file, and parsed by the sweep's progress bar.
+            print(
+                f"epoch {record.epoch}/{params.epochs}  train loss {record.train_loss:.4f} acc {record.train_accuracy:.4f}"
+                f"  | val loss {record.val_loss:.4f} acc {record.val_accuracy:.4f}  | lr {record.lr:.2e}  | {record.seconds:.1f}s",
+                flush=True,
+            )
+
+    return report
+
+
+def _log_data(recorder: RunRecorder, params: TrialParams, data: TrialData) -> None:
+    files = {store.ARTIFACT_CLASS_MAP: json_file(data.class_map())}
+    if data.skipped_files:
+        files[store.ARTIFACT_SKIPPED] = text_file("\n".join(data.skipped_files))
+    recorder.log_files(files)
+    sizes = {f"data/{split}_images": count for split, count in data.split_sizes().items()}
+    recorder.log_batch(metrics={**sizes, "data/classes": data.num_classes, "data/skipped_files": len(data.skipped_files)},
+                       tags={**trial_tags(params, data.fingerprint), "imagebench.dataset_source": data.source})  # fmt: skip
+    recorder.log_dataset(Path(data.source).name if data.source.startswith("/") else data.source, data.fingerprint, data.source,
+                         {"splits": data.split_sizes(), "classes": data.num_classes, "image_size": params.image_size})  # fmt: skip
+
+
+def _log_results(recorder: RunRecorder, result: TrialResult, evaluation: Evaluation, tags: dict[str, Any]) -> None:
+    # at the last epoch's step: a continued trial (halving) shows its final metrics per rung
+    recorder.log_batch(metrics=result.metrics, step=len(result.history), tags=tags)
+    files = {store.ARTIFACT_REPORT: text_file(evaluation.report),
+             store.ARTIFACT_CONFUSION_JSON: json_file({"labels": result.class_names, "matrix": evaluation.confusion.tolist()})}
+    recorder.log_files({**files, **{name: bytes_file(png) for name, png in result.draw_figures().items()}})
+
+
+def _open_run(params: TrialParams, run_id: Optional[str]) -> RunRecorder:
+    """Fill the run the sweep created (``$IMAGEBENCH_RUN_ID``) or start a standalone one.
+
+    A store that is down before the run exists fails the trial at once: nothing has been computed yet.
+    """
+    run_id = run_id or os.environ.get(ENV_RUN_ID)
+    name = run_id
+    if not run_id:
+        # Tags that need the data are set once it loads, so a bad dataset still leaves a FAILED run.
+        # the name also names the run's record folder (kept model, journal): unique even for two
+        # trials started in the same second (a head on cached features takes about one)
+        name = f"{params.framework}-{params.model}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        tags = {store.TAG_MODEL: params.model, store.TAG_FRAMEWORK: params.framework}
+        run_id = store.create_trial_run(params.experiment, name, tags, None)  # owned by this kernel
+    recorder = RunRecorder(run_id, record_folder(params.experiment, name))
+    recorder.log_batch(params=params.tracked(),
+                       tags={store.TAG_VERSIONS: _versions(params.framework), store.TAG_KERNEL: store.process_owner()})
+    return recorder
+
+
+def _env_budget() -> Optional[int]:
+    value = os.environ.get(ENV_EPOCH_BUDGET, "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
+def _load_checkpoint(path: Optional[Path]) -> Optional[dict[str, Any]]:
+    if path is None or not path.is_file():
+        return None
+    with path.open("rb") as handle:
+        return pickle.load(handle)  # written by _save_checkpoint of this package, never user input
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write-then-rename: a trial killed mid-write never leaves a half checkpoint to continue from."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    with partial.open("wb") as handle:
+        pickle.dump(state, handle, protocol=pickle.HIGHEST_PROTOCOL)
+    os.replace(partial, path)
+
+
+def _fit(backend, model, params: TrialParams, data: TrialData, monitor: EpochMonitor,
+         epoch_budget: Optional[int], checkpoint: Optional[Path]) -> float:
+    """Train (continuing from ``checkpoint`` if it exists); return the trial's total training seconds."""
+    saved = _load_checkpoint(checkpoint)
+    if saved is not None:
+        monitor.load_state(saved["monitor"])
+    started = time.perf_counter()
+    state = backend.fit(model, params, data, monitor, epoch_budget, saved["backend"] if saved else None)
+    train_seconds = time.perf_counter() - started + (saved["train_seconds"] if saved else 0.0)
+    if checkpoint is not None:
+        _save_checkpoint(checkpoint, {"monitor": monitor.state(), "backend": state, "train_seconds": train_seconds})
+    return train_seconds
+
+
+@dataclass
+class _Models:
+    """What a trial trains and reports on: the whole model, or (frozen backbone, feature cache) a
+    head on cached features, with the whole model built only when the features were computed."""
+
+    whole: Any  # None on a feature-cache hit
+    fit: Any
+    data: TrialData
+    cached: Optional[features.Features] = None
+
+    def param_counts(self, backend) -> tuple[int, int]:
+        """(total, trainable) of the whole model; on cached features the backbone's total, counted
+        with them, plus this head's (the backbone is frozen: only the head trains)."""
+        if self.cached is None:
+            return backend.count_params(self.whole)
+        total, trainable = backend.count_params(self.fit)
+        return self.cached.backbone_params + total, trainable
+
+    def flops(self, backend, params: TrialParams) -> int:
+        if self.cached is None:
+            return backend.count_flops(self.whole, params)
+        return self.cached.backbone_flops + backend.count_head_flops(self.fit, self.cached.width)
+
+    def latency_ms(self, backend) -> float:
+        """One image through the whole model; on cached features the backbone's latency, measured
+        with them, plus this head's on one feature vector."""
+        if self.cached is None:
+            return backend.latency_ms(self.whole, self.data.test.images[:1])
+        return self.cached.backbone_latency_ms + backend.latency_ms(self.fit, np.array(self.data.test.images[:1]))
+
+    def kept(self) -> tuple[Any, Optional[Path]]:
+        """What the trial keeps (``trained.save``): the whole model, or the head and the cache entry's
+        backbone weights."""
+        weights = self.cached.backbone_weights if self.cached is not None else None
+        return (self.whole, None) if weights is None else (self.fit, weights)
+
+
+def _models(recorder: RunRecorder, backend, params: TrialParams, data: TrialData, verbose: bool) -> _Models:
+    if not features.applies(params):
+        model = backend.build_model(params, data.num_classes)
+        return _Models(model, model, data)
+    cached = features.feature_data(backend, get_exporter(params.framework), params, data)
+    head = backend.head_model(cached.model) if cached.model is not None else backend.build_head(params, data.num_classes, cached.width)
+    recorder.set_tags({store.TAG_FEATURE_CACHE: "hit" if cached.hit else "computed"})
+    if verbose:
+        print(f"frozen backbone: head trained on {'cached' if cached.hit else 'newly computed'} pooled features")
+    return _Models(cached.model, head, cached.data, cached)
+
+
+def _train_and_test(recorder: RunRecorder, params: TrialParams, verbose: bool,
+                    epoch_budget: Optional[int] = None, checkpoint: Optional[Path] = None) -> TrialResult:
+    require_weights([params])  # a clear error instead of a download attempt with no network
+    data = load_trial_data(params)
+    _log_data(recorder, params, data)
+    backend = get_backend(params.framework)
+    backend.configure(params)
+    models = _models(recorder, backend, params, data, verbose)
+    total_params, trainable_params = models.param_counts(backend)
+    if verbose:
+        print(f"{params.framework}/{params.model}: {total_params:,} params ({trainable_params:,} trainable); data {data.split_sizes()}")
+    monitor = EpochMonitor(params, on_epoch=_epoch_reporter(recorder, params, verbose))
+    fit_model, fit_data = models.fit, models.data
+    train_seconds = _fit(backend, fit_model, params, fit_data, monitor, epoch_budget, checkpoint)
+    # val-best weights, restored by fit; on cached features when the backbone is frozen (the same numbers)
+    probabilities = backend.predict_proba(fit_model, fit_data.test.images, PREDICT_BATCH)
+    evaluation = evaluate(probabilities, data.test.labels, data.class_names)
+    metrics = {
+        **evaluation.metrics,
+        "best_epoch": monitor.best_epoch,
+        "best/val_accuracy": monitor.best.val_accuracy,
+        "best/val_loss": monitor.best.val_loss,
+        "epochs_run": len(monitor.history),
+        "cost/params": total_params,
+        "cost/trainable_params": trainable_params,
+        "cost/train_seconds": train_seconds,
+        "cost/latency_ms": models.latency_ms(backend),
+        # after latency: Keras counts on the inference graph the latency just traced (no new trace)
+        "cost/flops": models.flops(backend, params),
+    }
+    result = TrialResult(
+        recorder.run_id, params, metrics, monitor.history, data.class_names, evaluation.confusion, evaluation.report, data.split_sizes()
+    )
+    _log_results(recorder, result, evaluation, {store.TAG_EPOCH_BUDGET: monitor.last_epoch(epoch_budget)})
+    # kept until the sweep knows the leaders (publish): the whole model, or the head and the cached backbone
+    kept, backbone_weights = models.kept()
+    trained.save(recorder.folder, get_exporter(params.framework), kept, params, recorder.run_id, data.class_names, probabilities,
+                 backbone_weights)  # fmt: skip
+    return result
+
+
+def run_trial(
+    params: TrialParams | dict[str, Any],
+    run_id: Optional[str] = None,
+    verbose: bool = True,
+    epoch_budget: Optional[int] = None,
+    checkpoint: Optional[str | Path] = None,
+) -> TrialResult:
+    """Run one trial and record it in MLflow; the run ends FINISHED, FAILED (error tagged) or KILLED.
+
+    If the store stays down during the trial, the trial trains to its end with the rest of its
+    record kept in a local journal, then raises ``StoreUnavailable`` naming it (see ``record``).
+
+    ``epoch_budget`` and ``checkpoint`` (default: ``$IMAGEBENCH_EPOCH_BUDGET``, ``$IMAGEBENCH_CHECKPOINT``)
+    let successive halving train a trial in rungs: each call continues from the checkpoint, trains
+    up to the budget, and saves the state for the next rung.
+    """
+    params = params if isinstance(params, TrialParams) else make_params(params)
+    epoch_budget = epoch_budget or _env_budget()
+    checkpoint = checkpoint or os.environ.get(ENV_CHECKPOINT) or None
+    recorder = _open_run(params, run_id)
+    try:
+        result = _train_and_test(recorder, params, verbose, epoch_budget, Path(checkpoint) if checkpoint else None)
+    except KeyboardInterrupt:
+        recorder.end("KILLED", "interrupted (KeyboardInterrupt)")
+        raise
+    except BaseException as exc:
+        recorder.end("FAILED", f"{type(exc).__name__}: {exc}")
+        raise
+    recorder.end("FINISHED")
+    if verbose:
+        shown = {key: round(value, 4) for key, value in result.metrics.items() if key.startswith(("test/", "best"))}
+        print(f"finished run {recorder.run_id}: {shown}", file=sys.stdout, flush=True)
+    if recorder.offline:
+        raise recorder.unavailable()
+    return result
