@@ -1,4 +1,4 @@
-"""Benchmark 7, halving vs grid wall time: README's sweep (the 52-trial grid, cnn/torch on the digits
+"""Benchmark 7, halving vs grid wall time: the batch tutorial's sweep (the 52-trial grid, cnn/torch on the digits
 at 32 px, 9 epochs) run whole by ``imagebench sweep`` and by ``--strategy halving``, one after the
 other in the same throw-away project and store, as a user runs them (CLI, one worker, warm kernel).
 

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from imagebench import cli, grid
-from imagebench.params import TrialParams
-from conftest import REPO
+from imagebench import cli, server
+from imagebench.sweep import grid
+from imagebench.core.params import TrialParams
+from helpers import REPO
 
 SITE_SOURCES = ["mkdocs.yml", "Makefile", "pyproject.toml", "docs", "tools", "results/benchmarks"]
 
@@ -49,6 +50,12 @@ def test_make_docs_writes_reference_pages_from_the_code(tmp_path):
     missing = [name for name in commands.choices if f'<h2 id="imagebench-{name}">imagebench {name}' not in reference]
     assert not missing, f"subcommands not in the command-line page: {missing}"
     assert "<code>--dry-run</code>" in reference
+    server_commands = next(action for action in server.build_parser()._actions if isinstance(action, argparse._SubParsersAction))
+    for name, subparser in server_commands.choices.items():  # `imagebench server` has a parser of its own
+        assert f'<h3 id="imagebench-server-{name}">imagebench server {name}' in reference, name
+        missing = [option for action in subparser._actions for option in action.option_strings[:1]
+                   if option != "-h" and f"<code>{option}</code>" not in reference]
+        assert not missing, f"options of imagebench server {name} not on the command-line page: {missing}"
     parameters = _page(root, "reference/parameters")
     missing = [name for name in [*TrialParams.model_fields, *grid.SWEEP_KEYS] if f"<code>{name}</code>" not in parameters]
     assert not missing, f"not in the parameters page: {missing}"

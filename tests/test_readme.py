@@ -1,5 +1,5 @@
-"""The README is the acceptance test: every command block a user is told to type is run here (or by
-the test its marker names) as the README writes it, and its documented outcome is asserted.
+"""The README and the docs are the acceptance test: every command block a user is told to type is run
+here (or by the test its marker names) as the page writes it, and its documented outcome is asserted.
 
 Where a block's own example would train for minutes, the README says next to it what the tests
 add (a tiny dataset, `--models cnn --frameworks torch --set image_size=32`, `-p epochs 1`)."""
@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from readme_blocks import NOT_RUN, README, block, blocks
+from readme_blocks import NOT_RUN, all_blocks, block
 
-from imagebench import record, tracking
+from imagebench.store import record
+from imagebench import store
 
 BIN = Path(sys.executable).parent
 TESTS = Path(__file__).resolve().parent
@@ -44,17 +45,19 @@ def _test_sources() -> str:
 
 
 def test_every_command_block_is_run_by_a_test_or_says_why_not():
-    found = blocks()
-    assert len(found) >= 8, "the README's command blocks were not found"
-    unmarked = [b.line for b in found if not b.marker]
-    assert not unmarked, f"README.md blocks at lines {unmarked} carry no <!-- readme: ID --> or <!-- readme: not-run: REASON -->"
+    """README.md and every docs page: each block marked, each ID run by a test, no ID twice."""
+    found = all_blocks()
+    assert len(found) >= 8, "the command blocks of README.md and docs/ were not found"
+    unmarked = [b.where for b in found if not b.marker]
+    assert not unmarked, f"blocks at {unmarked} carry no <!-- readme: ID --> or <!-- readme: not-run: REASON -->"
     excused = [b for b in found if b.marker.startswith(NOT_RUN)]
     assert all(len(b.marker) > len(NOT_RUN) + 10 for b in excused), "a not-run marker must give its reason"
     sources = _test_sources()
-    unused = [b.marker for b in found if b.runnable and f'block("{b.marker}")' not in sources]
-    assert not unused, f"README blocks no test runs: {unused}"
+    unused = [f"{b.marker} ({b.where})" for b in found if b.runnable and f'block("{b.marker}")' not in sources]
+    assert not unused, f"command blocks no test runs: {unused}"
     identifiers = [b.marker for b in found if b.runnable]
-    assert len(identifiers) == len(set(identifiers)), "two README blocks share one ID"
+    twice = sorted({f"{b.marker} ({b.where})" for b in found if b.runnable and identifiers.count(b.marker) > 1})
+    assert not twice, f"blocks sharing one ID (IDs are unique across README.md and docs/): {twice}"
 
 
 def _flowers(root: Path, per_class: int = 15) -> Path:
@@ -70,8 +73,8 @@ def _flowers(root: Path, per_class: int = 15) -> Path:
 
 
 def _readme_yaml(project: Path, dataset: Path) -> Path:
-    """params/flowers.yaml exactly as the README prints it, pointed at the test's folder."""
-    text = README.read_text()
+    """params/flowers.yaml exactly as the page of the own-images block prints it, pointed at the test's folder."""
+    text = block("own-images").page.read_text()
     start = text.index("```yaml\n# params/flowers.yaml")
     body = text[start:].split("\n", 1)[1].split("```", 1)[0]
     path = project / "params" / "flowers.yaml"
@@ -86,17 +89,17 @@ def _small(line: str) -> str:
 def _journal_a_run(project: Path, name: str) -> str:
     """A run of experiment flowers whose record went to a journal (the store was down): what
     `imagebench sweep`/`relog` must replay."""
-    run_id = tracking.create_trial_run("flowers", name, {}, None)
-    down = tracking.StoreUnavailable("store down (made by the test)")
+    run_id = store.create_trial_run("flowers", name, {}, None)
+    down = store.StoreUnavailable("store down (made by the test)")
     recorder = record.RunRecorder(run_id, project / "results" / "flowers" / "runs" / f"{name}.record", down)
     recorder.log_batch(metrics={"val/accuracy": 0.5}, params={"learning_rate": 0.001}, step=1)
     recorder.end("FINISHED")
-    assert recorder.journal.is_file() and tracking.run_status(run_id) == "RUNNING"
+    assert recorder.journal.is_file() and store.run_status(run_id) == "RUNNING"
     return run_id
 
 
 def _replayed(run_id: str) -> bool:
-    run = tracking.client().get_run(run_id)
+    run = store.client().get_run(run_id)
     return run.info.status == "FINISHED" and run.data.metrics.get("val/accuracy") == 0.5
 
 
@@ -119,7 +122,7 @@ def test_readme_own_images_resume_relog_and_export(project, tmp_path):
     _ok(board, project)
     assert "torch" in (project / "results" / "flowers" / "leaderboard.md").read_text()
 
-    resume, relog_all, relog_into = block("resume-relog").commands(URI=tracking.tracking_uri())
+    resume, relog_all, relog_into = block("resume-relog").commands(URI=store.tracking_uri())
     for number, line in enumerate((resume, relog_all, relog_into)):
         journaled = _journal_a_run(project, f"90{number}-journaled")
         out = _ok(_small(line), project)
@@ -147,7 +150,7 @@ def test_readme_one_trial_with_papermill_and_the_cli(project):
     assert len(lines) == 3
     for line in lines:
         _ok(_one_trial_line(line), project)
-    runs = tracking.client().search_runs([tracking.experiment_id("default"), tracking.experiment_id("single")])
+    runs = store.client().search_runs([store.experiment_id("default"), store.experiment_id("single")])
     models = sorted((run.data.params["framework"], run.data.params["model"]) for run in runs if run.info.status == "FINISHED")
     assert models == [("keras", "cnn_attention"), ("keras", "vgg16"), ("torch", "resnet50")]
     assert (project / "out.ipynb").is_file()

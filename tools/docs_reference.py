@@ -17,7 +17,7 @@ from typing import Any, Literal, get_args, get_origin
 
 from mkdocs.structure.files import File
 
-from imagebench import cli
+from imagebench import cli, server
 from imagebench.sweep import grid
 from imagebench.core.params import TrialParams
 
@@ -52,11 +52,27 @@ def cli_page() -> str:
              "Generated from `imagebench.cli.build_parser`; `imagebench <command> --help` prints the same.\n"]
     for name, subparser in commands.choices.items():
         parts.append(f"## imagebench {name}\n\n{summaries[name]}\n")
-        if name == "server":  # its own parser lives in imagebench.server and takes every argument through
-            parts.append("Its options: `imagebench server start --help` (also `stop`, `status`).\n")
+        if name == "server":  # its own parser (python -m imagebench.server) takes every argument through
+            parts.append(server_section())
             continue
-        rows = [_argument_row(action) for action in subparser._actions if not isinstance(action, argparse._HelpAction)]
-        parts.append(_table(["argument", "meaning", "default"], rows))
+        parts.append(_options_table(subparser))
+    return "\n".join(parts)
+
+
+def _options_table(parser: argparse.ArgumentParser) -> str:
+    rows = [_argument_row(action) for action in parser._actions if not isinstance(action, argparse._HelpAction)]
+    return _table(["argument", "meaning", "default"], rows)
+
+
+def server_section() -> str:
+    """``imagebench server start|stop|status``, from ``imagebench.server.build_parser``."""
+    parser = server.build_parser()
+    commands = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction))
+    summaries = {choice.dest: choice.help for choice in commands._choices_actions}
+    parts = ["Generated from `imagebench.server.build_parser` (also `python -m imagebench.server`, `make server`).\n"]
+    for name, subparser in commands.choices.items():
+        parts.append(f"### imagebench server {name}\n\n{summaries[name]}\n")
+        parts.append(_options_table(subparser))
     return "\n".join(parts)
 
 

@@ -28,42 +28,45 @@ class TrialParams(BaseModel):
 
     # --- what to train
     experiment: str = Field("default", min_length=1, description="MLflow experiment: the sweep name")
-    framework: Framework = "keras"
-    model: ModelName = "cnn"
-    attention: Literal["se", "cbam"] = Field("se", description="block used by *_attention models")
-    weights: str = Field("none", description="'imagenet', 'none' or a path to a weights file")
-    freeze_backbone: bool = False
+    framework: Framework = Field("keras", description="keras (TensorFlow) or torch (PyTorch/timm)")
+    model: ModelName = Field("cnn", description="a name from the model registry (imagebench models lists them)")
+    attention: Literal["se", "cbam"] = Field("se", description="block of the *_attention models: se (squeeze-excitation, C/8) or cbam")
+    weights: str = Field("none", description="'none', 'imagenet' (the local cache) or a path to a weights file")
+    freeze_backbone: bool = Field(False, description="train only the head on a pretrained backbone (features are cached)")
     train_bn: bool = Field(False, description="keep BatchNorm layers trainable when the backbone is frozen")
-    pooling: Literal["auto", "avg", "flatten"] = Field("auto", description="auto: flatten for cnn, avg for backbones")
-    head_units: Optional[list[int]] = Field(None, description="hidden Dense sizes; None: the family recipe")
-    dropout: float = Field(0.5, ge=0.0, lt=1.0)
-    activation: Literal["relu", "gelu", "swish", "elu", "tanh"] = "relu"
+    pooling: Literal["auto", "avg", "flatten"] = Field("auto", description="auto: flatten for cnn, avg for the backbones")
+    head_units: Optional[list[int]] = Field(None, description="hidden Dense sizes; None: the family recipe (cnn [128], backbones [256])")
+    dropout: float = Field(0.5, ge=0.0, lt=1.0, description="dropout rate after each hidden Dense layer of the head")
+    activation: Literal["relu", "gelu", "swish", "elu", "tanh"] = Field("relu", description="activation of the head's hidden layers")
     # --- data
-    dataset: str = Field("digits", description="built-in name ('digits') or a folder of class folders")
-    image_size: int = Field(64, ge=32, le=1024)
-    val_fraction: float = Field(0.15, gt=0.0, lt=1.0)
-    test_fraction: float = Field(0.15, gt=0.0, lt=1.0)
+    dataset: str = Field("digits", description="built-in name ('digits') or a folder of class folders (never modified)")
+    image_size: int = Field(64, ge=32, le=1024, description="images are resized to image_size x image_size pixels")
+    val_fraction: float = Field(0.15, gt=0.0, lt=1.0, description="share of each class held out for validation (selects and stops)")
+    test_fraction: float = Field(0.15, gt=0.0, lt=1.0, description="share of each class held out for the test metrics (never selects)")
     max_per_class: Optional[int] = Field(None, ge=2, description="subsample each class (quick runs)")
-    augment: Literal["none", "light", "seed000"] = "none"
+    augment: Literal["none", "light", "seed000"] = Field("none", description="training batches only; seed000: rotation ±20°, shift ±30%, shear 0.3, "
+                                                        "zoom 0.8-1.2, h-flip, random-resized crop scale (0.6, 1.0)")
     # --- optimisation
-    optimizer: Literal["rmsprop", "adam", "adamw", "sgd"] = "adam"
-    learning_rate: float = Field(1e-3, gt=0.0, le=10.0)
+    optimizer: Literal["rmsprop", "adam", "adamw", "sgd"] = Field("adam", description="optimizer of the trainable weights")
+    learning_rate: float = Field(1e-3, gt=0.0, le=10.0, description="initial learning rate (the schedule changes it)")
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="sgd only")
-    l2: float = Field(0.0, ge=0.0, le=1.0, description="coefficient of l2 * sum(w^2) added to the loss")
+    l2: float = Field(0.0, ge=0.0, le=1.0, description="l2 * sum(w^2) added to the loss, over the kernels of the layers "
+                                                      "imagebench builds (CNN convs, attention, head)")
     weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="decoupled weight decay (adamw only)")
-    batch_size: int = Field(32, ge=1, le=4096)
-    epochs: int = Field(10, ge=1, le=10000)
-    early_stopping_patience: int = Field(5, ge=0, description="0 disables early stopping")
-    early_stopping_monitor: Literal["val_loss", "val_accuracy"] = "val_loss"
-    lr_schedule: Literal["none", "step", "cosine", "plateau"] = "none"
+    batch_size: int = Field(32, ge=1, le=4096, description="training images per step")
+    epochs: int = Field(10, ge=1, le=10000, description="most epochs to train (early stopping may end sooner)")
+    early_stopping_patience: int = Field(5, ge=0, description="0 disables early stopping; the best epoch's weights are restored and tested")
+    early_stopping_monitor: Literal["val_loss", "val_accuracy"] = Field("val_loss", description="what early stopping and the best epoch follow")
+    lr_schedule: Literal["none", "step", "cosine", "plateau"] = Field("none", description="how the learning rate changes over the epochs")
     lr_decay_factor: float = Field(0.5, gt=0.0, lt=1.0, description="step and plateau schedules")
-    lr_step_epochs: int = Field(7, ge=1)
-    lr_plateau_patience: int = Field(5, ge=1)
-    seed: int = Field(42, ge=0)
-    # --- execution switches for GPUs: off by default (a CPU gains nothing from them, see README)
-    mixed_precision: bool = Field(False, description="float16 compute with float32 weights on a GPU (bfloat16 on a CPU)")
-    channels_last: bool = Field(False, description="torch: NHWC memory format for convolutions; Keras is NHWC already")
-    compile: bool = Field(False, description="torch.compile the model / Keras XLA (jit_compile)")
+    lr_step_epochs: int = Field(7, ge=1, description="step schedule: epochs between decays")
+    lr_plateau_patience: int = Field(5, ge=1, description="plateau schedule: epochs without improvement before a decay")
+    seed: int = Field(42, ge=0, description="seeds the split, the weights' initialisation and the augmentation")
+    # --- execution switches for GPUs: off by default (a CPU gains nothing from them, docs/guides/speed.md)
+    mixed_precision: bool = Field(False, description="GPU switch: float16 compute, float32 weights (torch autocast + "
+                                  "GradScaler; Keras mixed_float16, softmax float32); bfloat16 on a CPU, slower there")
+    channels_last: bool = Field(False, description="GPU switch, torch: NHWC memory format for the convolutions (Keras/TF is NHWC already: no effect)")
+    compile: bool = Field(False, description="GPU switch: torch.compile of the training step (torch), XLA jit_compile (Keras); costs compile time per trial")
 
     @field_validator("head_units", mode="before")
     @classmethod

@@ -39,9 +39,9 @@ from imagebench.server.postgres import (  # noqa: F401
     DB_NAME,
     DB_OS_USER,
     DB_USER,
+    PG_LOG,
     PGDATA,
     PGPASS,
-    PG_LOG,
     backend_uri,
     database_port,
     pg_bin_dir,
@@ -49,6 +49,7 @@ from imagebench.server.postgres import (  # noqa: F401
     stop_database,
 )
 from imagebench.server.service import (  # noqa: F401
+    build_parser,
     ARTIFACTS,
     AUTH_DB,
     AUTH_INI,

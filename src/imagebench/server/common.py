@@ -1,10 +1,10 @@
 """What the database and the MLflow service share: default addresses, the error, port checks."""
 
 from __future__ import annotations
+
 import contextlib
 import socket
 from typing import Callable
-
 
 DEFAULT_HOST, DEFAULT_PORT, DEFAULT_DB_PORT = "127.0.0.1", 5000, 5433
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")

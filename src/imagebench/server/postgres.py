@@ -3,6 +3,7 @@ once in ``<folder>/pgdata``, run as the ``postgres`` user when we are root, list
 only; its password lives in ``pgpass`` (mode 600) and only its SCRAM verifier reaches PostgreSQL."""
 
 from __future__ import annotations
+
 import base64
 import glob
 import hashlib
@@ -15,8 +16,8 @@ import shutil
 import subprocess
 from pathlib import Path
 from typing import Optional
-from imagebench.server.common import DEFAULT_DB_PORT, Say, ServerError, _check_port_free, _quiet
 
+from imagebench.server.common import DEFAULT_DB_PORT, Say, ServerError, _check_port_free, _quiet
 
 DB_HOST, DB_NAME, DB_USER = "127.0.0.1", "mlflow", "imagebench"
 DB_OS_USER = "postgres"  # who owns the cluster when we are root

@@ -2,6 +2,7 @@
 command line ``python -m imagebench.server`` (``make server``)."""
 
 from __future__ import annotations
+
 import argparse
 import contextlib
 import importlib.util
@@ -18,9 +19,9 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
+
 from imagebench.server.common import DEFAULT_DB_PORT, DEFAULT_HOST, DEFAULT_PORT, LOCAL_HOSTS, Say, ServerError, _check_port_free, _quiet
 from imagebench.server.postgres import DB_HOST, PGPASS, _pgdata, _secret, _write_private, backend_uri, database_port, pg_bin_dir, start_database, stop_database
-
 
 DEFAULT_WORKERS = 2  # MLflow's default is 4 uvicorn workers; each holds MLflow in memory
 START_TIMEOUT = 120.0  # seconds for `mlflow server` to answer /health (its first start creates the schema)
@@ -304,12 +305,8 @@ def port_from_environment(variable: str, fallback: int) -> int:
     return int(value)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    try:
-        port, db_port = port_from_environment(ENV_PORT, DEFAULT_PORT), port_from_environment(ENV_DB_PORT, DEFAULT_DB_PORT)
-    except ServerError as exc:
-        print(f"imagebench.server: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+def build_parser(port: int = DEFAULT_PORT, db_port: int = DEFAULT_DB_PORT) -> argparse.ArgumentParser:
+    """``python -m imagebench.server`` (= ``imagebench server``); ``main`` passes the ports' defaults from the environment."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--folder", help="where the database, artifacts and logs live (default: <project root>/.server)")
     parser = argparse.ArgumentParser(prog="python -m imagebench.server",
@@ -326,7 +323,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     begin.add_argument("--timeout", type=float, default=START_TIMEOUT, help="seconds to wait for the server to answer")
     commands.add_parser("stop", parents=[common], help="stop mlflow server and PostgreSQL (data stays)")
     commands.add_parser("status", parents=[common], help="what runs; exit 0 when the server answers, 1 otherwise")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    try:
+        port, db_port = port_from_environment(ENV_PORT, DEFAULT_PORT), port_from_environment(ENV_DB_PORT, DEFAULT_DB_PORT)
+    except ServerError as exc:
+        print(f"imagebench.server: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    args = build_parser(port, db_port).parse_args(argv)
     say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731 (stdout: only the export line)
     try:
         if args.command == "start":
