@@ -14,6 +14,22 @@ From outside, import the names below (``from imagebench import store``; ``store.
 recorder); the submodules are the store's own business.
 """
 
+from imagebench.store.client import (  # noqa: F401
+    DEFAULT_STORE_PATIENCE,
+    ENV_STORE_PATIENCE,
+    FIRST_DELAY,
+    LONGEST_DELAY,
+    RETRY_MARKERS,
+    RetryingClient,
+    StoreUnavailable,
+    check_store_answers,
+    check_store_now,
+    client,
+    is_transient,
+    store_patience,
+    using_store,
+    with_retries,
+)
 from imagebench.store.keys import (  # noqa: F401
     ARTIFACT_CLASS_MAP,
     ARTIFACT_CONFUSION_JSON,
@@ -49,8 +65,8 @@ from imagebench.store.keys import (  # noqa: F401
     TAG_REGISTERED_EXPERIMENT,
     TAG_RELOGGED,
     TAG_ROLE,
-    TAG_RUNG,
     TAG_RUN_NAME,
+    TAG_RUNG,
     TAG_STRATEGY,
     TAG_SWEEP,
     TAG_TRIAL,
@@ -65,21 +81,12 @@ from imagebench.store.paths import (  # noqa: F401
     runs_dir,
     tracking_uri,
 )
-from imagebench.store.client import (  # noqa: F401
-    DEFAULT_STORE_PATIENCE,
-    ENV_STORE_PATIENCE,
-    FIRST_DELAY,
-    LONGEST_DELAY,
-    RETRY_MARKERS,
-    RetryingClient,
-    StoreUnavailable,
-    check_store_answers,
-    check_store_now,
-    client,
-    is_transient,
-    store_patience,
-    using_store,
-    with_retries,
+from imagebench.store.provenance import (  # noqa: F401
+    git_commit,
+    owner_is_alive,
+    package_versions,
+    pinned_requirements,
+    process_owner,
 )
 from imagebench.store.runs import (  # noqa: F401
     create_trial_run,
@@ -98,13 +105,6 @@ from imagebench.store.runs import (  # noqa: F401
     search_trial_runs,
     set_tags,
     start_sweep_run,
-)
-from imagebench.store.provenance import (  # noqa: F401
-    git_commit,
-    owner_is_alive,
-    package_versions,
-    pinned_requirements,
-    process_owner,
 )
 from imagebench.store.ui import (  # noqa: F401
     UI_MODEL_TRAINING_VIEW,

@@ -1,16 +1,16 @@
-"""The MLflow client every write goes through, retried with backoff for the store patience.
-"""
+"""The MLflow client every write goes through, retried with backoff for the store patience."""
 
 from __future__ import annotations
+
 import os
 import random
 import time
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Optional
-from imagebench.core.contract import ENV_ROOT, ENV_RUN_ID  # noqa: F401  (the sweep-kernel contract names them)
-from imagebench.store.paths import tracking_uri
 
+from imagebench.core.contract import ENV_STORE_PATIENCE
+from imagebench.store.paths import tracking_uri
 
 # Several processes (the sweep, parallel trial kernels) write one SQLite store; SQLite answers
 # "database is locked" when a writer holds it, and a tracking server may be briefly unreachable.
@@ -21,7 +21,6 @@ RETRY_MARKERS = ("database is locked", "database table is locked", "busy", "conn
                  "max retries exceeded", "temporarily unavailable", "unable to open database file",
                  "disk i/o error", "failed to establish a new connection", "connection aborted",
                  "connection reset", "read timed out", "service unavailable", "bad gateway")  # fmt: skip
-ENV_STORE_PATIENCE = "IMAGEBENCH_STORE_PATIENCE"
 DEFAULT_STORE_PATIENCE = 60.0  # seconds a store may be unreachable before a write is given up
 FIRST_DELAY, LONGEST_DELAY = 0.05, 5.0
 

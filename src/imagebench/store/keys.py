@@ -4,9 +4,8 @@ All tag and artifact names are defined here and nowhere else.
 """
 
 from __future__ import annotations
-from imagebench.core import names
-from imagebench.core.contract import ENV_ROOT, ENV_RUN_ID  # noqa: F401  (the sweep-kernel contract names them)
 
+from imagebench.core import names
 
 TAG_ROLE = "imagebench.role"  # "sweep" (parent) or "trial" (child)
 TAG_SWEEP = "imagebench.sweep"

@@ -1,12 +1,12 @@
-"""Where things live: the project root, ``results/<experiment>/`` and the default SQLite store.
-"""
+"""Where things live: the project root, ``results/<experiment>/`` and the default SQLite store."""
 
 from __future__ import annotations
+
 import os
 from pathlib import Path
-from imagebench.core import names
-from imagebench.core.contract import ENV_ROOT, ENV_RUN_ID  # noqa: F401  (the sweep-kernel contract names them)
 
+from imagebench.core import names
+from imagebench.core.contract import ENV_ROOT
 
 MARKERS = ("params", "notebooks")  # a folder holding both is an imagebench project root
 

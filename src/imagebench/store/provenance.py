@@ -1,15 +1,13 @@
-"""What a run records about where it came from: package versions, the git commit, the owning process.
-"""
+"""What a run records about where it came from: package versions, the git commit, the owning process."""
 
 from __future__ import annotations
+
 import os
 import socket
 import subprocess
 from typing import Optional
-from imagebench.core.contract import ENV_ROOT, ENV_RUN_ID  # noqa: F401  (the sweep-kernel contract names them)
+
 from imagebench.store.paths import project_root
-
-
 
 
 def package_versions(names: list[str]) -> dict[str, str]:

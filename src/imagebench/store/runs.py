@@ -1,17 +1,15 @@
-"""Creating, finding, writing and ending MLflow runs and experiments.
-"""
+"""Creating, finding, writing and ending MLflow runs and experiments."""
 
 from __future__ import annotations
+
 import time
 from typing import Any, Optional
+
 from imagebench.core import names
-from imagebench.core.contract import ENV_ROOT, ENV_RUN_ID  # noqa: F401  (the sweep-kernel contract names them)
 from imagebench.store.client import client
 from imagebench.store.keys import EXPERIMENT_KIND, TAG_ERROR, TAG_EXPERIMENT_KIND, TAG_GIT_COMMIT, TAG_OWNER, TAG_PARENT, TAG_ROLE, TAG_SWEEP, TAG_TRIAL
 from imagebench.store.paths import default_tracking_uri, project_root, tracking_uri
 from imagebench.store.provenance import git_commit, process_owner
-
-
 
 
 def _artifact_location(name: str) -> Optional[str]:

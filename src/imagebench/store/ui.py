@@ -1,13 +1,11 @@
-"""Links into the MLflow UI, always in its Model-training view.
-"""
+"""Links into the MLflow UI, always in its Model-training view."""
 
 from __future__ import annotations
+
 from typing import Optional
-from imagebench.core.contract import ENV_ROOT, ENV_RUN_ID  # noqa: F401  (the sweep-kernel contract names them)
+
 from imagebench.store.paths import tracking_uri
 from imagebench.store.runs import experiment_id
-
-
 
 
 def ui_base_url() -> Optional[str]:
