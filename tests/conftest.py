@@ -75,7 +75,7 @@ def tiny_values(**overrides):
 
 
 def assert_documented_record(run_id: str, num_classes: int) -> None:
-    """The child run holds exactly the documented MLflow record (README "The MLflow record"; store.py names it)."""
+    """The child run holds exactly the documented MLflow record (docs/tutorials/reviewer.md "The MLflow record"; store/keys.py names it)."""
     from imagebench import store
     from imagebench.core import metrics
     from imagebench.core.params import FIELD_NAMES

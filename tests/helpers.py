@@ -112,3 +112,43 @@ def recorded_trial(experiment, model, framework, val_acc, val_loss, test_acc, st
         store.client().log_dict(run_id, {"labels": ["a", "b"], "matrix": [[3, 1], [0, 4]]}, store.ARTIFACT_CONFUSION_JSON)
     store.end_run(run_id, status, None if status == "FINISHED" else "boom")
     return run_id
+
+
+def protocol_mismatches(target, protocol) -> list[str]:
+    """What ``target`` (a backend or exporter module) lacks of ``protocol`` (a ``typing.Protocol``):
+    a missing member, a method that is not callable, or one whose parameters a caller of the
+    protocol could not pass (other names or order, a default the protocol has and it lacks, an extra
+    parameter without a default). Empty when it satisfies the protocol."""
+    import inspect
+
+    problems = [f"{name} is missing" for name in getattr(protocol, "__annotations__", {}) if not hasattr(target, name)]
+    for name, member in vars(protocol).items():
+        if name.startswith("_") or not callable(member):
+            continue
+        if not callable(getattr(target, name, None)):
+            problems.append(f"{name}() is missing")
+            continue
+        wanted = list(inspect.signature(member).parameters.values())[1:]  # without self
+        given = list(inspect.signature(getattr(target, name)).parameters.values())
+        problems += [f"{name}(): {problem}" for problem in _parameter_mismatches(wanted, given)]
+    return problems
+
+
+def _parameter_mismatches(wanted, given) -> list[str]:
+    import inspect
+
+    problems = []
+    for index, parameter in enumerate(wanted):
+        theirs = given[index] if index < len(given) else None
+        if theirs is None or theirs.name != parameter.name or theirs.kind != parameter.kind:
+            problems.append(f"parameter {index + 1} is {_unannotated(theirs) or 'absent'}, the protocol says {_unannotated(parameter)}")
+        elif parameter.default is not inspect.Parameter.empty and theirs.default is inspect.Parameter.empty:
+            problems.append(f"{theirs.name} needs a default (the protocol's: {_unannotated(parameter)})")
+    problems += [f"extra parameter {extra.name} has no default" for extra in given[len(wanted):]
+                 if extra.default is inspect.Parameter.empty and extra.kind not in (extra.VAR_POSITIONAL, extra.VAR_KEYWORD)]  # fmt: skip
+    return problems
+
+
+def _unannotated(parameter) -> str:
+    """``name`` or ``name=default``: the frameworks' annotations (keras.Model, nn.Module) differ from the protocol's by design."""
+    return str(parameter.replace(annotation=parameter.empty)) if parameter is not None else ""

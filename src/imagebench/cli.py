@@ -28,12 +28,13 @@ def _add_set(parser: argparse.ArgumentParser) -> None:
 
 
 def _sweep_options(args: argparse.Namespace):
+    from imagebench.executors import executor_options
     from imagebench.sweep import SweepOptions
 
     return SweepOptions(
         workers=args.workers, strategy=args.strategy, eta=args.eta, repeats=args.repeats, rerun=args.rerun,
         trial_timeout=args.trial_timeout, fresh_kernels=args.fresh_kernel, show_progress=not args.quiet,
-        executor=args.executor, address=args.address, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+        executor=args.executor, executor_options={option.key: getattr(args, option.key) for _, option in executor_options()},
     )  # fmt: skip
 
 
@@ -42,6 +43,19 @@ def _whole_number(text: str) -> int:
     if not text.strip().isdigit():
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0 (e.g. 1)")
     return int(text)
+
+
+def _add_executor_options(parser: argparse.ArgumentParser) -> None:
+    """``--executor`` and each executor's own options, from its registry entry (``executors.EXECUTORS``);
+    an option given for another executor is refused by ``SweepOptions`` (exit 2)."""
+    from imagebench.executors import EXECUTORS, executor_options
+
+    default = "local"
+    parser.add_argument("--executor", default=default, help="where trials run: " + " | ".join(
+        f"{name} ({entry.help}{', default' if name == default else ''})" for name, entry in EXECUTORS.items()))
+    for name, option in executor_options():
+        parser.add_argument(option.flag, dest=option.key, type=_whole_number if option.type is int else option.type,
+                            help=f"--executor {name}: " + option.help.format(default=option.default))  # fmt: skip
 
 
 def _print_plan(plan, options) -> None:
@@ -278,13 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--workers", type=_whole_number,
                        help="trials run at once, each on its own worker process and kernel (default: 1 locally; "
                             "with --executor ray, as many as the cluster's resources hold)")
-    sweep.add_argument("--executor", default="local",
-                       help="where trials run: local (worker processes on this machine, default) | ray (a Ray cluster)")
-    sweep.add_argument("--address", help="--executor ray: the cluster to join (auto = the one `ray start` made here, "
-                                         "or HOST:PORT of its head; default auto)")
-    sweep.add_argument("--cpus-per-trial", type=_whole_number, help="--executor ray: CPUs each trial asks Ray for (default 1)")
-    sweep.add_argument("--gpus-per-trial", type=_whole_number,
-                       help="--executor ray: GPUs each trial asks Ray for (default 0); a trial only starts where they are")
+    _add_executor_options(sweep)
     sweep.add_argument("--strategy", default="grid", help="grid (default) | random:K (K per model and framework) | halving")
     sweep.add_argument("--eta", type=int, default=3, help="halving: keep the best 1/eta each rung, eta x the epochs (default 3)")
     sweep.add_argument("--repeats", type=int, default=1, help="run each family's best configuration with K seeds in all")

@@ -3,8 +3,8 @@
 
 Both frameworks to the end with checkpoints travelling between nodes; a node removed mid-trial;
 the driver killed with SIGKILL; a dataset missing on the node; bad executor options and a cluster
-that does not answer or lacks the GPUs asked for, refused before any MLflow run exists. The README's
-one-machine quick start run as written (`ray start`, `make server`, the sweep, `ray stop`). Fast:
+that does not answer or lacks the GPUs asked for, refused before any MLflow run exists. The cluster
+guide's one-machine quick start run as written (`ray start`, `make server`, the sweep, `ray stop`). Fast:
 a node's clean-up after a job, and which Ray errors mean a lost node."""
 
 import os
@@ -253,7 +253,7 @@ def test_a_cluster_that_does_not_answer_or_lacks_gpus_stops_before_any_run(proje
     assert "nocluster" not in {experiment.name for experiment in experiments}  # nothing was created in MLflow
 
 
-# --- the README's one-machine quick start, as a user types it
+# --- the cluster guide's one-machine quick start (docs/guides/cluster.md), as a user types it
 LOOPBACK_IPS = ("127.0.0.1", "::1", "::ffff:127.0.0.1")
 
 

@@ -6,10 +6,14 @@ reaches the kernel as environment variables, set by the job's first notebook cel
 (``worker.ENVIRONMENT_TAG``); what holds for every job of a worker is set when the worker starts.
 They say how a trial is run, never what it is: none is a parameter or part of a fingerprint.
 Everything that reads or writes one of these names imports it from here.
+
+The other way, the kernel tells the sweep how far a trial is by one plain line per epoch in its
+output (``progress_line``), which the sweep's display reads back (``last_progress``).
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -25,15 +29,20 @@ ENV_THREADS = "IMAGEBENCH_THREADS"  # framework threads this trial may use (core
 ENV_KERNEL_MAX_MB = "IMAGEBENCH_KERNEL_MAX_MB"  # a kept kernel holding more is replaced
 TRACKING_URI = "MLFLOW_TRACKING_URI"
 
+# --- settings of the machine, read where they are used; a sweep passes them on to its Ray nodes
+ENV_STORE_PATIENCE = "IMAGEBENCH_STORE_PATIENCE"  # seconds a write waits for an unreachable store
+ENV_FEATURE_CACHE = "IMAGEBENCH_FEATURE_CACHE"  # "off": frozen backbones run on every image, every epoch
+ENV_CACHE = "IMAGEBENCH_CACHE"  # the decode and feature caches' root; "off" disables them
+
 # Settings of the machine that typed `imagebench sweep` that its trials must share wherever they run
 # (a Ray node has its own environment): the store and how patiently to wait for it, the feature
 # cache switch, the kernel memory limit.
 SHARED_WITH_NODES = (
     TRACKING_URI,
-    "IMAGEBENCH_STORE_PATIENCE",
+    ENV_STORE_PATIENCE,
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
     "MLFLOW_HTTP_REQUEST_TIMEOUT",
-    "IMAGEBENCH_FEATURE_CACHE",
+    ENV_FEATURE_CACHE,
     ENV_KERNEL_MAX_MB,
 )
 
@@ -47,3 +56,26 @@ def job_environment(run_id: str, record_dir: Path, epoch_budget: Optional[int] =
         ENV_EPOCH_BUDGET: None if epoch_budget is None else str(epoch_budget),
         ENV_CHECKPOINT: None if checkpoint is None else str(checkpoint),
     }
+
+
+# --- the kernel's progress, one line per epoch: readable in a notebook and a log file, and read back
+# by the sweep's display ("epoch 3/10")
+PROGRESS_LINE = re.compile(r"^epoch (\d+)/(\d+)", re.MULTILINE)
+
+
+def progress_line(epoch: int, epochs: int, train_loss: float, train_accuracy: float, val_loss: float, val_accuracy: float,
+                  lr: float, seconds: float) -> str:  # fmt: skip
+    return (f"epoch {epoch}/{epochs}  train loss {train_loss:.4f} acc {train_accuracy:.4f}"
+            f"  | val loss {val_loss:.4f} acc {val_accuracy:.4f}  | lr {lr:.2e}  | {seconds:.1f}s")  # fmt: skip
+
+
+def parse_progress_line(line: str) -> Optional[tuple[int, int]]:
+    """(epoch, epochs) of a ``progress_line``; None for any other line."""
+    found = PROGRESS_LINE.match(line)
+    return (int(found[1]), int(found[2])) if found else None
+
+
+def last_progress(output: str) -> Optional[tuple[int, int]]:
+    """(epoch, epochs) of the last ``progress_line`` in a stretch of a kernel's output, None if it has none."""
+    found = PROGRESS_LINE.findall(output)
+    return (int(found[-1][0]), int(found[-1][1])) if found else None

@@ -1,33 +1,79 @@
-"""The metrics every trial records and the one rule that ranks trials."""
+"""The metrics table: every metric a trial records, defined once, and the one rule that ranks trials.
+
+Each ``Metric`` says its MLflow key, its leaderboard column (if the leaderboard shows it), the header
+and number format a person reads, which way is better and whether it is logged every epoch or once
+at the end. The trial, the leaderboard, its HTML page, the plots, the sweep's summary and the
+parent-run report all read the names from here: adding a metric means a line in ``METRICS`` and
+the code that computes it.
+"""
 
 from __future__ import annotations
-from imagebench.core.contract import ENV_ROOT, ENV_RUN_ID  # noqa: F401  (the sweep-kernel contract names them)
 
+from dataclasses import dataclass
+
+# which way is better (``Metric.better``)
+HIGHER, LOWER = "higher", "lower"
+# how a column's numbers are shown to people (``Metric.format``; the HTML page applies them)
+PERCENT, PLUS_MINUS_PERCENT, MILLIONS, GFLOPS, MILLISECONDS = "percent", "plus_minus_percent", "millions", "gflops", "ms"
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str  # the MLflow metric key
+    column: str = ""  # the leaderboard's column; "" = not in the leaderboard
+    header: str = ""  # the column's header for people; "" = the column with spaces for underscores
+    format: str = ""  # PERCENT, MILLIONS, ...; "" = 4 significant digits
+    better: str = ""  # HIGHER or LOWER is better; "" = neither
+    per_epoch: bool = False  # logged at every epoch (step = epoch), else once when the trial ends
+    count: bool = False  # a whole number (MLflow stores floats; a mean over seeds is rounded)
+
+    @property
+    def title(self) -> str:
+        return self.header or self.column.replace("_", " ")
+
+
+TRAIN_LOSS = Metric("train/loss", better=LOWER, per_epoch=True)
+TRAIN_ACCURACY = Metric("train/accuracy", better=HIGHER, per_epoch=True)
+VAL_LOSS = Metric("val/loss", better=LOWER, per_epoch=True)
+VAL_ACCURACY = Metric("val/accuracy", better=HIGHER, per_epoch=True)
+LEARNING_RATE = Metric("lr", per_epoch=True)
+
+# the final metrics, in the order of the leaderboard's columns
+TEST_ACCURACY = Metric("test/accuracy", "test_accuracy", "test accuracy", PERCENT, HIGHER)
+TEST_LOSS = Metric("test/loss", "test_loss", better=LOWER)
+TEST_MACRO_F1 = Metric("test/macro_f1", "test_macro_f1", format=PERCENT, better=HIGHER)
+TEST_TOP5_ACCURACY = Metric("test/top5_accuracy", "test_top5_accuracy", format=PERCENT, better=HIGHER)  # > 5 classes only
+# the epoch whose weights were kept (restored best), and its validation numbers: the leaderboard
+# selects on these, because the last logged val/accuracy is the last epoch's, not the chosen one
+BEST_VAL_ACCURACY = Metric("best/val_accuracy", "val_accuracy", "validation accuracy", PERCENT, HIGHER)
+BEST_VAL_LOSS = Metric("best/val_loss", "val_loss", better=LOWER)
+BEST_EPOCH = Metric("best_epoch", "best_epoch", count=True)
+PARAMS = Metric("cost/params", "params", format=MILLIONS, better=LOWER, count=True)
+# forward FLOPs per image (multiply-add = 2), counted in the trial's framework
+FLOPS = Metric("cost/flops", "flops", "FLOPs / image", GFLOPS, LOWER, count=True)
+TRAINABLE_PARAMS = Metric("cost/trainable_params", "trainable_params", format=MILLIONS, count=True)
+TRAIN_SECONDS = Metric("cost/train_seconds", "train_seconds", "train s", better=LOWER)
+LATENCY_MS = Metric("cost/latency_ms", "latency_ms", "latency", MILLISECONDS, LOWER)
+EPOCHS_RUN = Metric("epochs_run")  # epochs trained (fewer than asked after early stopping)
+
+METRICS = (TRAIN_LOSS, TRAIN_ACCURACY, VAL_LOSS, VAL_ACCURACY, LEARNING_RATE,
+           TEST_ACCURACY, TEST_LOSS, TEST_MACRO_F1, TEST_TOP5_ACCURACY, BEST_VAL_ACCURACY, BEST_VAL_LOSS, BEST_EPOCH,
+           PARAMS, FLOPS, TRAINABLE_PARAMS, TRAIN_SECONDS, LATENCY_MS, EPOCHS_RUN)  # fmt: skip
+EPOCH_METRICS = tuple(metric.key for metric in METRICS if metric.per_epoch)
+FINAL_METRICS = tuple(metric.key for metric in METRICS if not metric.per_epoch)
+LEADERBOARD_METRICS = tuple(metric for metric in METRICS if metric.column)  # in column order
+
+# Not recorded: the leaderboard derives it from the seeds' test accuracies (Student's t half-width)
+TEST_ACCURACY_CI95 = Metric("", "test_accuracy_ci95", "± 95% CI", PLUS_MINUS_PERCENT)
+COLUMNS = {metric.column: metric for metric in (*LEADERBOARD_METRICS, TEST_ACCURACY_CI95)}
 
 # The one selection rule, for the leaderboard and for halving's promotions: the best validation
 # accuracy, ties to the lower validation loss. Test metrics never choose.
-RANKING = ("best/val_accuracy", "best/val_loss")
-RANKING_ASCENDING = (False, True)
+RANKED_ON = (BEST_VAL_ACCURACY, BEST_VAL_LOSS)
+RANKING = tuple(metric.key for metric in RANKED_ON)
+RANKING_ASCENDING = tuple(metric.better == LOWER for metric in RANKED_ON)
 
 
 def ranking_key(val_accuracy: float, val_loss: float) -> tuple[float, float]:
     """Sort key of RANKING: smaller is better."""
-    return (-val_accuracy, val_loss)
-
-
-EPOCH_METRICS = ("train/loss", "train/accuracy", "val/loss", "val/accuracy", "lr")
-FINAL_METRICS = (
-    "test/accuracy",
-    "test/loss",
-    "test/macro_f1",
-    "test/top5_accuracy",  # only with more than 5 classes
-    "best_epoch",
-    "best/val_accuracy",
-    "best/val_loss",
-    "epochs_run",
-    "cost/params",
-    "cost/trainable_params",
-    "cost/train_seconds",
-    "cost/latency_ms",
-    "cost/flops",  # forward FLOPs per image (multiply-add = 2), counted in the trial's framework
-)
+    return tuple(-value if metric.better == HIGHER else value for metric, value in zip(RANKED_ON, (val_accuracy, val_loss)))

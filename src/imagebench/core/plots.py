@@ -11,7 +11,12 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-CURVE_PAIRS = (("loss", "train/loss", "val/loss"), ("accuracy", "train/accuracy", "val/accuracy"))
+from imagebench.core import metrics
+
+CURVE_PAIRS = (("loss", metrics.TRAIN_LOSS.key, metrics.VAL_LOSS.key), ("accuracy", metrics.TRAIN_ACCURACY.key, metrics.VAL_ACCURACY.key))
+# what the figures read: the leaders' test accuracy (a leaderboard column) and each trial's best validation
+# accuracy (the trials table keeps the MLflow keys)
+TEST_ACCURACY, BEST_VAL_ACCURACY = metrics.TEST_ACCURACY.column, metrics.BEST_VAL_ACCURACY.key
 # Class names are often Korean (docs/lessons.md): DejaVu Sans has no Hangul, so glyphs it lacks fall back
 # to NanumGothic, shipped by the koreanize-matplotlib package (its fonts only; its rc changes are not used).
 HANGUL_FONT_PACKAGE = "koreanize_matplotlib"
@@ -94,7 +99,7 @@ def confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], title: str 
 
 def accuracy_by_model(table: pd.DataFrame) -> Figure:
     """Grouped bars: test accuracy of each model's chosen trial, one bar per framework."""
-    pivot = table.pivot(index="model", columns="framework", values="test_accuracy")
+    pivot = table.pivot(index="model", columns="framework", values=TEST_ACCURACY)
     figure = Figure(figsize=(max(6, 0.9 * len(pivot) + 2), 4), layout="constrained")
     axis = figure.subplots()
     width = 0.8 / max(len(pivot.columns), 1)
@@ -113,7 +118,7 @@ def accuracy_by_model(table: pd.DataFrame) -> Figure:
 def accuracy_by_learning_rate(trials: pd.DataFrame) -> Figure:
     """Best validation accuracy reached at each learning rate, one line per optimizer, one panel per
     (model, framework): where the grid's good region lies, and whether its edges were explored."""
-    finished = trials[trials["status"].eq("FINISHED")].dropna(subset=["best/val_accuracy"])
+    finished = trials[trials["status"].eq("FINISHED")].dropna(subset=[BEST_VAL_ACCURACY])
     finished = finished.assign(learning_rate=pd.to_numeric(finished["learning_rate"], errors="coerce"))
     groups = list(finished.groupby(["model", "framework"]))
     columns = min(4, max(1, len(groups)))
@@ -121,9 +126,9 @@ def accuracy_by_learning_rate(trials: pd.DataFrame) -> Figure:
     figure = Figure(figsize=(4 * columns, 3.2 * rows), layout="constrained")
     axes = np.atleast_1d(figure.subplots(rows, columns, squeeze=False).ravel())
     for axis, ((model, framework), group) in zip(axes, groups):
-        best = group.groupby(["optimizer", "learning_rate"])["best/val_accuracy"].max().reset_index()
+        best = group.groupby(["optimizer", "learning_rate"])[BEST_VAL_ACCURACY].max().reset_index()
         for optimizer, line in best.groupby("optimizer"):
-            axis.plot(line["learning_rate"], line["best/val_accuracy"], marker="o", label=optimizer)
+            axis.plot(line["learning_rate"], line[BEST_VAL_ACCURACY], marker="o", label=optimizer)
         axis.set_xscale("log")
         axis.set_title(f"{framework} / {model}", fontsize=10)
         axis.set_xlabel("learning rate")
@@ -139,9 +144,9 @@ def accuracy_vs_cost(table: pd.DataFrame, cost_column: str, label: str) -> Figur
     figure = Figure(figsize=(6.5, 4.5), layout="constrained")
     axis = figure.subplots()
     for framework, rows in table.groupby("framework"):
-        axis.scatter(rows[cost_column], rows["test_accuracy"], label=framework, s=40)
+        axis.scatter(rows[cost_column], rows[TEST_ACCURACY], label=framework, s=40)
         for _, row in rows.iterrows():
-            axis.annotate(row["model"], (row[cost_column], row["test_accuracy"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            axis.annotate(row["model"], (row[cost_column], row[TEST_ACCURACY]), fontsize=7, xytext=(3, 3), textcoords="offset points")
     axis.set_xscale("log")
     axis.set_xlabel(label)
     axis.set_ylabel("test accuracy")
@@ -150,7 +155,7 @@ def accuracy_vs_cost(table: pd.DataFrame, cost_column: str, label: str) -> Figur
     return figure
 
 
-def leader_curves(curves: Mapping[str, Mapping[str, Sequence[float]]], metric: str = "val/accuracy") -> Figure:
+def leader_curves(curves: Mapping[str, Mapping[str, Sequence[float]]], metric: str = metrics.VAL_ACCURACY.key) -> Figure:
     """One line per leader, labelled "framework/model": colour = model, line style = framework."""
     figure = Figure(figsize=(9, 4.8), layout="constrained")
     axis = figure.subplots()

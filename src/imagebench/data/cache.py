@@ -25,8 +25,9 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from imagebench.core.contract import ENV_CACHE  # cache root; "off" disables the cache
+
 CACHE_VERSION = 2  # bump whenever decoding changes (resampling, colour handling, EXIF, 16-bit scaling)
-ENV_CACHE = "IMAGEBENCH_CACHE"  # cache root; "off" disables the cache
 
 
 @dataclass

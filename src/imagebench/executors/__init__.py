@@ -7,6 +7,10 @@ submitting it and records every ending itself (``outcomes``), the same way for e
 - ``local`` (default): worker processes on this machine, each with a warm papermill kernel.
 - ``ray``: the same workers inside Ray actors on the nodes of a Ray cluster, each actor asking
   Ray for the trial's CPUs and GPUs; notebooks, logs, journals and checkpoints travel with the job.
+
+A new executor is a class with the ``Executor`` methods and a ``from_options`` class method, and an
+entry in ``EXECUTORS``: its module (imported only when chosen) and the options only it takes
+(``ExecutorOption``), which ``imagebench sweep`` offers and refuses for any other executor.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol
 
 from imagebench.core.contract import job_environment
 from imagebench.core.planned import Trial
@@ -79,18 +83,56 @@ class Executor(Protocol):
         """No more jobs: release workers (and cluster resources)."""
 
 
+def check_whole_number(flag: str, value: object, least: int) -> None:
+    """A count given to a sweep (workers, CPUs, ...): None (not given) or a whole number of at least ``least``."""
+    if value is not None and (not isinstance(value, int) or value < least):
+        raise ParamsError(f"{flag} {value} is invalid: it must be a whole number of at least {least}")
+
+
+@dataclass(frozen=True)
+class ExecutorOption:
+    """An option of ``imagebench sweep`` that only one executor takes: the CLI adds it from the
+    registry, ``SweepOptions.executor_options`` holds it by ``key``, the executor gets its value."""
+
+    flag: str  # "--cpus-per-trial"
+    type: type  # int: a whole number (of at least ``least``); str: text
+    default: Any  # what the executor uses when it is not given
+    help: str  # for `imagebench sweep --help`; "{default}" is replaced by the default
+    least: int = 0
+
+    @property
+    def key(self) -> str:
+        """cpus_per_trial: the key in ``SweepOptions.executor_options`` and the argparse dest."""
+        return self.flag.removeprefix("--").replace("-", "_")
+
+    def check(self, value: object) -> None:
+        if self.type is int:
+            check_whole_number(self.flag, value, self.least)
+        elif not isinstance(value, self.type):
+            raise ParamsError(f"{self.flag} {value!r} is invalid: it must be {self.type.__name__}")
+
+
 @dataclass(frozen=True)
 class ExecutorEntry:
     module: str  # imported only when chosen: Ray loads only for --executor ray
-    cls: str
-    options: tuple[str, ...]  # the sweep options only this executor understands (flag names)
+    cls: str  # has the ``Executor`` methods and ``from_options(sweep_options, settings)``
     help: str
+    options: tuple[ExecutorOption, ...] = ()  # what only this executor takes
+
+    def settings(self, given: dict[str, Any]) -> dict[str, Any]:
+        """Each of this executor's options by key: the value given, else its default."""
+        return {option.key: option.default if given.get(option.key) is None else given[option.key] for option in self.options}
 
 
 EXECUTORS = {
-    "local": ExecutorEntry("imagebench.executors.local", "LocalExecutor", (), "worker processes on this machine"),
-    "ray": ExecutorEntry("imagebench.executors.ray_cluster", "RayExecutor", ("--address", "--cpus-per-trial", "--gpus-per-trial"),
-                         "Ray actors on the nodes of a Ray cluster"),
+    "local": ExecutorEntry("imagebench.executors.local", "LocalExecutor", "worker processes on this machine"),
+    "ray": ExecutorEntry("imagebench.executors.ray_cluster", "RayExecutor", "Ray actors on the nodes of a Ray cluster", (
+        ExecutorOption("--address", str, "auto", "the cluster to join (auto = the one `ray start` made here, or HOST:PORT of its "
+                                                 "head; default {default})"),
+        ExecutorOption("--cpus-per-trial", int, 1, "CPUs each trial asks Ray for (default {default})", least=1),
+        ExecutorOption("--gpus-per-trial", int, 0, "GPUs each trial asks Ray for (default {default}); a trial only starts where "
+                                                   "they are"),
+    )),
 }  # fmt: skip
 
 
@@ -101,15 +143,34 @@ def executor_entry(name: str) -> ExecutorEntry:
     return EXECUTORS[name]
 
 
-def check_executor_options(name: str, given: dict[str, object]) -> None:
-    """Options that belong to another executor are an error, not silently ignored."""
-    accepted = executor_entry(name).options
-    for flag, value in given.items():
-        if value is not None and flag not in accepted:
-            owner = next((key for key, entry in EXECUTORS.items() if flag in entry.options), "another executor")
-            raise ParamsError(f"{flag} {value} needs --executor {owner} (this sweep runs on --executor {name})")
+def executor_options() -> list[tuple[str, ExecutorOption]]:
+    """Every executor's own options, with the executor that takes each."""
+    return [(name, option) for name, entry in EXECUTORS.items() for option in entry.options]
+
+
+def check_executor_options(name: str, given: dict[str, Any]) -> None:
+    """``given`` (by key; None: not given) holds only options ``name`` takes, each valid: an option of
+    another executor is an error, not silently ignored."""
+    accepted = {option.key: option for option in executor_entry(name).options}
+    for key, value in given.items():
+        if value is None:
+            continue
+        if key in accepted:
+            accepted[key].check(value)
+            continue
+        owner, option = _owner_of(key)
+        raise ParamsError(f"{option.flag} {value} needs --executor {owner} (this sweep runs on --executor {name})")
+
+
+def _owner_of(key: str) -> tuple[str, ExecutorOption]:
+    for owner, option in executor_options():
+        if option.key == key:
+            return owner, option
+    raise ParamsError(f"unknown executor option '{key}': the executors take {', '.join(option.key for _, option in executor_options())}")
 
 
 def make_executor(name: str, options) -> Executor:
+    """The executor ``name`` for a sweep's ``options`` (``SweepOptions``), given its own options' values."""
     entry = executor_entry(name)
-    return getattr(importlib.import_module(entry.module), entry.cls).from_options(options)
+    executor_class = getattr(importlib.import_module(entry.module), entry.cls)
+    return executor_class.from_options(options, entry.settings(options.executor_options))

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -23,12 +22,11 @@ from pathlib import Path
 from typing import Optional
 
 from imagebench import store
-from imagebench.core.contract import ENV_ROOT, TRACKING_URI
+from imagebench.core.contract import ENV_ROOT, TRACKING_URI, last_progress
 from imagebench.executors import Job, JobEnd
 from imagebench.training.resources import thread_environment, threads_per_worker
 from imagebench.executors.worker import error_file, status_file
 
-EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+)", re.MULTILINE)
 LOW_DISK_BYTES = 1 << 20
 
 
@@ -130,9 +128,9 @@ class Assignment:
                 self.log_offset = handle.tell()
         except FileNotFoundError:
             return self.epoch_text
-        epochs = EPOCH_LINE.findall(text)
-        if epochs:
-            self.epoch_text = f"epoch {epochs[-1][0]}/{epochs[-1][1]}"
+        progress = last_progress(text)
+        if progress:
+            self.epoch_text = f"epoch {progress[0]}/{progress[1]}"
         return self.epoch_text
 
     def failure_reason(self) -> Optional[str]:
@@ -169,7 +167,8 @@ class LocalExecutor:
     spawned: int = 0  # workers started so far (names their logs)
 
     @classmethod
-    def from_options(cls, options) -> "LocalExecutor":
+    def from_options(cls, options, settings: dict) -> "LocalExecutor":
+        """``settings``: this executor's own options (``EXECUTORS``): none."""
         return cls(workers=options.workers or 1, threads=threads_per_worker(options.workers or 1),
                    fresh_kernels=options.fresh_kernels)  # fmt: skip
 

@@ -31,7 +31,7 @@ from typing import Any, Callable, Optional
 import ray
 
 from imagebench import store
-from imagebench.core.contract import ENV_ROOT, SHARED_WITH_NODES, TRACKING_URI
+from imagebench.core.contract import ENV_CACHE, ENV_ROOT, SHARED_WITH_NODES, TRACKING_URI
 from imagebench.executors import Job, JobEnd
 from imagebench.executors.local import LocalExecutor
 from imagebench.core.params import ParamsError
@@ -40,7 +40,6 @@ from imagebench.executors.worker import error_file, status_file
 NAMESPACE = "imagebench"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 STOP_GRACE_SECONDS = 30.0  # a stopped job's actor gets this long to return its partial notebook, then is killed
-ENV_NODE_CACHE = "IMAGEBENCH_CACHE"
 WAIT_NOTE_SECONDS = 30.0  # nothing could be placed for this long: the sweep says what it waits for
 # an actor died and its node still counts as alive: Ray's health checks (every 3 s, 5 misses by
 # default) may not have noticed a lost node yet, so its death is confirmed for up to this long
@@ -89,7 +88,7 @@ def _stay_on_loopback() -> None:
 
     On Linux Ray rewrites 127.0.0.1, both in the address and in ``_node_ip_address``, to this
     machine's interface address unless ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` was set before ray
-    was imported. The head (``ray start``) is started with it, as the README says; the driver must not
+    was imported. The head (``ray start``) is started with it, as the cluster guide (docs/guides/cluster.md) says; the driver must not
     depend on its user's environment, so the value Ray read from it is set here, for this process."""
     from ray._private import ray_constants
 
@@ -208,7 +207,7 @@ class TrialActor:
         self.runs.mkdir()
         environment = {**environment, ENV_ROOT: str(self.folder)}
         # the node's own decode cache (shared by its actors) unless its environment names one
-        environment.setdefault(ENV_NODE_CACHE, os.environ.get(ENV_NODE_CACHE)
+        environment.setdefault(ENV_CACHE, os.environ.get(ENV_CACHE)
                                or str(Path(tempfile.gettempdir()) / f"imagebench-cache-{os.getuid()}"))  # fmt: skip
         self.executor = LocalExecutor(workers=1, threads=threads, fresh_kernels=fresh_kernel, root=self.folder,
                                       environment=environment, where=self.node)  # fmt: skip
@@ -309,8 +308,9 @@ class RayExecutor:
         self.waiting_since: Optional[float] = None
 
     @classmethod
-    def from_options(cls, options) -> "RayExecutor":
-        return cls(options.address, options.workers, options.cpus_per_trial or 1, options.gpus_per_trial or 0, options.fresh_kernels)
+    def from_options(cls, options, settings: dict) -> "RayExecutor":
+        """``settings``: --address, --cpus-per-trial, --gpus-per-trial (``EXECUTORS``), defaults filled in."""
+        return cls(settings["address"], options.workers, settings["cpus_per_trial"], settings["gpus_per_trial"], options.fresh_kernels)
 
     def describe(self) -> list[str]:
         cpus = sum(node["Resources"].get("CPU", 0) for node in self.nodes)

@@ -13,11 +13,14 @@ import math
 
 import pandas as pd
 
+from imagebench.core import metrics
+from imagebench.models.registry import FRAMEWORKS
+
 # the columns read first, in order (the full table is in <details>, and in leaderboard.csv)
-FIRST_COLUMNS = ("rank", "model", "framework", "test_accuracy", "test_accuracy_ci95", "val_accuracy", "params", "flops",
-                 "latency_ms", "optimizer", "learning_rate")  # fmt: skip
-HEADERS = {"train_seconds": "train s", "test_accuracy": "test accuracy", "test_accuracy_ci95": "± 95% CI", "val_accuracy": "validation accuracy",
-           "params": "params", "flops": "FLOPs / image", "latency_ms": "latency", "learning_rate": "learning rate"}  # fmt: skip
+FIRST_COLUMNS = ("rank", "model", "framework",
+                 *(metric.column for metric in (metrics.TEST_ACCURACY, metrics.TEST_ACCURACY_CI95, metrics.BEST_VAL_ACCURACY,
+                                                metrics.PARAMS, metrics.FLOPS, metrics.LATENCY_MS)),
+                 "optimizer", "learning_rate")  # fmt: skip
 
 
 def _percent(value: float) -> str:
@@ -40,9 +43,12 @@ def _ms(value: float) -> str:
     return f"{value:.2f} ms"
 
 
-FORMATS = {"test_accuracy": _percent, "val_accuracy": _percent, "test_macro_f1": _percent, "test_top5_accuracy": _percent,
-           "test_accuracy_ci95": _plus_minus_percent, "params": _millions, "trainable_params": _millions, "flops": _gflops,
-           "latency_ms": _ms}  # fmt: skip
+FORMATTERS = {metrics.PERCENT: _percent, metrics.PLUS_MINUS_PERCENT: _plus_minus_percent, metrics.MILLIONS: _millions,
+              metrics.GFLOPS: _gflops, metrics.MILLISECONDS: _ms}  # fmt: skip
+FORMATS = {name: FORMATTERS[metric.format] for name, metric in metrics.COLUMNS.items() if metric.format}
+# the leaderboard's columns under their names for people; any other column shows its name with spaces
+HEADERS = {name: metric.title for name, metric in metrics.COLUMNS.items()}
+PARITY_PREFIXES = tuple(f"{framework}_" for framework in FRAMEWORKS)  # the parity table's columns: keras_params, ...
 
 
 def first_columns(leaders: pd.DataFrame) -> pd.DataFrame:
@@ -54,7 +60,7 @@ def _cell(column: str, value) -> str:
     """A cell showing the formatted value, sorting on the raw one."""
     if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
         return "<td data-value=''></td>"
-    name = column.split("_", 1)[1] if column.startswith(("keras_", "torch_")) else column  # the parity table's columns
+    name = column.split("_", 1)[1] if column.startswith(PARITY_PREFIXES) else column
     shown = FORMATS[name](float(value)) if name in FORMATS else (f"{value:.4g}" if isinstance(value, float) else str(value))
     return f"<td data-value='{html.escape(str(value), quote=True)}'>{html.escape(shown)}</td>"
 

@@ -2,8 +2,9 @@
 
 - One record per trial: a resumed sweep leaves KILLED or FAILED attempts beside the FINISHED
   re-run of the same trial (same fingerprint); only the FINISHED one counts, so nothing is counted twice.
-- Selection: the configuration with the highest ``best/val_accuracy`` (mean over its seeds; one
-  seed unless ``--repeats`` ran); ties go to the lower ``best/val_loss``. Its test metrics (means over
+- Selection: the configuration with the best validation numbers (``metrics.RANKING``: the highest
+  accuracy of its restored epoch, mean over its seeds; one seed unless ``--repeats`` ran; ties go to
+  the lower validation loss). Its test metrics (means over
   seeds, with a 95% confidence interval of test accuracy from Student's t when there are several
   seeds), hyperparameters and costs are reported, with how many trials finished and failed.
 """
@@ -20,28 +21,25 @@ import pandas as pd
 from imagebench.core import plots
 from imagebench import store
 from imagebench.core import metrics
+from imagebench.models.registry import FRAMEWORKS
 
-SELECT_ON = metrics.RANKING
 HYPERPARAMETERS = (
     "optimizer", "learning_rate", "l2", "batch_size", "epochs", "augment", "weights", "freeze_backbone",
     "head_units", "dropout", "lr_schedule", "image_size", "seed",
 )  # fmt: skip
-LEADER_COLUMNS = {
-    "model": "model",
-    "framework": "framework",
-    "metrics.test/accuracy": "test_accuracy",
-    "metrics.test/loss": "test_loss",
-    "metrics.test/macro_f1": "test_macro_f1",
-    "metrics.test/top5_accuracy": "test_top5_accuracy",
-    "metrics.best/val_accuracy": "val_accuracy",
-    "metrics.best/val_loss": "val_loss",
-    "metrics.best_epoch": "best_epoch",
-    "metrics.cost/params": "params",
-    "metrics.cost/flops": "flops",  # forward, one image, multiply-add = 2
-    "metrics.cost/trainable_params": "trainable_params",
-    "metrics.cost/train_seconds": "train_seconds",
-    "metrics.cost/latency_ms": "latency_ms",
-}
+
+
+METRIC_PREFIX = "metrics."  # a metric's column in the table of runs (``trial_runs``), as MLflow's run search names it
+
+
+def run_column(key: str) -> str:
+    return METRIC_PREFIX + key
+
+
+# the table of runs' columns the leaderboard shows, and under which names
+LEADER_COLUMNS = {"model": "model", "framework": "framework",
+                  **{run_column(metric.key): metric.column for metric in metrics.LEADERBOARD_METRICS}}  # fmt: skip
+TEST_ACCURACY, CI95 = metrics.TEST_ACCURACY.column, metrics.TEST_ACCURACY_CI95.column
 
 
 class LeaderboardError(LookupError):
@@ -51,7 +49,7 @@ class LeaderboardError(LookupError):
 def _flatten(run) -> dict:
     row = {"run_id": run.info.run_id, "status": run.info.status, "start_time": run.info.start_time}
     row.update({f"params.{key}": value for key, value in run.data.params.items()})
-    row.update({f"metrics.{key}": value for key, value in run.data.metrics.items()})
+    row.update({run_column(key): value for key, value in run.data.metrics.items()})
     row.update({f"tags.{key}": value for key, value in run.data.tags.items()})
     return row
 
@@ -102,44 +100,44 @@ def _confidence_half_width(values: pd.Series) -> float:
 
 def _per_configuration(finished: pd.DataFrame) -> pd.DataFrame:
     """One row per configuration: its first run's params and tags, metrics averaged over its seeds."""
-    metric_columns = [c for c in finished if c.startswith("metrics.")]
+    metric_columns = [c for c in finished if c.startswith(METRIC_PREFIX)]
     first = finished.sort_values("start_time").groupby("config", as_index=False).head(1).set_index("config")
     grouped = finished.groupby("config")
     first[metric_columns] = grouped[metric_columns].mean()
     first["seeds"] = grouped.size()
-    first["test_accuracy_ci95"] = grouped["metrics.test/accuracy"].apply(_confidence_half_width) if "metrics.test/accuracy" in finished else np.nan
+    test_accuracy = run_column(metrics.TEST_ACCURACY.key)
+    first[CI95] = grouped[test_accuracy].apply(_confidence_half_width) if test_accuracy in finished else np.nan
     return first.reset_index()
 
 
 def select_leaders(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per (model, framework): best (mean) validation accuracy, ties to lower validation loss."""
-    for column in (f"metrics.{name}" for name in SELECT_ON):
+    ranked_on = [run_column(key) for key in metrics.RANKING]
+    for column in ranked_on:
         if column not in runs:
             runs = runs.assign(**{column: np.nan})
     runs = one_run_per_trial(runs)
     counts = runs.assign(finished=runs["status"].eq("FINISHED"), failed=~runs["status"].isin(["FINISHED", "RUNNING"]))
     counts = counts.groupby(["model", "framework"])[["finished", "failed"]].sum().astype(int)
-    finished = runs[runs["status"].eq("FINISHED")].dropna(subset=[f"metrics.{SELECT_ON[0]}"])
-    configurations = _per_configuration(finished) if len(finished) else finished.assign(seeds=[], test_accuracy_ci95=[])
-    ordered = configurations.sort_values(
-        [f"metrics.{SELECT_ON[0]}", f"metrics.{SELECT_ON[1]}", "start_time"], ascending=[*metrics.RANKING_ASCENDING, True]
-    )
+    finished = runs[runs["status"].eq("FINISHED")].dropna(subset=ranked_on[:1])
+    configurations = _per_configuration(finished) if len(finished) else finished.assign(seeds=[], **{CI95: []})
+    ordered = configurations.sort_values([*ranked_on, "start_time"], ascending=[*metrics.RANKING_ASCENDING, True])
     leaders = ordered.groupby(["model", "framework"], as_index=False).head(1)
     leaders = leaders.merge(counts.reset_index(), on=["model", "framework"], how="right")
-    return leaders.sort_values([f"metrics.{name}" for name in SELECT_ON], ascending=list(metrics.RANKING_ASCENDING)).reset_index(drop=True)
+    return leaders.sort_values(ranked_on, ascending=list(metrics.RANKING_ASCENDING)).reset_index(drop=True)
 
 
 def leader_table(leaders: pd.DataFrame) -> pd.DataFrame:
     """The readable leaderboard: test metrics, the chosen trial's hyperparameters, costs, counts."""
     columns = {key: name for key, name in LEADER_COLUMNS.items() if key in leaders}
     table = leaders[list(columns)].rename(columns=columns)
-    if "test_accuracy" in table:
-        table.insert(table.columns.get_loc("test_accuracy") + 1, "test_accuracy_ci95", leaders["test_accuracy_ci95"])
-        table.insert(table.columns.get_loc("test_accuracy_ci95") + 1, "seeds", leaders["seeds"].astype("Int64"))
+    if TEST_ACCURACY in table:
+        table.insert(table.columns.get_loc(TEST_ACCURACY) + 1, CI95, leaders[CI95])
+        table.insert(table.columns.get_loc(CI95) + 1, "seeds", leaders["seeds"].astype("Int64"))
     for name in HYPERPARAMETERS:
         if f"params.{name}" in leaders:
             table[name] = leaders[f"params.{name}"]
-    for name in ("params", "flops", "trainable_params", "best_epoch"):
+    for name in (metric.column for metric in metrics.LEADERBOARD_METRICS if metric.count):
         if name in table:
             # counts, not floats (MLflow stores every metric as float); a mean over seeds (best_epoch) is rounded
             table[name] = table[name].round().astype("Int64")
@@ -153,15 +151,15 @@ def leader_table(leaders: pd.DataFrame) -> pd.DataFrame:
 def trial_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Every trial once (see ``one_run_per_trial``), with its metrics, hyperparameters and error."""
     runs = one_run_per_trial(runs)
-    columns = ["trial", "model", "framework", "status"] + [c for c in LEADER_COLUMNS if c.startswith("metrics.") and c in runs]
+    columns = ["trial", "model", "framework", "status"] + [c for c in LEADER_COLUMNS if c.startswith(METRIC_PREFIX) and c in runs]
     columns += [f"params.{name}" for name in HYPERPARAMETERS if f"params.{name}" in runs]
     error_column = f"tags.{store.TAG_ERROR}"
     table = runs[columns + ([error_column] if error_column in runs else [])].copy()
-    table.columns = [c.split(".", 1)[1] if c.startswith(("metrics.", "params.")) else c for c in table.columns]
+    table.columns = [c.split(".", 1)[1] if c.startswith((METRIC_PREFIX, "params.")) else c for c in table.columns]
     return table.rename(columns={error_column: "error"}).sort_values("trial").reset_index(drop=True)
 
 
-def metric_history(run_id: str, keys=("val/accuracy", "val/loss", "train/accuracy", "train/loss")) -> dict[str, list[float]]:
+def metric_history(run_id: str, keys=metrics.EPOCH_METRICS) -> dict[str, list[float]]:
     mlflow_client = store.client()
     return {key: [m.value for m in sorted(mlflow_client.get_metric_history(run_id, key), key=lambda m: m.step)] for key in keys}
 
@@ -175,19 +173,23 @@ def confusion_of(run_id: str) -> tuple[np.ndarray, list[str]]:
 
 
 # What the parity table sets side by side per model, and when it flags a pair
-PARITY_COLUMNS = ("params", "flops", "test_accuracy", "test_accuracy_ci95", "latency_ms", "train_seconds")
+PARITY_COLUMNS = tuple(metric.column for metric in (metrics.PARAMS, metrics.FLOPS, metrics.TEST_ACCURACY, metrics.TEST_ACCURACY_CI95,
+                                                      metrics.LATENCY_MS, metrics.TRAIN_SECONDS))  # fmt: skip
 PARITY_PARAMS_TOLERANCE = 0.02  # params differing by more than 2% mean the two builds are not the same model
+
+
+def parity_column(framework: str, column: str) -> str:
+    return f"{framework}_{column}"
 
 
 def _parity_flags(row: pd.Series) -> str:
     flags = []
-    keras, torch = row.get("keras_params"), row.get("torch_params")
-    if pd.notna(keras) and pd.notna(torch) and abs(keras - torch) > PARITY_PARAMS_TOLERANCE * max(keras, torch):
-        flags.append(f"params differ by {abs(keras - torch) / max(keras, torch):.1%}")
-    intervals = [(row.get(f"{f}_test_accuracy"), row.get(f"{f}_test_accuracy_ci95")) for f in ("keras", "torch")]
+    counts = [row.get(parity_column(framework, metrics.PARAMS.column)) for framework in FRAMEWORKS]
+    if all(pd.notna(count) for count in counts) and max(counts) - min(counts) > PARITY_PARAMS_TOLERANCE * max(counts):
+        flags.append(f"params differ by {(max(counts) - min(counts)) / max(counts):.1%}")
+    intervals = [(row.get(parity_column(framework, TEST_ACCURACY)), row.get(parity_column(framework, CI95))) for framework in FRAMEWORKS]
     if all(pd.notna(mean) and pd.notna(half) for mean, half in intervals):
-        (low_k, high_k), (low_t, high_t) = ((mean - half, mean + half) for mean, half in intervals)
-        if high_k < low_t or high_t < low_k:
+        if max(mean - half for mean, half in intervals) > min(mean + half for mean, half in intervals):
             flags.append("test accuracy CIs do not overlap")
     return "; ".join(flags)
 
@@ -200,8 +202,8 @@ def parity_table(leaders: pd.DataFrame) -> pd.DataFrame:
     if leaders.empty or not {"model", "framework"} <= set(leaders):
         return pd.DataFrame()
     wide = leaders.pivot_table(index="model", columns="framework", values=columns, aggfunc="first", dropna=False)
-    wide.columns = [f"{framework}_{name}" for name, framework in wide.columns]
-    ordered = [f"{framework}_{name}" for name in columns for framework in ("keras", "torch") if f"{framework}_{name}" in wide]
+    wide.columns = [parity_column(framework, name) for name, framework in wide.columns]
+    ordered = [parity_column(framework, name) for name in columns for framework in FRAMEWORKS if parity_column(framework, name) in wide]
     table = wide[ordered].reset_index()
     table["flag"] = table.apply(_parity_flags, axis=1)
     return table
@@ -220,24 +222,26 @@ class Leaderboard:
 
     @property
     def winner(self) -> Optional[pd.Series]:
-        ranked = self.leaders.dropna(subset=["val_accuracy"]) if "val_accuracy" in self.leaders else self.leaders.iloc[0:0]
+        selected_on = metrics.BEST_VAL_ACCURACY.column
+        ranked = self.leaders.dropna(subset=[selected_on]) if selected_on in self.leaders else self.leaders.iloc[0:0]
         return ranked.iloc[0] if len(ranked) else None
 
 
 def _figures(table: pd.DataFrame, trials: pd.DataFrame) -> dict:
-    chosen = table.dropna(subset=["test_accuracy"]) if "test_accuracy" in table else table.iloc[0:0]
+    chosen = table.dropna(subset=[TEST_ACCURACY]) if TEST_ACCURACY in table else table.iloc[0:0]
     if chosen.empty:
         return {}
     figures = {
         "test_accuracy_by_model": plots.accuracy_by_model(chosen),
-        "accuracy_vs_params": plots.accuracy_vs_cost(chosen, "params", "parameters (log)"),
-        "accuracy_vs_latency": plots.accuracy_vs_cost(chosen, "latency_ms", "latency ms / image (log)"),
+        "accuracy_vs_params": plots.accuracy_vs_cost(chosen, metrics.PARAMS.column, "parameters (log)"),
+        "accuracy_vs_latency": plots.accuracy_vs_cost(chosen, metrics.LATENCY_MS.column, "latency ms / image (log)"),
     }
-    if "flops" in chosen and chosen["flops"].notna().any():  # runs recorded before cost/flops have none
-        figures["accuracy_vs_flops"] = plots.accuracy_vs_cost(chosen, "flops", "forward FLOPs / image (log; multiply-add = 2)")
+    flops = metrics.FLOPS.column
+    if flops in chosen and chosen[flops].notna().any():  # runs recorded before cost/flops have none
+        figures["accuracy_vs_flops"] = plots.accuracy_vs_cost(chosen, flops, "forward FLOPs / image (log; multiply-add = 2)")
     curves = {f"{row.framework}/{row.model}": metric_history(row.run_id) for row in chosen.itertuples()}
-    figures["leader_learning_curves"] = plots.leader_curves(curves, "val/accuracy")
-    if {"learning_rate", "optimizer", "best/val_accuracy"} <= set(trials) and trials["learning_rate"].nunique() > 1:
+    figures["leader_learning_curves"] = plots.leader_curves(curves, metrics.VAL_ACCURACY.key)
+    if {"learning_rate", "optimizer", metrics.BEST_VAL_ACCURACY.key} <= set(trials) and trials["learning_rate"].nunique() > 1:
         figures["accuracy_by_learning_rate"] = plots.accuracy_by_learning_rate(trials)
     winner = chosen.iloc[0]
     matrix, labels = confusion_of(winner["run_id"])
@@ -285,7 +289,7 @@ def _markdown(board: Leaderboard, image_names: list[str]) -> str:
         f"All {len(board.trials)} trials: `trials.csv`.",
     ]
     parity = board.parity
-    if {"keras_test_accuracy", "torch_test_accuracy"} <= set(parity):
+    if {parity_column(framework, TEST_ACCURACY) for framework in FRAMEWORKS} <= set(parity):
         table = parity.round(4)
         lines += ["", "## Framework parity: Keras next to PyTorch", "",
                   table.astype(object).where(table.notna(), None).to_markdown(index=False, missingval="")]  # fmt: skip

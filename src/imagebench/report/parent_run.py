@@ -19,6 +19,7 @@ from typing import Optional
 import pandas as pd
 
 from imagebench import store
+from imagebench.core import metrics
 from imagebench.report.html_report import first_columns
 
 ARTIFACT_DIR = "leaderboard"  # the parent run's folder of the leaderboard files and plots
@@ -93,6 +94,7 @@ def publish(board, files: list[Path]) -> Optional[str]:
     store.set_tags(parent, {store.TAG_NOTE: description(board.experiment, board.leaders, board.trials, parent_tags)})
     winner = board.winner
     if winner is not None:
-        store.log_metrics(parent, {"leader/val_accuracy": winner["val_accuracy"], "leader/test_accuracy": winner["test_accuracy"]})
+        shown = (metrics.BEST_VAL_ACCURACY, metrics.TEST_ACCURACY)  # the winner's, as leader/val_accuracy, leader/test_accuracy
+        store.log_metrics(parent, {f"leader/{metric.column}": winner[metric.column] for metric in shown})
     mark_leaders(board.experiment, board.leaders)
     return parent

@@ -32,7 +32,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from imagebench.core import names
+from imagebench.core import metrics, names
 from imagebench.trial import trained
 from imagebench import store
 
@@ -104,7 +104,7 @@ def leaders_of(experiment: str) -> list[Leader]:
     except LeaderboardError as exc:
         raise PublishError(str(exc)) from None
     leaders = []
-    for row in board.leaders.dropna(subset=["val_accuracy"]).itertuples():
+    for row in board.leaders.dropna(subset=[metrics.BEST_VAL_ACCURACY.column]).itertuples():
         run_name = store.client().get_run(row.run_id).info.run_name
         for what, name in (("name", run_name), (f"tag {store.TAG_MODEL}", row.model), (f"tag {store.TAG_FRAMEWORK}", row.framework)):
             # anyone who can write to the store can name a run: its names become paths below
@@ -282,7 +282,7 @@ def _publish_one(exporter, leader: Leader) -> Outcome:
         kept = trained.load(Path(leader.folder))
         test = load_trial_data(make_params(kept.params)).test
         pixels, expected = test.images.astype(np.float32), kept.probabilities
-        logged_accuracy = store.client().get_run(leader.run_id).data.metrics["test/accuracy"]
+        logged_accuracy = store.client().get_run(leader.run_id).data.metrics[metrics.TEST_ACCURACY.key]
         model = exporter.load_trained(kept.params, len(kept.class_names), Path(leader.folder))
         example = pixels[:2]
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -20,12 +20,13 @@ import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from imagebench.store import record
 from imagebench import store
-from imagebench.core.metrics import RANKING
-from imagebench.executors import Executor, Job, check_executor_options, executor_entry, make_executor
+from imagebench.core.contract import ENV_CACHE
+from imagebench.core.metrics import BEST_VAL_ACCURACY, EPOCHS_RUN, RANKING, TEST_ACCURACY
+from imagebench.executors import Executor, Job, check_executor_options, check_whole_number, make_executor
 from imagebench.core.planned import Trial
 from imagebench.sweep.grid import SweepPlan, make_trial
 from imagebench.sweep.outcomes import JOURNALED, TrialOutcome
@@ -48,19 +49,14 @@ class SweepOptions:
     fresh_kernels: bool = False
     show_progress: bool = True
     executor: str = "local"
-    address: Optional[str] = None  # Ray: the cluster to join ("auto", host:port, ray://host:port)
-    cpus_per_trial: Optional[int] = None  # Ray: resources each trial asks for
-    gpus_per_trial: Optional[int] = None
+    # the executor's own options (``executors.ExecutorOption``) by key, e.g. {"cpus_per_trial": 2} for Ray
+    executor_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         strategy_for(self.strategy)
-        executor_entry(self.executor)
-        check_executor_options(self.executor, {"--address": self.address, "--cpus-per-trial": self.cpus_per_trial,
-                                               "--gpus-per-trial": self.gpus_per_trial})  # fmt: skip
-        for name, value, least in (("--workers", self.workers, 1), ("--eta", self.eta, 2), ("--repeats", self.repeats, 1),
-                                   ("--cpus-per-trial", self.cpus_per_trial, 1), ("--gpus-per-trial", self.gpus_per_trial, 0)):  # fmt: skip
-            if value is not None and (not isinstance(value, int) or value < least):
-                raise ParamsError(f"{name} {value} is invalid: it must be a whole number of at least {least}")
+        check_executor_options(self.executor, self.executor_options)
+        for name, value, least in (("--workers", self.workers, 1), ("--eta", self.eta, 2), ("--repeats", self.repeats, 1)):
+            check_whole_number(name, value, least)
         if self.trial_timeout is not None and self.trial_timeout <= 0:
             raise ParamsError(f"--trial-timeout {self.trial_timeout} is invalid: give seconds > 0")
         kernel_memory_limit_mb()  # a bad $IMAGEBENCH_KERNEL_MAX_MB is named here, not in every worker
@@ -169,7 +165,8 @@ def _scores(outcome: TrialOutcome) -> str:
     if outcome.status != "FINISHED":
         return outcome.error[:120]
     metrics = _metrics(outcome.run_id)
-    scores = f"val acc {metrics.get('best/val_accuracy', float('nan')):.4f}  test acc {metrics.get('test/accuracy', float('nan')):.4f}"
+    val_accuracy, test_accuracy = (metrics.get(metric.key, float("nan")) for metric in (BEST_VAL_ACCURACY, TEST_ACCURACY))
+    scores = f"val acc {val_accuracy:.4f}  test acc {test_accuracy:.4f}"
     return f"{scores}  error: {outcome.error[:120]}" if outcome.finished_with_error else scores
 
 
@@ -324,7 +321,7 @@ class SweepRunner:
 
     def _close(self) -> None:
         touched = {outcome.run_id for outcome in self.summary.outcomes}
-        self.summary.trial_epochs = int(sum(_metrics(run_id).get("epochs_run", 0) for run_id in touched))
+        self.summary.trial_epochs = int(sum(_metrics(run_id).get(EPOCHS_RUN.key, 0) for run_id in touched))
         store.log_metrics(
             self.parent_run_id,
             {
@@ -356,7 +353,7 @@ def check_sweep_data(trials: list[Trial]) -> list[str]:
     from imagebench.data.load import load_trial_data
 
     if cache_root() is None:
-        return ["data check left to each trial: the decode cache is off (IMAGEBENCH_CACHE=off)"]
+        return [f"data check left to each trial: the decode cache is off ({ENV_CACHE}=off)"]
     settings = {}
     for trial in trials:
         settings.setdefault(tuple(getattr(trial.params, name) for name in DATA_SETTINGS), trial.params)

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score, log_loss, top_k_accuracy_score
 
+from imagebench.core import metrics
+
 TOP_K = 5
 
 
@@ -40,17 +42,17 @@ def evaluate(probabilities: np.ndarray, labels: np.ndarray, class_names: list[st
     num_classes = len(class_names)
     predictions = probabilities.argmax(axis=1)
     loss, accuracy = loss_and_accuracy(probabilities, labels)
-    metrics = {
-        "test/accuracy": accuracy,
-        "test/loss": loss,
-        "test/macro_f1": float(f1_score(labels, predictions, average="macro", labels=list(range(num_classes)), zero_division=0)),
+    values = {
+        metrics.TEST_ACCURACY.key: accuracy,
+        metrics.TEST_LOSS.key: loss,
+        metrics.TEST_MACRO_F1.key: float(f1_score(labels, predictions, average="macro", labels=list(range(num_classes)), zero_division=0)),
     }
     if num_classes > TOP_K:
-        metrics["test/top5_accuracy"] = float(
+        values[metrics.TEST_TOP5_ACCURACY.key] = float(
             top_k_accuracy_score(labels, probabilities, k=TOP_K, labels=list(range(num_classes)))
         )
     matrix = confusion_matrix(labels, predictions, labels=list(range(num_classes)))
     report = classification_report(
         labels, predictions, labels=list(range(num_classes)), target_names=class_names, digits=4, zero_division=0
     )
-    return Evaluation(metrics=metrics, confusion=matrix, report=report)
+    return Evaluation(metrics=values, confusion=matrix, report=report)

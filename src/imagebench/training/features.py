@@ -25,12 +25,12 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
+from imagebench.core.contract import ENV_FEATURE_CACHE
 from imagebench.data.arrays import Split, TrialData
 from imagebench.data.cache import cache_root, cached_arrays
 from imagebench.models.registry import model_spec
 from imagebench.core.params import TrialParams
 
-ENV_FEATURE_CACHE = "IMAGEBENCH_FEATURE_CACHE"
 FEATURE_VERSION = 3  # 2: meta.json holds the backbone's latency; 3: its params, FLOPs and weights file
 SPLITS = ("train", "val", "test")
 # what the pooled features depend on, besides the data's fingerprint

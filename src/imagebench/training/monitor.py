@@ -13,6 +13,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from imagebench.core import metrics
 from imagebench.core.params import TrialParams
 
 MIN_LEARNING_RATE = 1e-7
@@ -39,11 +40,11 @@ class EpochRecord:
 
     def as_metrics(self) -> dict[str, float]:
         return {
-            "train/loss": self.train_loss,
-            "train/accuracy": self.train_accuracy,
-            "val/loss": self.val_loss,
-            "val/accuracy": self.val_accuracy,
-            "lr": self.lr,
+            metrics.TRAIN_LOSS.key: self.train_loss,
+            metrics.TRAIN_ACCURACY.key: self.train_accuracy,
+            metrics.VAL_LOSS.key: self.val_loss,
+            metrics.VAL_ACCURACY.key: self.val_accuracy,
+            metrics.LEARNING_RATE.key: self.lr,
         }
 
 

@@ -19,7 +19,7 @@ import numpy as np
 from imagebench.training import features
 from imagebench.core import plots
 from imagebench import store
-from imagebench.core.metrics import EPOCH_METRICS
+from imagebench.core import metrics
 from imagebench.trial import trained
 from imagebench.backends import get_backend, get_exporter
 from imagebench.data.arrays import TrialData
@@ -34,7 +34,7 @@ from imagebench.training.weights import require_weights
 PREDICT_BATCH = 256
 # How the sweep runs a trial (not what the trial is, so not parameters): halving gives a rung an
 # epoch budget and a checkpoint file to continue from and save to.
-from imagebench.core.contract import ENV_CHECKPOINT, ENV_EPOCH_BUDGET, ENV_RUN_ID  # noqa: E402
+from imagebench.core.contract import ENV_CHECKPOINT, ENV_EPOCH_BUDGET, ENV_RUN_ID, progress_line  # noqa: E402
 
 
 @dataclass
@@ -51,11 +51,11 @@ class TrialResult:
 
     @property
     def curves(self) -> dict[str, list[float]]:
-        return {key: [record.as_metrics()[key] for record in self.history] for key in EPOCH_METRICS}
+        return {key: [record.as_metrics()[key] for record in self.history] for key in metrics.EPOCH_METRICS}
 
     def learning_curves_figure(self):
         title = f"{self.params.framework} / {self.params.model}"
-        return plots.learning_curves(self.curves, title, int(self.metrics.get("best_epoch", 0)))
+        return plots.learning_curves(self.curves, title, int(self.metrics.get(metrics.BEST_EPOCH.key, 0)))
 
     def confusion_figure(self):
         return plots.confusion_matrix(self.confusion, self.class_names, f"test confusion matrix ({self.params.model})")
@@ -98,13 +98,9 @@ def trial_tags(params: TrialParams, dataset_fingerprint: str) -> dict[str, str]:
 def _epoch_reporter(recorder: RunRecorder, params: TrialParams, verbose: bool):
     def report(record: EpochRecord) -> None:
         recorder.log_epoch_metrics(record.as_metrics(), step=record.epoch)
-        if verbose:
-            # One plain line per epoch: readable in a notebook, a log file, and parsed by the sweep's progress bar.
-            print(
-                f"epoch {record.epoch}/{params.epochs}  train loss {record.train_loss:.4f} acc {record.train_accuracy:.4f}"
-                f"  | val loss {record.val_loss:.4f} acc {record.val_accuracy:.4f}  | lr {record.lr:.2e}  | {record.seconds:.1f}s",
-                flush=True,
-            )
+        if verbose:  # the sweep's display reads these lines back (contract.last_progress)
+            print(progress_line(record.epoch, params.epochs, record.train_loss, record.train_accuracy, record.val_loss,
+                                record.val_accuracy, record.lr, record.seconds), flush=True)  # fmt: skip
 
     return report
 
@@ -250,21 +246,21 @@ def _train_and_test(recorder: RunRecorder, params: TrialParams, verbose: bool,
     # val-best weights, restored by fit; on cached features when the backbone is frozen (the same numbers)
     probabilities = backend.predict_proba(fit_model, fit_data.test.images, PREDICT_BATCH)
     evaluation = evaluate(probabilities, data.test.labels, data.class_names)
-    metrics = {
+    final = {
         **evaluation.metrics,
-        "best_epoch": monitor.best_epoch,
-        "best/val_accuracy": monitor.best.val_accuracy,
-        "best/val_loss": monitor.best.val_loss,
-        "epochs_run": len(monitor.history),
-        "cost/params": total_params,
-        "cost/trainable_params": trainable_params,
-        "cost/train_seconds": train_seconds,
-        "cost/latency_ms": models.latency_ms(backend),
+        metrics.BEST_EPOCH.key: monitor.best_epoch,
+        metrics.BEST_VAL_ACCURACY.key: monitor.best.val_accuracy,
+        metrics.BEST_VAL_LOSS.key: monitor.best.val_loss,
+        metrics.EPOCHS_RUN.key: len(monitor.history),
+        metrics.PARAMS.key: total_params,
+        metrics.TRAINABLE_PARAMS.key: trainable_params,
+        metrics.TRAIN_SECONDS.key: train_seconds,
+        metrics.LATENCY_MS.key: models.latency_ms(backend),
         # after latency: Keras counts on the inference graph the latency just traced (no new trace)
-        "cost/flops": models.flops(backend, params),
+        metrics.FLOPS.key: models.flops(backend, params),
     }
     result = TrialResult(
-        recorder.run_id, params, metrics, monitor.history, data.class_names, evaluation.confusion, evaluation.report, data.split_sizes()
+        recorder.run_id, params, final, monitor.history, data.class_names, evaluation.confusion, evaluation.report, data.split_sizes()
     )
     _log_results(recorder, result, evaluation, {store.TAG_EPOCH_BUDGET: monitor.last_epoch(epoch_budget)})
     # kept until the sweep knows the leaders (publish): the whole model, or the head and the cached backbone

@@ -12,6 +12,8 @@ import pytest
 # folder as the Keras session, so a Keras (or imagebench backend) that does not import must fail
 # the session, not turn it into skips.
 import keras
+from helpers import protocol_mismatches
+from imagebench.backends import Backend, Exporter, get_backend, get_exporter
 from imagebench.backends import keras_backend as kb
 from imagebench.backends import keras_training
 from imagebench.data.arrays import Split, TrialData
@@ -38,6 +40,12 @@ def _build(num_classes=3, **overrides):
 
 def _pixels(n, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (n, SIZE, SIZE, 3), dtype=np.uint8)
+
+
+def test_the_keras_modules_provide_the_backend_and_exporter_protocols():
+    assert get_backend("keras") is kb
+    assert protocol_mismatches(kb, Backend) == []
+    assert protocol_mismatches(get_exporter("keras"), Exporter) == []
 
 
 # --- building and preprocessing

@@ -12,7 +12,8 @@ import pytest
 # fail the session, not turn it into skips.
 import timm
 import torch
-from imagebench.backends import get_backend
+from helpers import protocol_mismatches
+from imagebench.backends import Backend, Exporter, get_backend, get_exporter
 from imagebench.backends import torch_backend as tb
 from imagebench.data.arrays import Split, TrialData
 from imagebench.training.evaluation import loss_and_accuracy
@@ -43,6 +44,11 @@ def _own_param_count(model) -> int:
 
 def test_registered_under_torch():
     assert get_backend("torch") is tb
+
+
+def test_the_torch_modules_provide_the_backend_and_exporter_protocols():
+    assert protocol_mismatches(tb, Backend) == []
+    assert protocol_mismatches(get_exporter("torch"), Exporter) == []
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
