@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -152,3 +153,49 @@ def _parameter_mismatches(wanted, given) -> list[str]:
 def _unannotated(parameter) -> str:
     """``name`` or ``name=default``: the frameworks' annotations (keras.Model, nn.Module) differ from the protocol's by design."""
     return str(parameter.replace(annotation=parameter.empty)) if parameter is not None else ""
+
+
+def copy_project(root: Path) -> Path:
+    """The repository's notebooks and params copied into ``root``: a project imagebench finds from there."""
+    shutil.copytree(REPO / "notebooks", root / "notebooks")
+    shutil.copytree(REPO / "params", root / "params")
+    return root
+
+
+def run_imagebench(*args, cwd, timeout=600, **kwargs) -> subprocess.CompletedProcess:
+    """``imagebench ARGS`` as a user types it (the venv's console script), output captured."""
+    import sys
+
+    command = [str(Path(sys.executable).parent / "imagebench"), *map(str, args)]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def tiny_values(**overrides):
+    """Trial values that train in seconds on the built-in digits."""
+    values = dict(dataset="digits", image_size=32, epochs=1, batch_size=64, max_per_class=12, val_fraction=0.25, test_fraction=0.25)
+    values.update(overrides)
+    return values
+
+
+def assert_documented_record(run_id: str, num_classes: int) -> None:
+    """The child run holds exactly the documented MLflow record (docs/tutorials/reviewer.md "The MLflow record"; store/keys.py names it)."""
+    from imagebench import store
+    from imagebench.core import metrics
+    from imagebench.core.params import FIELD_NAMES
+
+    client = store.client()
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert set(run.data.params) == set(FIELD_NAMES)
+    expected_final = set(metrics.FINAL_METRICS) - (set() if num_classes > 5 else {"test/top5_accuracy"})
+    data_metrics = {"data/train_images", "data/val_images", "data/test_images", "data/classes", "data/skipped_files"}
+    assert set(run.data.metrics) == set(metrics.EPOCH_METRICS) | expected_final | data_metrics
+    for key in metrics.EPOCH_METRICS:
+        history = client.get_metric_history(run_id, key)
+        assert [m.step for m in history] == list(range(1, len(history) + 1)) and history
+    for tag in (store.TAG_FINGERPRINT, store.TAG_MODEL, store.TAG_FRAMEWORK, store.TAG_SWEEP,
+                store.TAG_DATASET_FINGERPRINT, store.TAG_GIT_COMMIT, store.TAG_VERSIONS, store.TAG_ROLE):
+        assert run.data.tags.get(tag), tag
+    artifacts = {item.path for item in client.list_artifacts(run_id)}
+    assert artifacts >= {store.ARTIFACT_CONFUSION_PNG, store.ARTIFACT_CONFUSION_JSON, store.ARTIFACT_CURVES_PNG,
+                         store.ARTIFACT_REPORT, store.ARTIFACT_CLASS_MAP}

@@ -1,6 +1,7 @@
 """The package tree is the architecture: each layer imports only the layers below it (the
 import-linter contract in pyproject.toml, run by `make lint`)."""
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -28,3 +29,11 @@ def test_an_upward_import_breaks_the_layers_contract(tmp_path):
     result = lint_imports(tmp_path)
     assert result.returncode != 0
     assert "imagebench.core.names -> imagebench.sweep.grid" in result.stdout
+
+
+def test_no_test_module_imports_another_or_conftest():
+    # shared test code lives in tests/helpers.py, tests/trial_checks.py and tests/readme_blocks.py;
+    # conftest.py is pytest's (imported under another name it would run twice)
+    importing = re.compile(r"^\s*(from|import)\s+(conftest|test_\w+)\b", re.M)
+    offenders = [str(path.relative_to(REPO)) for path in (REPO / "tests").rglob("*.py") if importing.search(path.read_text())]
+    assert not offenders, f"these import a test module or conftest: {offenders}"

@@ -4,7 +4,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from conftest import REPO
+from helpers import REPO
 
 OUTSIDE = re.compile(r"DESIGN\.md|seeds\.md|\.\./shared/|shared/reference")
 DOC_PATH = re.compile(r"docs/[\w./-]+\.md")

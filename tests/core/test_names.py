@@ -1,7 +1,7 @@
 """Names that become paths (issue 20): a typed or MLflow-made name never puts a file outside results/."""
 
 import pytest
-from conftest import run_imagebench
+from helpers import run_imagebench
 
 from imagebench.core.names import MAX_NAME_LENGTH, UnsafeName, safe_name
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 
 import pytest
-from conftest import run_imagebench
+from helpers import run_imagebench
 
 from imagebench import cli, executors
 from imagebench.core.params import ParamsError

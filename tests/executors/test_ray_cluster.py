@@ -23,7 +23,7 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 import psutil  # noqa: E402
 import pytest  # noqa: E402
 
-from conftest import copy_project, tiny_values  # noqa: E402
+from helpers import copy_project, tiny_values  # noqa: E402
 from imagebench.report import leaderboard
 from imagebench import server
 from imagebench import store  # noqa: E402

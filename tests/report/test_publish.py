@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_imagebench
+from helpers import run_imagebench
 
 from imagebench.report import publish
 from imagebench.trial import trained

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_imagebench
+from helpers import run_imagebench
 from helpers import free_port
 from imagebench.report import leaderboard
 from imagebench.report import parent_run

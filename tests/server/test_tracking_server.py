@@ -21,7 +21,7 @@ from imagebench import server
 from imagebench.server import postgres, service
 from imagebench import store
 from imagebench.core import metrics
-from conftest import run_imagebench
+from helpers import run_imagebench
 from helpers import free_ports, inject_cell, wait_for, write_sweep_file
 
 pytestmark = pytest.mark.slow
@@ -50,7 +50,7 @@ def _repo_files() -> list[Path]:
 
 
 def _assert_complete_run(run_id: str) -> None:
-    from conftest import assert_documented_record
+    from helpers import assert_documented_record
 
     assert_documented_record(run_id, num_classes=10)  # every param, epoch metric (steps 1..), final metric, artifact
     client = store.client()

@@ -27,7 +27,7 @@ def test_matrix_product_exclude_include():
 
 
 def test_demo_plan_has_all_models_in_both_frameworks(tmp_path):
-    from conftest import REPO
+    from helpers import REPO
 
     plan = plan_sweep(REPO / "params" / "demo.yaml")
     pairs = {(t.params.framework, t.params.model) for t in plan.trials}
@@ -37,7 +37,7 @@ def test_demo_plan_has_all_models_in_both_frameworks(tmp_path):
 
 
 def test_models_and_frameworks_options_also_drop_the_include_entries_of_others():
-    from conftest import REPO
+    from helpers import REPO
 
     full = {t.fingerprint for t in plan_sweep(REPO / "params" / "demo.yaml").trials}
     only_cnn = plan_sweep(REPO / "params" / "demo.yaml", axes={"model": ["cnn"]}).trials
@@ -95,7 +95,7 @@ def test_bad_sweep_files_fail_before_anything_runs(tmp_path, text, fragment):
 
 
 def test_grid52_is_52_trials_per_model_and_framework_with_the_product_best():
-    from conftest import REPO
+    from helpers import REPO
 
     plan = plan_sweep(REPO / "params" / "grid52.yaml", axes={"model": ["cnn", "efficientnet_b0"]})
     assert plan.counts()["trials"].tolist() == [52, 52, 52, 52]
@@ -175,7 +175,7 @@ def test_malformed_sweep_files_exit_2_naming_the_key(tmp_path, capsys, text, mes
 
 
 def test_cli_names_a_malformed_key_and_warns_about_rules_that_change_nothing(project):
-    from conftest import run_imagebench
+    from helpers import run_imagebench
 
     bad = _write(project, "matrix: {model: [cnn]}\nexclude: 5\n")
     done = run_imagebench("sweep", bad, "--dry-run", cwd=project)

@@ -9,7 +9,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import assert_documented_record
+from helpers import assert_documented_record
 from PIL import Image
 
 from imagebench import store

@@ -166,7 +166,7 @@ def test_sigterm_ends_the_running_trial_killed_and_keeps_its_notebook(project):
 def test_a_store_that_stays_down_stops_the_sweep_and_relog_loses_nothing(project, monkeypatch):
     import sqlite3
 
-    from conftest import assert_documented_record
+    from helpers import assert_documented_record
 
     inject_cell(project, "import pathlib, time\nprint('waiting for the store to go down', flush=True)\n"
                           "while not pathlib.Path('STORE-LOCKED').exists():\n    time.sleep(0.1)\n")

@@ -4,7 +4,7 @@ import ast
 import json
 
 import pytest
-from conftest import REPO
+from helpers import REPO
 
 from imagebench.core.params import TrialParams
 

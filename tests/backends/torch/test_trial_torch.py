@@ -1,7 +1,7 @@
 """One in-process torch trial on tiny data writes the documented MLflow record."""
 
 import pytest
-from conftest import (
+from trial_checks import (
     check_continued_trial_equals_uninterrupted,
     check_failing_trial_recorded,
     check_feature_cache_matches_uncached,
