@@ -32,7 +32,7 @@ from imagebench.sweep.grid import SweepPlan, make_trial
 from imagebench.sweep.outcomes import JOURNALED, TrialOutcome
 from imagebench.core.params import ParamsError
 from imagebench.sweep.scheduler import Display, Scheduler
-from imagebench.sweep.strategies import grouped, promote, strategy_for
+from imagebench.sweep.strategies import Stage, grouped, promote, strategy_for
 from imagebench.trial import trial_tags
 from imagebench.executors.worker import kernel_memory_limit_mb
 
@@ -182,7 +182,7 @@ def _command(plan: SweepPlan) -> str:
 
 class SweepRunner:
     """One invocation of ``imagebench sweep``: owns the parent run, the scheduler and the bookkeeping.
-    The strategy (``strategies``) drives it through ``whole_trial_jobs``/``rung_jobs``, ``execute``
+    The strategy (``strategies``) drives it through ``whole_trial_jobs``/``staged_jobs``, ``execute``
     and ``best``."""
 
     def __init__(self, plan: SweepPlan, options: SweepOptions, executor: Optional[Executor] = None):
@@ -242,30 +242,32 @@ class SweepRunner:
         for trial in trials:
             (self.checkpoints_dir / f"{trial.name}.pkl").unlink(missing_ok=True)
 
-    def rung_jobs(self, members: list[Trial], rung: int, budget: int, rungs: int) -> list[Job]:
+    def staged_jobs(self, members: list[Trial], stage: Stage) -> list[Job]:
+        """Jobs that train each member up to ``stage.budget`` epochs in all (at most its own), in its
+        one run of this sweep, continuing from its checkpoint: how a strategy trains in stages
+        (halving's rungs). The stage's tags and metrics go on the run as its job starts."""
         jobs = []
         for trial in members:
-            trial_budget = min(trial.params.epochs, budget)
+            trial_budget = min(trial.params.epochs, stage.budget)
             if self._already_done(trial, trial_budget):
-                self.summary.skipped += rung == 0
+                self.summary.skipped += stage.first
                 continue
             checkpoint = self.checkpoints_dir / f"{trial.name}.pkl"
-            output = self.runs_dir / f"{trial.name}.rung{rung + 1}.ipynb"
-            open_run = lambda trial=trial, rung=rung, budget=trial_budget: self._rung_run(trial, rung, rungs, budget)  # noqa: E731
+            output = self.runs_dir / f"{trial.name}.{stage.name}.ipynb"
+            open_run = lambda trial=trial, budget=trial_budget: self._staged_run(trial, stage, budget)  # noqa: E731
             jobs.append(Job(trial, open_run, output, epoch_budget=trial_budget, checkpoint=checkpoint))
         return jobs
 
-    def _rung_run(self, trial: Trial, rung: int, rungs: int, budget: int) -> str:
-        """The trial's one run across rungs: created at its first rung, reopened for each later one."""
-        tags = {store.TAG_STRATEGY: "halving", store.TAG_RUNG: f"{rung + 1}/{rungs}"}
+    def _staged_run(self, trial: Trial, stage: Stage, budget: int) -> str:
+        """The trial's one run across stages: created at its first stage, reopened for each later one."""
         run_id = self.run_of.get(trial.fingerprint)
         if run_id is None:
             (self.checkpoints_dir / f"{trial.name}.pkl").unlink(missing_ok=True)  # a new run starts from scratch
-            run_id = self._new_run(trial, tags)
+            run_id = self._new_run(trial, stage.tags)
         else:
             store.reopen_run(run_id)
-            store.set_tags(run_id, tags)
-        store.log_metrics(run_id, {"halving/rung": rung + 1, "halving/epoch_budget": budget}, step=rung + 1)
+            store.set_tags(run_id, stage.tags)
+        store.log_metrics(run_id, stage.metrics(budget), step=stage.step)
         return run_id
 
     def _scores(self, members: list[Trial]) -> dict[str, tuple[float, float]]:

@@ -5,7 +5,7 @@
 - ``halving``: successive halving over epochs, each survivor continued from its checkpoint.
 
 The arithmetic is pure and tested on its own; ``run`` drives a ``SweepRunner`` through the few
-primitives it offers (whole-trial jobs, rung jobs, execute, scores), so a new strategy is one
+primitives it offers (whole-trial jobs, staged jobs, execute, scores), so a new strategy is one
 entry here and nothing in ``runner.py`` or ``cli.py``.
 """
 
@@ -18,6 +18,7 @@ from typing import Callable, Optional
 
 from imagebench.core.planned import Trial
 from imagebench.core.params import ParamsError
+from imagebench import store
 from imagebench.core.metrics import ranking_key
 
 
@@ -96,6 +97,26 @@ def _run_whole(runner, trials: list[Trial]) -> None:
     runner.execute(runner.whole_trial_jobs(trials), runner.plan.experiment)
 
 
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a strategy that trains in stages (``SweepRunner.staged_jobs``)."""
+
+    name: str  # in the notebook's file name: <trial>.<name>.ipynb
+    budget: int  # epochs trained in all by the end of this stage
+    step: int  # the MLflow step of the stage's metrics
+    first: bool  # a trial already done at the first stage counts as skipped by resume
+    tags: dict[str, str]  # set on the run when the stage's job starts
+    metrics: Callable[[int], dict[str, float]]  # the trial's budget -> metrics logged at ``step``
+
+
+def _rung(rung: int, budget: int, rungs: int) -> Stage:
+    """Halving's rung as a stage of each trial's one run: tag ``imagebench.rung`` and the metrics
+    ``halving/rung``, ``halving/epoch_budget`` at step = rung."""
+    return Stage(f"rung{rung + 1}", budget, step=rung + 1, first=rung == 0,
+                 tags={store.TAG_STRATEGY: "halving", store.TAG_RUNG: f"{rung + 1}/{rungs}"},
+                 metrics=lambda trial_budget: {"halving/rung": rung + 1, "halving/epoch_budget": trial_budget})
+
+
 def _run_halving(runner, trials: list[Trial]) -> None:
     """Each (model, framework) group: every trial trains the first rung's epochs, the best 1/eta
     continue from their checkpoints with eta times the epochs, until the full budget."""
@@ -103,7 +124,8 @@ def _run_halving(runner, trials: list[Trial]) -> None:
     budgets = halving_budgets(max(t.params.epochs for t in trials), eta)
     alive = grouped(trials)
     for rung, budget in enumerate(budgets):
-        jobs = [job for members in alive.values() for job in runner.rung_jobs(members, rung, budget, len(budgets))]
+        stage = _rung(rung, budget, len(budgets))
+        jobs = [job for members in alive.values() for job in runner.staged_jobs(members, stage)]
         runner.execute(jobs, f"{runner.plan.experiment} rung {rung + 1}/{len(budgets)} ({budget} epochs)")
         if rung + 1 < len(budgets):
             promoted = {key: runner.best(members, eta) for key, members in alive.items()}
