@@ -198,4 +198,10 @@ def assert_documented_record(run_id: str, num_classes: int) -> None:
         assert run.data.tags.get(tag), tag
     artifacts = {item.path for item in client.list_artifacts(run_id)}
     assert artifacts >= {store.ARTIFACT_CONFUSION_PNG, store.ARTIFACT_CONFUSION_JSON, store.ARTIFACT_CURVES_PNG,
-                         store.ARTIFACT_REPORT, store.ARTIFACT_CLASS_MAP}
+                         store.ARTIFACT_REPORT, store.ARTIFACT_CLASS_MAP, store.ARTIFACT_PREDICTIONS}
+    # every test image's prediction, read back from MLflow alone, gives the logged test accuracy
+    from imagebench.store import predictions
+
+    tested = predictions.load(run_id)
+    assert len(tested.labels) == run.data.metrics["data/test_images"] and tested.probabilities.shape[1] == num_classes
+    assert tested.accuracy == run.data.metrics[metrics.TEST_ACCURACY.key] and len(tested.test_set) == 32

@@ -8,6 +8,7 @@ Experiment = sweep name; one parent run per sweep; one child run per trial.
 - ``runs``: creating, finding, writing and ending runs;
 - ``provenance``: package versions, git commit, who owns a run;
 - ``ui``: links into the MLflow UI;
+- ``predictions``: a trial's per-image test predictions (``store.predictions``);
 - ``record``: a trial's recorder, which journals what the store does not take, and relog.
 
 From outside, import the names below (``from imagebench import store``; ``store.record`` for the
@@ -37,6 +38,7 @@ from imagebench.store.keys import (  # noqa: F401
     ARTIFACT_CURVES_PNG,
     ARTIFACT_EXPORTS,
     ARTIFACT_NOTEBOOK_DIR,
+    ARTIFACT_PREDICTIONS,
     ARTIFACT_REPORT,
     ARTIFACT_SKIPPED,
     CHAMPION_ALIAS,

@@ -42,6 +42,7 @@ ARTIFACT_CURVES_PNG = "learning_curves.png"
 ARTIFACT_REPORT = "classification_report.txt"
 ARTIFACT_CLASS_MAP = "class_map.json"
 ARTIFACT_SKIPPED = "skipped_files.txt"
+ARTIFACT_PREDICTIONS = "test_predictions.npz"  # every test image's label, prediction and probabilities (store.predictions)
 ARTIFACT_NOTEBOOK_DIR = "notebook"
 ARTIFACT_EXPORTS = "exports"  # a leader's portable files (ONNX, .keras / .pt2) and the checks they passed
 LOGGED_MODEL_NAME = "model"  # a leader's MLflow model (its own flavour), in the run's Models column

@@ -28,6 +28,7 @@ from imagebench.training.evaluation import Evaluation, evaluate
 from imagebench.trial.fingerprint import config_fingerprint, trial_fingerprint
 from imagebench.training.monitor import EpochMonitor, EpochRecord
 from imagebench.core.params import TrialParams, make_params
+from imagebench.store import predictions
 from imagebench.store.record import RunRecorder, bytes_file, json_file, record_folder, text_file
 from imagebench.training.weights import require_weights
 
@@ -117,11 +118,13 @@ def _log_data(recorder: RunRecorder, params: TrialParams, data: TrialData) -> No
                          {"splits": data.split_sizes(), "classes": data.num_classes, "image_size": params.image_size})  # fmt: skip
 
 
-def _log_results(recorder: RunRecorder, result: TrialResult, evaluation: Evaluation, tags: dict[str, Any]) -> None:
+def _log_results(recorder: RunRecorder, result: TrialResult, evaluation: Evaluation, tested: predictions.TestPredictions,
+                 tags: dict[str, Any]) -> None:
     # at the last epoch's step: a continued trial (halving) shows its final metrics per rung
     recorder.log_batch(metrics=result.metrics, step=len(result.history), tags=tags)
     files = {store.ARTIFACT_REPORT: text_file(evaluation.report),
-             store.ARTIFACT_CONFUSION_JSON: json_file({"labels": result.class_names, "matrix": evaluation.confusion.tolist()})}
+             store.ARTIFACT_CONFUSION_JSON: json_file({"labels": result.class_names, "matrix": evaluation.confusion.tolist()}),
+             store.ARTIFACT_PREDICTIONS: bytes_file(predictions.to_bytes(tested))}
     recorder.log_files({**files, **{name: bytes_file(png) for name, png in result.draw_figures().items()}})
 
 
@@ -262,7 +265,8 @@ def _train_and_test(recorder: RunRecorder, params: TrialParams, verbose: bool,
     result = TrialResult(
         recorder.run_id, params, final, monitor.history, data.class_names, evaluation.confusion, evaluation.report, data.split_sizes()
     )
-    _log_results(recorder, result, evaluation, {store.TAG_EPOCH_BUDGET: monitor.last_epoch(epoch_budget)})
+    tested = predictions.from_trial(data.test.images, data.test.labels, probabilities, data.class_names)
+    _log_results(recorder, result, evaluation, tested, {store.TAG_EPOCH_BUDGET: monitor.last_epoch(epoch_budget)})
     # kept until the sweep knows the leaders (publish): the whole model, or the head and the cached backbone
     kept, backbone_weights = models.kept()
     trained.save(recorder.folder, get_exporter(params.framework), kept, params, recorder.run_id, data.class_names, probabilities,
