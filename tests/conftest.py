@@ -39,15 +39,27 @@ def private_decode_cache(tmp_path, monkeypatch):
     return tmp_path / "decode-cache"
 
 
-@pytest.fixture
-def project(tmp_path, monkeypatch):
-    """A throw-away imagebench project: notebooks and params copied, its own MLflow store."""
-    root = copy_project(tmp_path / "project")
+def _enter_project(monkeypatch, root: Path) -> Path:
     monkeypatch.setenv("IMAGEBENCH_ROOT", str(root))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
     monkeypatch.delenv("IMAGEBENCH_RUN_ID", raising=False)
     monkeypatch.chdir(root)
     return root
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """A throw-away imagebench project: notebooks and params copied, its own MLflow store."""
+    return _enter_project(monkeypatch, copy_project(tmp_path / "project"))
+
+
+@pytest.fixture(scope="module")
+def module_project(tmp_path_factory):
+    """A throw-away project that one module's tests share (e.g. one tiny sweep that several tests read)."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        root = copy_project(tmp_path_factory.mktemp("module") / "project")
+        monkeypatch.setenv("IMAGEBENCH_CACHE", str(root.parent / "decode-cache"))
+        yield _enter_project(monkeypatch, root)
 
 
 # --- the shared tracking server (PostgreSQL + mlflow server), for the tests that need one

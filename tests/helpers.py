@@ -162,12 +162,26 @@ def copy_project(root: Path) -> Path:
     return root
 
 
+def run_shell(line: str, cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
+    """One documented command line in a shell, the project's .venv first on PATH, as a user's terminal has it."""
+    import os
+
+    environment = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
+    return subprocess.run(line, shell=True, cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout)
+
+
 def run_imagebench(*args, cwd, timeout=600, **kwargs) -> subprocess.CompletedProcess:
     """``imagebench ARGS`` as a user types it (the venv's console script), output captured."""
     import sys
 
     command = [str(Path(sys.executable).parent / "imagebench"), *map(str, args)]
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def assert_refused(*args, message: str, cwd) -> None:
+    """``imagebench ARGS`` is bad input: exit 2, and ``message`` on stderr says what and why."""
+    refused = run_imagebench(*args, cwd=cwd)
+    assert refused.returncode == 2 and message in refused.stderr, f"exit {refused.returncode}: {refused.stderr}"
 
 
 def tiny_values(**overrides):

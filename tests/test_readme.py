@@ -7,35 +7,28 @@ add (a tiny dataset, `--models cnn --frameworks torch --set image_size=32`, `-p 
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from helpers import run_shell
 from readme_blocks import NOT_RUN, all_blocks, block
 
 from imagebench.store import record
 from imagebench import store
 
-BIN = Path(sys.executable).parent
 TESTS = Path(__file__).resolve().parent
 # what the tests add to each `imagebench sweep params/flowers.yaml` line of the README (said there)
 SMALL_SWEEP = " --models cnn --frameworks torch --set image_size=32"
 FLOWER_CLASSES = {"daisy": (230, 230, 60), "rose": (200, 30, 50), "tulip": (150, 60, 200)}
 
 
-def _shell(command: str, cwd: Path) -> subprocess.CompletedProcess:
-    """One README line in a shell, the project's .venv first on PATH, as a user's terminal has it."""
-    environment = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
-    return subprocess.run(command, shell=True, cwd=cwd, env=environment, capture_output=True, text=True, timeout=900)
 
 
 def _ok(command: str, cwd: Path) -> str:
-    done = _shell(command, cwd)
+    done = run_shell(command, cwd)
     assert done.returncode == 0, f"README line failed: {command}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done.stdout
 

@@ -72,9 +72,12 @@ def leaderboard() -> nbformat.NotebookNode:
                 "from imagebench.report import leaderboard\nfrom imagebench import sweep"
             ),
             tagged('experiment = "demo"  # MLflow experiment: the sweep name\nwrite_files = True  # also write results/<experiment>/\n'
-                   "publish_models = False  # also log, export (ONNX, .keras/.pt2), check and register the leaders' models, as `imagebench export` does",
+                   "parity_margin = 0.05  # margin δ of the Keras-vs-PyTorch equivalence test: 0.05 is 5 points of test accuracy\n"
+                   "publish_models = False  # also log, export (ONNX, .keras/.pt2), check and register the leaders' models, as `imagebench export` does\n"
+                   'diff_runs = ""  # "RUN_A RUN_B": two trials (run ids or names) whose executed notebooks are shown side by side, as `imagebench diff` does',
                    "parameters"),
-            new_code_cell("board = leaderboard.build(experiment)\nwith pd.option_context('display.max_columns', None):\n    display(board.leaders.round(4))"),
+            new_code_cell("board = leaderboard.build(experiment, parity_margin=parity_margin)\nprint(board.reading)\n"
+                          "with pd.option_context('display.max_columns', None):\n    display(board.leaders.round(4), board.parity.round(4))"),
             new_code_cell("for name, figure in board.figures.items():\n    display(figure)"),
             new_code_cell("with pd.option_context('display.max_rows', 200, 'display.max_columns', None):\n    display(board.trials.round(4))"),
             new_code_cell("if write_files:\n    for path in leaderboard.write(board, sweep.results_dir(experiment)):\n        print(path)"),
@@ -83,6 +86,11 @@ def leaderboard() -> nbformat.NotebookNode:
                 "    from imagebench.report import publish\n\n"
                 "    published = publish.publish(experiment, prune=False)\n"
                 "    display(pd.DataFrame([vars(outcome) for outcome in published.outcomes]))"
+            ),
+            new_code_cell(
+                "if diff_runs:  # the parameters and metrics that differ on top, then the two notebooks (nbdime)\n"
+                "    from IPython.display import HTML\n    from imagebench.report import notebook_diff\n\n"
+                "    display(HTML(notebook_diff.render(diff_runs, experiment=experiment)))"
             ),
         ],
     )

@@ -1,4 +1,4 @@
-"""``imagebench sweep | leaderboard | trial | check-data | models | relog | server``.
+"""``imagebench sweep | leaderboard | trial | check-data | models | relog | reproduce | diff | server``.
 
 Imports stay light here: TensorFlow and torch load only in a trial (its own kernel/process) or in
 ``models`` for the one framework asked for.
@@ -43,6 +43,17 @@ def _whole_number(text: str) -> int:
     if not text.strip().isdigit():
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0 (e.g. 1)")
     return int(text)
+
+
+def _parity_margin(text: str) -> float:
+    """δ of the parity equivalence test: a fraction of test accuracy, 0 < δ < 1 (argparse exits 2 otherwise)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a fraction between 0 and 1 (e.g. 0.05 for 5 points)")
+    return value
 
 
 def _add_executor_options(parser: argparse.ArgumentParser) -> None:
@@ -131,17 +142,19 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK if published_ok else EXIT_TRIALS_FAILED
 
 
-def _write_leaderboard(experiment: str, out: Optional[str]) -> None:
+def _write_leaderboard(experiment: str, out: Optional[str], parity_margin: Optional[float] = None) -> None:
     """Files under results/<experiment>/ (or ``out``), and the same published into the sweep's parent run."""
     from imagebench.report import leaderboard
     from imagebench.report import parent_run
     from imagebench import store
 
     out_dir = Path(out) if out else store.results_dir(experiment)  # refuses a name that is no folder, before reading
-    board = leaderboard.build(experiment)
+    board = leaderboard.build(experiment, **({} if parity_margin is None else {"parity_margin": parity_margin}))
     written = leaderboard.write(board, out_dir)
     parent = parent_run.publish(board, written)
     print(parent_run.short_markdown(board.leaders))
+    if board.reading:
+        print(f"\nReading: {board.reading}")
     print(f"\nfull leaderboard: {out_dir}/leaderboard.html (.md, .csv; plots as PNG)"
           + (f"; in MLflow: the parent run's description and artifacts {parent_run.ARTIFACT_DIR}/" if parent else ""))
     base = store.ui_base_url()
@@ -155,7 +168,7 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
     from imagebench.report.leaderboard import LeaderboardError
 
     try:
-        _write_leaderboard(args.experiment, args.out)
+        _write_leaderboard(args.experiment, args.out, args.parity_margin)
     except LeaderboardError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -268,6 +281,22 @@ def _cmd_relog(args: argparse.Namespace) -> int:
     return EXIT_BAD_INPUT if problems else EXIT_OK
 
 
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from imagebench.report import reproduce
+
+    reproduction = reproduce.reproduce(args.run, args.experiment, args.tolerance, verbose=not args.quiet)
+    print("\n".join(reproduction.lines()))
+    return EXIT_OK if reproduction.verdict != reproduce.DIFFERENT else EXIT_TRIALS_FAILED
+
+
+def _cmd_diff(args: argparse.Namespace) -> int:
+    from imagebench.report import notebook_diff
+
+    path = notebook_diff.write(args.run_a, args.run_b, args.experiment, Path(args.output) if args.output else None)  # bad input: ParamsError
+    print(path)
+    return EXIT_OK
+
+
 def _cmd_server(args: argparse.Namespace) -> int:
     from imagebench import server
 
@@ -307,6 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     board = commands.add_parser("leaderboard", help="build the leaderboard of an experiment from MLflow")
     board.add_argument("--experiment", required=True)
     board.add_argument("--out", help="output folder (default results/<experiment>)")
+    board.add_argument("--parity-margin", type=_parity_margin, metavar="DELTA",
+                       help="margin of the Keras-vs-PyTorch equivalence test, a fraction of test accuracy (default 0.05 = 5 points)")
     board.set_defaults(func=_cmd_leaderboard)
 
     export = commands.add_parser("export", help="log, export (ONNX, .keras/.pt2), check and register the leaders' models")
@@ -340,6 +371,23 @@ def build_parser() -> argparse.ArgumentParser:
     relog.add_argument("paths", nargs="+", help="record folders, journal.jsonl files, or folders above them (e.g. results/)")
     relog.add_argument("--store", help="tracking URI to write to (default: the store each journal was meant for)")
     relog.set_defaults(func=_cmd_relog)
+
+    again = commands.add_parser("reproduce", help="run one recorded trial again from its MLflow record and say whether every metric "
+                                                  "is identical, within a tolerance, or different (exit 1)")
+    again.add_argument("run", help="the trial's run id, or its run name with --experiment")
+    again.add_argument("--experiment", help="the experiment (sweep) whose run is named")
+    again.add_argument("--tolerance", type=float, help="largest absolute difference that still counts as reproduced "
+                                                       "(default 1e-6; durations are never compared)")
+    again.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    again.set_defaults(func=_cmd_reproduce)
+
+    diff = commands.add_parser("diff", help="two trials' executed notebooks side by side as HTML (nbdime), the parameters and "
+                                            "metrics that differ on top")
+    diff.add_argument("run_a", metavar="RUN_A", help="a trial's run id, or its run name with --experiment")
+    diff.add_argument("run_b", metavar="RUN_B", help="the other trial's run id or name")
+    diff.add_argument("--experiment", help="the experiment (sweep) whose runs are named")
+    diff.add_argument("--output", help="the HTML file to write (default results/<experiment>/diffs/<A>-vs-<B>.html)")
+    diff.set_defaults(func=_cmd_diff)
 
     tracking_server = commands.add_parser("server", add_help=False,
                                           help="the shared MLflow tracking server on PostgreSQL: start | stop | status (see --help)")

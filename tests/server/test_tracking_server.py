@@ -114,7 +114,7 @@ def _test_clock_waits(log_dir: Path, sweep: subprocess.Popen, down: float) -> tu
 
 def test_a_server_stopped_mid_sweep_stops_it_and_relog_completes_the_run(on_server, project, monkeypatch, tmp_path):
     # the kernel has its store client (MLflow imported: seconds) before the server goes down, as a warm kernel has
-    inject_cell(project, "import pathlib, time\nfrom imagebench import tracking\ntracking.client()\n"
+    inject_cell(project, "import pathlib, time\nfrom imagebench import store\nstore.client()\n"
                           "print('waiting for the server to go down', flush=True)\n"
                           "while not pathlib.Path('SERVER-DOWN').exists():\n    time.sleep(0.1)\n")
     sweep_file = write_sweep_file(project, "outage", "{learning_rate: [0.001, 0.002]}")

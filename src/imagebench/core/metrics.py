@@ -26,6 +26,7 @@ class Metric:
     better: str = ""  # HIGHER or LOWER is better; "" = neither
     per_epoch: bool = False  # logged at every epoch (step = epoch), else once when the trial ends
     count: bool = False  # a whole number (MLflow stores floats; a mean over seeds is rounded)
+    timing: bool = False  # a measured duration: differs run to run, so never part of "reproduced"
 
     @property
     def title(self) -> str:
@@ -52,8 +53,8 @@ PARAMS = Metric("cost/params", "params", format=MILLIONS, better=LOWER, count=Tr
 # forward FLOPs per image (multiply-add = 2), counted in the trial's framework
 FLOPS = Metric("cost/flops", "flops", "FLOPs / image", GFLOPS, LOWER, count=True)
 TRAINABLE_PARAMS = Metric("cost/trainable_params", "trainable_params", format=MILLIONS, count=True)
-TRAIN_SECONDS = Metric("cost/train_seconds", "train_seconds", "train s", better=LOWER)
-LATENCY_MS = Metric("cost/latency_ms", "latency_ms", "latency", MILLISECONDS, LOWER)
+TRAIN_SECONDS = Metric("cost/train_seconds", "train_seconds", "train s", better=LOWER, timing=True)
+LATENCY_MS = Metric("cost/latency_ms", "latency_ms", "latency", MILLISECONDS, LOWER, timing=True)
 EPOCHS_RUN = Metric("epochs_run")  # epochs trained (fewer than asked after early stopping)
 
 METRICS = (TRAIN_LOSS, TRAIN_ACCURACY, VAL_LOSS, VAL_ACCURACY, LEARNING_RATE,

@@ -140,13 +140,20 @@ def accuracy_by_learning_rate(trials: pd.DataFrame) -> Figure:
     return figure
 
 
-def accuracy_vs_cost(table: pd.DataFrame, cost_column: str, label: str) -> Figure:
+def accuracy_vs_cost(table: pd.DataFrame, cost_column: str, label: str, on_front: pd.Series | None = None) -> Figure:
+    """Test accuracy against a cost; ``on_front`` (a boolean per row) draws the Pareto front through those rows."""
     figure = Figure(figsize=(6.5, 4.5), layout="constrained")
     axis = figure.subplots()
     for framework, rows in table.groupby("framework"):
         axis.scatter(rows[cost_column], rows[TEST_ACCURACY], label=framework, s=40)
         for _, row in rows.iterrows():
             axis.annotate(row["model"], (row[cost_column], row[TEST_ACCURACY]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    if on_front is not None and on_front.any():
+        front = table[on_front.to_numpy(dtype=bool)].sort_values(cost_column)
+        # a staircase: up to each front row's cost, the best accuracy reachable is the previous row's
+        axis.plot(front[cost_column], front[TEST_ACCURACY], drawstyle="steps-post", color="grey", linestyle="--",
+                  linewidth=1, label="Pareto front")  # fmt: skip
+        axis.scatter(front[cost_column], front[TEST_ACCURACY], s=120, facecolors="none", edgecolors="grey")
     axis.set_xscale("log")
     axis.set_xlabel(label)
     axis.set_ylabel("test accuracy")

@@ -18,9 +18,9 @@ from imagebench.models.registry import FRAMEWORKS
 
 # the columns read first, in order (the full table is in <details>, and in leaderboard.csv)
 FIRST_COLUMNS = ("rank", "model", "framework",
-                 *(metric.column for metric in (metrics.TEST_ACCURACY, metrics.TEST_ACCURACY_CI95, metrics.BEST_VAL_ACCURACY,
-                                                metrics.PARAMS, metrics.FLOPS, metrics.LATENCY_MS)),
-                 "optimizer", "learning_rate")  # fmt: skip
+                 *(metric.column for metric in (metrics.TEST_ACCURACY, metrics.TEST_ACCURACY_CI95)), "tier", "p_vs_leader", "p_leader_better",
+                 *(metric.column for metric in (metrics.BEST_VAL_ACCURACY, metrics.PARAMS, metrics.FLOPS, metrics.LATENCY_MS)),
+                 "pareto", "optimizer", "learning_rate")  # fmt: skip
 
 
 def _percent(value: float) -> str:
@@ -100,7 +100,7 @@ figure{margin:0}figure img{max-width:480px}details{margin-top:1.5em}summary{curs
 
 
 def render(experiment: str, leaders: pd.DataFrame, trials: pd.DataFrame, images: dict[str, bytes],
-           parity: pd.DataFrame | None = None) -> str:  # fmt: skip
+           parity: pd.DataFrame | None = None, reading: str = "") -> str:  # fmt: skip
     pictures = "".join(
         f'<figure><img src="data:image/png;base64,{base64.b64encode(data).decode()}" alt="{name}">'
         f"<figcaption>{html.escape(name.replace('_', ' '))}</figcaption></figure>"
@@ -111,8 +111,10 @@ def render(experiment: str, leaders: pd.DataFrame, trials: pd.DataFrame, images:
         f"<style>{STYLE}</style></head><body><h1>Leaderboard: {html.escape(experiment)}</h1>"
         "<p>One row per model and framework: the configuration with the best <b>validation</b> accuracy (ties: lower "
         "validation loss; the mean over seeds where repeated). Its <b>test</b> numbers are reported, never used to choose; "
-        "± 95% CI: Student's t over seeds. Click a column to sort.</p>"
-        f"<div class='report'><div>{table(first_columns(leaders))}</div><div class='figures'>{pictures}</div></div>"
+        "± 95% CI: Student's t over seeds. Tier: rows not shown worse than the leader on the same test images share its tier "
+        "(p vs leader: Holm-adjusted); pareto: the cost axes on whose accuracy-cost front the row is. Click a column to sort.</p>"
+        + (f"<p class='reading'><b>Reading:</b> {html.escape(reading)}</p>" if reading else "")
+        + f"<div class='report'><div>{table(first_columns(leaders))}</div><div class='figures'>{pictures}</div></div>"
         + (f"<h2>Framework parity: Keras next to PyTorch</h2>{table(parity)}" if parity is not None and len(parity) else "")
         + f"<details><summary>Every column of the leaderboard</summary>{table(leaders)}</details>"
         f"<details><summary>All {len(trials)} trials</summary>{table(trials)}</details>"

@@ -21,6 +21,8 @@ import pandas as pd
 from imagebench.core import plots
 from imagebench import store
 from imagebench.core import metrics
+from imagebench.report import statistics
+from imagebench.store import predictions as test_predictions
 from imagebench.models.registry import FRAMEWORKS
 
 HYPERPARAMETERS = (
@@ -209,16 +211,71 @@ def parity_table(leaders: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+def parity_equivalence(parity: pd.DataFrame, seeds: dict[tuple[str, str], list], margin: float) -> pd.DataFrame:
+    """The parity table with ``equivalence`` (TOST within ±margin on the paired per-image
+    correctness, ``statistics.equivalence``) and its ``tost_p``, per model with both frameworks."""
+    if parity.empty or not all(parity_column(framework, TEST_ACCURACY) in parity for framework in FRAMEWORKS):
+        return parity
+    def tested(row: pd.Series) -> tuple[str, float]:
+        if any(pd.isna(row[parity_column(framework, TEST_ACCURACY)]) for framework in FRAMEWORKS):
+            return "", np.nan  # one framework has no finished trial of this model: nothing to compare
+        return statistics.equivalence(*(seeds.get((row["model"], framework), []) for framework in FRAMEWORKS), margin)
+
+    results = [tested(row) for _, row in parity.iterrows()]
+    return parity.assign(equivalence=[statement for statement, _ in results], tost_p=[p for _, p in results])
+
+
+# the cost axes of the Pareto front (the ``pareto`` column names them), each against test accuracy
+PARETO_AXES = {"latency": metrics.LATENCY_MS.column, "flops": metrics.FLOPS.column, "params": metrics.PARAMS.column}
+STATISTICS_COLUMNS = ("tier", "p_vs_leader", "p_leader_better", "p_leader_better_low", "p_leader_better_high")
+
+
+def with_statistics(table: pd.DataFrame, seeds: list[list]) -> tuple[pd.DataFrame, str]:
+    """The leader table with its tiers, p against the leader (Holm), P(leader better) where rows
+    have several seeds, and the Pareto columns; and the one-line reading of the tiers."""
+    labels = statistics.row_labels(table["model"], table["framework"])
+    verdicts = statistics.assign_tiers(seeds)
+    compared = [verdict.comparison for verdict in verdicts]
+    values = {"tier": pd.array([verdict.tier for verdict in verdicts], dtype="Int64"),
+              "p_vs_leader": [verdict.p_vs_leader for verdict in verdicts]}  # fmt: skip
+    if seeds and len(seeds[0]) > 1:  # over seeds: P(leader better) and its bootstrap interval
+        for column, attribute in zip(STATISTICS_COLUMNS[2:], ("probability", "low", "high")):
+            values[column] = [getattr(comparison, attribute) if comparison else np.nan for comparison in compared]
+    position = table.columns.get_loc("seeds") + 1 if "seeds" in table else len(table.columns)
+    for offset, (column, column_values) in enumerate(values.items()):
+        table.insert(position + offset, column, column_values)
+    if TEST_ACCURACY in table:
+        pareto = statistics.pareto_columns(table, TEST_ACCURACY, PARETO_AXES, labels)
+        table.insert(table.columns.get_loc("run_id"), "pareto", pareto["pareto"])
+        table.insert(table.columns.get_loc("run_id"), "dominated_by", pareto["dominated_by"])
+    return table, statistics.reading(labels, seeds, verdicts)
+
+
+def seeds_predictions(runs: pd.DataFrame, selected: pd.DataFrame) -> list[list]:
+    """Per leaderboard row, its configuration's seeds' test predictions (oldest first); [] when a
+    seed has none recorded (runs before they were logged) or the row has no finished trial."""
+    finished = one_run_per_trial(runs)
+    finished = finished[finished["status"].eq("FINISHED")].sort_values("start_time")
+    rows = []
+    for config in selected.get("config", pd.Series(index=selected.index, dtype=object)):
+        loaded = [test_predictions.load(run_id) for run_id in finished.loc[finished["config"].eq(config), "run_id"]] if pd.notna(config) else []
+        rows.append(loaded if all(seed is not None for seed in loaded) else [])
+    return rows
+
+
 @dataclass
 class Leaderboard:
     experiment: str
     leaders: pd.DataFrame  # readable table (leader_table)
     trials: pd.DataFrame  # every trial
     figures: dict = field(default_factory=dict)  # name -> matplotlib Figure
+    reading: str = ""  # the tiers in one line (``statistics.reading``)
+    seeds: dict = field(default_factory=dict)  # (model, framework) -> its seeds' TestPredictions
+    parity_margin: float = statistics.PARITY_MARGIN
 
     @property
     def parity(self) -> pd.DataFrame:
-        return parity_table(self.leaders)
+        return parity_equivalence(parity_table(self.leaders), self.seeds, self.parity_margin)
 
     @property
     def winner(self) -> Optional[pd.Series]:
@@ -231,14 +288,17 @@ def _figures(table: pd.DataFrame, trials: pd.DataFrame) -> dict:
     chosen = table.dropna(subset=[TEST_ACCURACY]) if TEST_ACCURACY in table else table.iloc[0:0]
     if chosen.empty:
         return {}
+    def on_front(axis: str) -> pd.Series:
+        return chosen["pareto"].fillna("").str.split(", ").apply(lambda axes: axis in axes) if "pareto" in chosen else None
+
     figures = {
         "test_accuracy_by_model": plots.accuracy_by_model(chosen),
-        "accuracy_vs_params": plots.accuracy_vs_cost(chosen, metrics.PARAMS.column, "parameters (log)"),
-        "accuracy_vs_latency": plots.accuracy_vs_cost(chosen, metrics.LATENCY_MS.column, "latency ms / image (log)"),
+        "accuracy_vs_params": plots.accuracy_vs_cost(chosen, metrics.PARAMS.column, "parameters (log)", on_front("params")),
+        "accuracy_vs_latency": plots.accuracy_vs_cost(chosen, metrics.LATENCY_MS.column, "latency ms / image (log)", on_front("latency")),
     }
     flops = metrics.FLOPS.column
     if flops in chosen and chosen[flops].notna().any():  # runs recorded before cost/flops have none
-        figures["accuracy_vs_flops"] = plots.accuracy_vs_cost(chosen, flops, "forward FLOPs / image (log; multiply-add = 2)")
+        figures["accuracy_vs_flops"] = plots.accuracy_vs_cost(chosen, flops, "forward FLOPs / image (log; multiply-add = 2)", on_front("flops"))
     curves = {f"{row.framework}/{row.model}": metric_history(row.run_id) for row in chosen.itertuples()}
     figures["leader_learning_curves"] = plots.leader_curves(curves, metrics.VAL_ACCURACY.key)
     if {"learning_rate", "optimizer", metrics.BEST_VAL_ACCURACY.key} <= set(trials) and trials["learning_rate"].nunique() > 1:
@@ -251,10 +311,15 @@ def _figures(table: pd.DataFrame, trials: pd.DataFrame) -> dict:
     return figures
 
 
-def build(experiment: str, with_figures: bool = True) -> Leaderboard:
+def build(experiment: str, with_figures: bool = True, parity_margin: float = statistics.PARITY_MARGIN) -> Leaderboard:
+    """``parity_margin``: δ of the parity table's equivalence test (a fraction: 0.05 = 5 points)."""
     runs = trial_runs(experiment)
-    leaders, trials = leader_table(select_leaders(runs)), trial_table(runs)
-    return Leaderboard(experiment, leaders, trials, _figures(leaders, trials) if with_figures else {})
+    selected = select_leaders(runs)
+    seeds = seeds_predictions(runs, selected)
+    leaders, reading = with_statistics(leader_table(selected), seeds)
+    by_row = {(model, framework): row_seeds for model, framework, row_seeds in zip(leaders["model"], leaders["framework"], seeds)}
+    trials = trial_table(runs)
+    return Leaderboard(experiment, leaders, trials, _figures(leaders, trials) if with_figures else {}, reading, by_row, parity_margin)
 
 
 def _rounded(table: pd.DataFrame) -> pd.DataFrame:
@@ -264,7 +329,7 @@ def _rounded(table: pd.DataFrame) -> pd.DataFrame:
 def _html(board: Leaderboard, images: dict[str, bytes]) -> str:
     from imagebench.report.html_report import render
 
-    return render(board.experiment, board.leaders, board.trials, images, board.parity)
+    return render(board.experiment, board.leaders, board.trials, images, board.parity, board.reading)
 
 
 def markdown_table(leaders: pd.DataFrame) -> str:
@@ -280,7 +345,11 @@ def _markdown(board: Leaderboard, image_names: list[str]) -> str:
         "One row per (model, framework): the configuration with the best validation accuracy (ties: lower",
         "validation loss; the mean over seeds where `--repeats` ran). Test metrics are those of that",
         "configuration (means over its `seeds`, `test_accuracy_ci95` = half-width of the 95% confidence",
-        "interval, Student's t); the test set never chooses.",
+        "interval, Student's t); the test set never chooses. `tier`: rows not shown worse than the leader on the",
+        "same test images share its tier (`p_vs_leader`: Holm-adjusted); `pareto`: the cost axes on whose",
+        "accuracy-cost front the row is (`dominated_by`: who beats it otherwise).",
+        "",
+        f"**Reading:** {board.reading}" if board.reading else "",
         "",
         markdown_table(board.leaders),
         "",
@@ -292,6 +361,7 @@ def _markdown(board: Leaderboard, image_names: list[str]) -> str:
     if {parity_column(framework, TEST_ACCURACY) for framework in FRAMEWORKS} <= set(parity):
         table = parity.round(4)
         lines += ["", "## Framework parity: Keras next to PyTorch", "",
+                  f"`equivalence`: two one-sided tests (TOST) on the paired per-image correctness, margin ±{100 * board.parity_margin:g} points.", "",
                   table.astype(object).where(table.notna(), None).to_markdown(index=False, missingval="")]  # fmt: skip
     return "\n".join(lines) + "\n"
 

@@ -45,7 +45,7 @@ def _log_table(run_id: str, table: pd.DataFrame) -> None:
         store.set_tags(run_id, {LOGGED_ARTIFACTS_TAG: json.dumps(logged + [entry])})
 
 
-def description(experiment: str, leaders: pd.DataFrame, trials: pd.DataFrame, parent_tags: dict[str, str]) -> str:
+def description(experiment: str, leaders: pd.DataFrame, trials: pd.DataFrame, parent_tags: dict[str, str], reading: str = "") -> str:
     counts = trials["status"].value_counts() if "status" in trials else pd.Series(dtype=int)
     finished, failed = int(counts.get("FINISHED", 0)), int(len(trials) - counts.get("FINISHED", 0) - counts.get("RUNNING", 0))
     command = parent_tags.get(store.TAG_COMMAND) or f"imagebench sweep {parent_tags.get('imagebench.sweep_file', '<sweep file>')}"
@@ -59,6 +59,7 @@ def description(experiment: str, leaders: pd.DataFrame, trials: pd.DataFrame, pa
         "",
         short_markdown(leaders),
         "",
+        *([f"**Reading:** {reading}", ""] if reading else []),
         f"Full table and plots: artifacts `{ARTIFACT_DIR}/` (leaderboard.html, leaderboard.csv, trials.csv, PNG). "
         f"The leaders in the runs table: [search `{LEADER_SEARCH}`]({store.ui_route(experiment, search=LEADER_SEARCH)}), "
         "then open the sweep's row.",
@@ -91,7 +92,7 @@ def publish(board, files: list[Path]) -> Optional[str]:
         client.log_artifact(parent, str(path), ARTIFACT_DIR)
     _log_table(parent, board.leaders)
     parent_tags = client.get_run(parent).data.tags
-    store.set_tags(parent, {store.TAG_NOTE: description(board.experiment, board.leaders, board.trials, parent_tags)})
+    store.set_tags(parent, {store.TAG_NOTE: description(board.experiment, board.leaders, board.trials, parent_tags, board.reading)})
     winner = board.winner
     if winner is not None:
         shown = (metrics.BEST_VAL_ACCURACY, metrics.TEST_ACCURACY)  # the winner's, as leader/val_accuracy, leader/test_accuracy

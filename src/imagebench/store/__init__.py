@@ -66,6 +66,8 @@ from imagebench.store.keys import (  # noqa: F401
     TAG_RANK,
     TAG_REGISTERED_EXPERIMENT,
     TAG_RELOGGED,
+    TAG_REPRODUCES,
+    TAG_REPRODUCTION,
     TAG_ROLE,
     TAG_RUN_NAME,
     TAG_RUNG,
@@ -91,6 +93,8 @@ from imagebench.store.provenance import (  # noqa: F401
     process_owner,
 )
 from imagebench.store.runs import (  # noqa: F401
+    RunNotFound,
+    find_trial_run,
     create_trial_run,
     end_run,
     experiment_id,

@@ -27,6 +27,8 @@ TAG_FEATURE_CACHE = "imagebench.feature_cache"  # "hit" / "computed" when the he
 TAG_KERNEL = "imagebench.kernel"  # host:pid of the process that trained it (a sweep's warm kernel serves several)
 TAG_NODE = "imagebench.node"  # where the executor ran the trial (a Ray node: host, address and node id)
 TAG_CONFIG = "imagebench.config"  # fingerprint without the seed: repeats of one configuration share it
+TAG_REPRODUCES = "imagebench.reproduces"  # on a reproduction (role "reproduction"): the run it ran again
+TAG_REPRODUCTION = "imagebench.reproduction"  # its verdict: identical | within tolerance | different
 TAG_RELOGGED = "imagebench.relogged"  # the record was replayed from a local journal (store was down)
 TAG_LEADER = "imagebench.leader"  # "true" on each leaderboard row's run: one UI search shows the leaderboard
 TAG_RANK = "imagebench.rank"  # its rank on the leaderboard (1 = the winner on validation)

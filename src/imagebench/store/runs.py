@@ -6,6 +6,7 @@ import time
 from typing import Any, Optional
 
 from imagebench.core import names
+from imagebench.core.params import ParamsError
 from imagebench.store.client import client
 from imagebench.store.keys import EXPERIMENT_KIND, TAG_ERROR, TAG_EXPERIMENT_KIND, TAG_GIT_COMMIT, TAG_OWNER, TAG_PARENT, TAG_ROLE, TAG_SWEEP, TAG_TRIAL
 from imagebench.store.paths import default_tracking_uri, project_root, tracking_uri
@@ -163,3 +164,31 @@ def log_dataset(run_id: str, name: str, digest: str, source: str, profile: dict[
 
 def set_tags(run_id: str, tags: dict[str, str]) -> None:
     log_batch(run_id, tags=tags)
+
+
+RUN_ID_LENGTH = 32  # MLflow's run ids: 32 hex digits
+
+
+class RunNotFound(ParamsError):
+    """A run named on the command line is not a trial run of the store (bad input: exit 2)."""
+
+
+def find_trial_run(reference: str, experiment: Optional[str] = None):
+    """The trial run ``reference`` names: a run name within ``experiment`` (the latest, when a
+    --rerun reused it), else a run id. Anything else (another role, unknown) is RunNotFound."""
+    from mlflow.exceptions import MlflowException
+
+    by_name = [run for run in search_trial_runs(experiment) if run.info.run_name == reference] if experiment else []
+    if by_name:
+        return max(by_name, key=lambda run: run.info.start_time)
+    if len(reference) != RUN_ID_LENGTH:
+        where = f"in experiment '{experiment}'" if experiment else "(give --experiment to find a run by its name)"
+        raise RunNotFound(f"no trial run named '{reference}' {where}: give a run id or a trial run's name")
+    try:
+        run = client().get_run(reference)
+    except MlflowException:
+        raise RunNotFound(f"run {reference} is not in the store {tracking_uri()}") from None
+    role = run.data.tags.get(TAG_ROLE)
+    if role != "trial":
+        raise RunNotFound(f"run {reference} is not a trial run (role {role!r}): give one of a sweep's child runs")
+    return run

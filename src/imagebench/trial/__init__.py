@@ -5,6 +5,6 @@ figures and the kept model, all written to its MLflow run (``run``); its fingerp
 From outside, import what is named here.
 """
 
-from imagebench.trial.run import TrialResult, run_trial, trial_tags
+from imagebench.trial.run import TrialResult, environment_versions, run_trial, trial_tags
 
-__all__ = ["TrialResult", "run_trial", "trial_tags"]
+__all__ = ["TrialResult", "environment_versions", "run_trial", "trial_tags"]

@@ -81,7 +81,8 @@ class TrialResult:
 
 
 @lru_cache(maxsize=None)  # read from package metadata: ~10 ms per trial, and fixed for a process
-def _versions(framework: str) -> str:
+def environment_versions(framework: str) -> str:
+    """The versions tag: Python and the packages that decide a trial's numbers (JSON)."""
     names = ["imagebench", "mlflow", "scikit-learn"] + (["tensorflow-cpu", "tensorflow", "keras"] if framework == "keras" else ["torch", "timm"])
     return json.dumps({"python": platform.python_version(), **store.package_versions(names)})
 
@@ -144,7 +145,7 @@ def _open_run(params: TrialParams, run_id: Optional[str]) -> RunRecorder:
         run_id = store.create_trial_run(params.experiment, name, tags, None)  # owned by this kernel
     recorder = RunRecorder(run_id, record_folder(params.experiment, name))
     recorder.log_batch(params=params.tracked(),
-                       tags={store.TAG_VERSIONS: _versions(params.framework), store.TAG_KERNEL: store.process_owner()})
+                       tags={store.TAG_VERSIONS: environment_versions(params.framework), store.TAG_KERNEL: store.process_owner()})
     return recorder
 
 
