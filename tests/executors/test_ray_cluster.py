@@ -400,3 +400,36 @@ def test_only_a_node_the_cluster_counts_dead_is_reported_lost():
     assert "lost" not in failure_reason(died, node, lambda: True)  # e.g. killed for memory on a live node
     assert failure_reason(died, node, lambda: True).startswith(f"the Ray actor running this trial on node {node} died (ActorDiedError")
     assert f"Ray node {node} lost while running this trial (ActorDiedError)" in failure_reason(died, node, lambda: False)
+
+
+def test_a_new_actor_removes_the_scratch_folders_of_dead_actors_only(tmp_path):
+    """A killed actor never runs its shutdown: the next actor on the node removes its folder, never a live one's."""
+    import os
+    import signal
+    import sys
+    import time
+
+    from imagebench.executors.ray_cluster import SCRATCH_OWNER, SCRATCH_PREFIX, remove_abandoned_scratch
+
+    holder = ("import sys, time\nfrom pathlib import Path\nfrom imagebench.executors.ray_cluster import hold_scratch\n"
+              "owner = hold_scratch(Path(sys.argv[1]))\nprint('held', flush=True)\ntime.sleep(600)\n")
+    folders = {name: tmp_path / f"{SCRATCH_PREFIX}{name}" for name in ("live", "killed", "old-unowned", "new-unowned")}
+    for folder in folders.values():
+        (folder / "runs").mkdir(parents=True)
+    actors = {name: subprocess.Popen([sys.executable, "-c", holder, str(folders[name])], stdout=subprocess.PIPE, text=True)
+              for name in ("live", "killed")}
+    try:
+        for actor in actors.values():
+            assert actor.stdout.readline().strip() == "held"
+        os.kill(actors["killed"].pid, signal.SIGKILL)
+        actors["killed"].wait()
+        old = time.time() - 3600
+        os.utime(folders["old-unowned"], (old, old))
+        assert (folders["killed"] / SCRATCH_OWNER).exists()
+
+        removed = remove_abandoned_scratch(tmp_path)
+        assert sorted(path.name for path in removed) == sorted(folders[name].name for name in ("killed", "old-unowned"))
+        assert folders["live"].is_dir() and folders["new-unowned"].is_dir()
+    finally:
+        for actor in actors.values():
+            actor.kill()

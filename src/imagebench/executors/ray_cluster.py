@@ -18,6 +18,7 @@ kills them, and each actor's worker kills its kernel when its parent goes (``wor
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import shutil
@@ -193,13 +194,51 @@ def remove_job_files(job: Job) -> None:
     shutil.rmtree(job.record_dir, ignore_errors=True)
 
 
+SCRATCH_PREFIX = "imagebench-node-"  # an actor's scratch project in the node's temp folder
+SCRATCH_OWNER = ".owner"  # locked by the actor while it lives
+ABANDONED_AFTER = 60.0  # seconds: a folder without its owner file is older than any actor's start-up
+
+
+def hold_scratch(folder: Path):
+    """Lock the scratch folder's owner file for this process's lifetime (the open file keeps it)."""
+    owner = open(folder / SCRATCH_OWNER, "w")
+    fcntl.flock(owner, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return owner
+
+
+def remove_abandoned_scratch(temp_dir: Path) -> list[Path]:
+    """Scratch folders whose actor is gone: a killed actor never runs ``shutdown``, so each new actor
+    removes what dead ones left on its node. An owner lock that can be taken has no living holder
+    (a lock, not a pid: it holds across PID namespaces and pid reuse)."""
+    removed = []
+    for folder in temp_dir.glob(f"{SCRATCH_PREFIX}*"):
+        owner_file = folder / SCRATCH_OWNER
+        try:
+            if not owner_file.exists():
+                abandoned = time.time() - folder.stat().st_mtime > ABANDONED_AFTER
+            else:
+                with open(owner_file) as owner:
+                    fcntl.flock(owner, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises while its actor lives
+                    abandoned = True
+        except BlockingIOError:
+            continue
+        except OSError:
+            continue  # another actor removed it meanwhile, or it is not ours to read
+        if abandoned:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
 class TrialActor:
     """One slot on a node: a local executor with one worker (its warm kernel) in a scratch folder."""
 
     def __init__(self, notebook_text: str, threads: int, fresh_kernel: bool, environment: dict[str, str]):
         self.node = node_name()
         self.node_id = ray.get_runtime_context().get_node_id()
-        self.folder = Path(tempfile.mkdtemp(prefix="imagebench-node-"))
+        remove_abandoned_scratch(Path(tempfile.gettempdir()))
+        self.folder = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX))
+        self._owner = hold_scratch(self.folder)  # released by the OS however this actor ends
         (self.folder / "notebooks").mkdir()
         (self.folder / "params").mkdir()  # with notebooks/: a project root for the kernel
         (self.folder / "notebooks" / "train.ipynb").write_text(notebook_text, encoding="utf-8")

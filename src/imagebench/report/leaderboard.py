@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+from functools import cached_property
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -273,8 +274,9 @@ class Leaderboard:
     seeds: dict = field(default_factory=dict)  # (model, framework) -> its seeds' TestPredictions
     parity_margin: float = statistics.PARITY_MARGIN
 
-    @property
+    @cached_property
     def parity(self) -> pd.DataFrame:
+        """Computed once (md, html and csv all show it)."""
         return parity_equivalence(parity_table(self.leaders), self.seeds, self.parity_margin)
 
     @property
