@@ -219,3 +219,24 @@ def assert_documented_record(run_id: str, num_classes: int) -> None:
     tested = predictions.load(run_id)
     assert len(tested.labels) == run.data.metrics["data/test_images"] and tested.probabilities.shape[1] == num_classes
     assert tested.accuracy == run.data.metrics[metrics.TEST_ACCURACY.key] and len(tested.test_set) == 32
+
+
+def seed_predictions(correct, test_set: str = "same", class_names=("a", "b")):
+    """One seed's ``TestPredictions`` with chosen per-image correctness (every image of class 0)."""
+    import numpy as np
+
+    from imagebench.store import predictions
+
+    labels = np.zeros(len(correct), dtype=np.int32)
+    predicted = np.where(correct, 0, 1).astype(np.int32)
+    return predictions.TestPredictions(labels, predicted, np.eye(len(class_names), dtype=np.float16)[predicted], list(class_names), test_set)
+
+
+def log_predictions(run_id: str, correct, folder, class_names=("a", "b")) -> None:
+    """The artifact a trial logs (``store.predictions``), with chosen per-image correctness."""
+    from imagebench.store import predictions
+
+    path = folder / run_id / store.ARTIFACT_PREDICTIONS
+    path.parent.mkdir(parents=True)
+    path.write_bytes(predictions.to_bytes(seed_predictions(correct, class_names=class_names)))
+    store.client().log_artifact(run_id, str(path))

@@ -74,7 +74,8 @@ def leaderboard() -> nbformat.NotebookNode:
             tagged('experiment = "demo"  # MLflow experiment: the sweep name\nwrite_files = True  # also write results/<experiment>/\n'
                    "parity_margin = 0.05  # margin δ of the Keras-vs-PyTorch equivalence test: 0.05 is 5 points of test accuracy\n"
                    "publish_models = False  # also log, export (ONNX, .keras/.pt2), check and register the leaders' models, as `imagebench export` does\n"
-                   'diff_runs = ""  # "RUN_A RUN_B": two trials (run ids or names) whose executed notebooks are shown side by side, as `imagebench diff` does',
+                   'diff_runs = ""  # "RUN_A RUN_B": two trials (run ids or names) whose executed notebooks are shown side by side, as `imagebench diff` does\n'
+                   'compare_with = ""  # another sweep (experiment name or parent run id) this experiment is compared against, as `imagebench compare` does',
                    "parameters"),
             new_code_cell("board = leaderboard.build(experiment, parity_margin=parity_margin)\nprint(board.reading)\n"
                           "with pd.option_context('display.max_columns', None):\n    display(board.leaders.round(4), board.parity.round(4))"),
@@ -91,6 +92,18 @@ def leaderboard() -> nbformat.NotebookNode:
                 "if diff_runs:  # the parameters and metrics that differ on top, then the two notebooks (nbdime)\n"
                 "    from IPython.display import HTML\n    from imagebench.report import notebook_diff\n\n"
                 "    display(HTML(notebook_diff.render(diff_runs, experiment=experiment)))"
+            ),
+            new_code_cell(
+                "if compare_with:  # A: compare_with, B: this experiment; deltas are B minus A, only changes beyond noise flagged\n"
+                "    from imagebench.report import compare\n\n"
+                "    comparison = compare.compare(compare_with, experiment)\n"
+                "    print(comparison.reading)\n"
+                "    with pd.option_context('display.max_columns', None):\n"
+                "        display(comparison.table.round(4), comparison.differences)\n"
+                "    display(compare.figure(comparison))\n"
+                "    if write_files:  # the report folder and the comparison run, as the command writes them\n"
+                "        files = compare.write(comparison)\n"
+                "        print(files[0].parent, compare.record(comparison, files))"
             ),
         ],
     )

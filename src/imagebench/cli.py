@@ -1,4 +1,4 @@
-"""``imagebench sweep | leaderboard | trial | check-data | models | relog | reproduce | diff | server``.
+"""``imagebench sweep | leaderboard | trial | check-data | models | relog | reproduce | diff | compare | server``.
 
 Imports stay light here: TensorFlow and torch load only in a trial (its own kernel/process) or in
 ``models`` for the one framework asked for.
@@ -297,6 +297,19 @@ def _cmd_diff(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from imagebench import store
+    from imagebench.report import compare
+
+    comparison, files, run_id = compare.run(args.a, args.b, Path(args.output) if args.output else None)  # bad input: ParamsError
+    print("\n".join(compare.summary_lines(comparison)))
+    print(f"\nreport: {files[0].parent}\nrecorded as run {run_id} in experiment '{compare.EXPERIMENT}'")
+    base = store.ui_base_url()
+    if base:
+        print(f"in the MLflow UI: {store.run_url(base, compare.EXPERIMENT, run_id)}")
+    return EXIT_OK
+
+
 def _cmd_server(args: argparse.Namespace) -> int:
     from imagebench import server
 
@@ -388,6 +401,13 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("--experiment", help="the experiment (sweep) whose runs are named")
     diff.add_argument("--output", help="the HTML file to write (default results/<experiment>/diffs/<A>-vs-<B>.html)")
     diff.set_defaults(func=_cmd_diff)
+
+    against = commands.add_parser("compare", help="two sweeps configuration by configuration: each test-accuracy delta with its "
+                                                  "interval, only changes beyond noise flagged, and what differs in the record")
+    against.add_argument("a", metavar="A", help="the sweep compared against: an experiment name, or a sweep's parent run id")
+    against.add_argument("b", metavar="B", help="the other sweep (deltas are B minus A)")
+    against.add_argument("--output", help="the report folder (default results/comparisons/<A>-vs-<B>/)")
+    against.set_defaults(func=_cmd_compare)
 
     tracking_server = commands.add_parser("server", add_help=False,
                                           help="the shared MLflow tracking server on PostgreSQL: start | stop | status (see --help)")

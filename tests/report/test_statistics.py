@@ -7,12 +7,11 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import recorded_trial, run_imagebench, run_shell, run_sweep, write_sweep_file
+from helpers import log_predictions, recorded_trial, seed_predictions, run_imagebench, run_shell, run_sweep, write_sweep_file
 from readme_blocks import block
 
 from imagebench import store
 from imagebench.report import leaderboard, statistics
-from imagebench.store import predictions
 
 # ---- hand-checked statistics -------------------------------------------------------------------
 
@@ -54,16 +53,10 @@ def test_probability_of_improvement_over_seeds():
     assert apart.probability == 1.0 and apart.p == pytest.approx(2 / 252)
 
 
-def _seed(correct: np.ndarray, test_set: str = "same") -> predictions.TestPredictions:
-    labels = np.zeros(len(correct), dtype=np.int32)
-    predicted = np.where(correct, 0, 1).astype(np.int32)
-    return predictions.TestPredictions(labels, predicted, np.eye(2, dtype=np.float16)[predicted], ["a", "b"], test_set)
-
-
 def test_tiers_tie_what_is_not_shown_worse_and_open_a_new_tier_below():
     leader, tied = _correctness(both=60, first_only=3, second_only=1, neither=16)  # p = 0.625
     _, worse = _correctness(both=50, first_only=13, second_only=1, neither=16)  # the leader right on 13 more: p < 0.01
-    rows = [[_seed(leader)], [_seed(tied)], [_seed(worse)], [], [_seed(leader, "other")]]
+    rows = [[seed_predictions(leader)], [seed_predictions(tied)], [seed_predictions(worse)], [], [seed_predictions(leader, "other")]]
     verdicts = statistics.assign_tiers(rows)
     assert [verdict.tier for verdict in verdicts] == [1, 1, 2, None, None]
     assert verdicts[2].p_vs_leader < 0.05 <= verdicts[1].p_vs_leader
@@ -75,7 +68,7 @@ def test_tiers_tie_what_is_not_shown_worse_and_open_a_new_tier_below():
 
 
 def test_a_leader_without_predictions_leaves_every_tier_blank():
-    verdicts = statistics.assign_tiers([[], [_seed(np.ones(10, bool))]])
+    verdicts = statistics.assign_tiers([[], [seed_predictions(np.ones(10, bool))]])
     assert [verdict.tier for verdict in verdicts] == [None, None]
     assert statistics.reading(["cnn", "vgg16"], [[], []], verdicts).startswith("Tiers unavailable: the leader has no test predictions")
 
@@ -83,13 +76,13 @@ def test_a_leader_without_predictions_leaves_every_tier_blank():
 def test_tost_says_equivalent_only_when_the_difference_is_shown_inside_the_margin():
     # 400 images, the two frameworks disagree on 4, two each way: mean difference 0, tiny spread
     keras, torch = _correctness(both=300, first_only=2, second_only=2, neither=96)
-    statement, p = statistics.equivalence([_seed(keras)], [_seed(torch)], margin=0.05)
+    statement, p = statistics.equivalence([seed_predictions(keras)], [seed_predictions(torch)], margin=0.05)
     assert statement.startswith("equivalent within ±5 points") and p < 0.05
     # 40 images, 6 against 2: an estimated 10-point gap: not shown within ±5 points
     keras, torch = _correctness(both=24, first_only=6, second_only=2, neither=8)
-    statement, p = statistics.equivalence([_seed(keras)], [_seed(torch)], margin=0.05)
+    statement, p = statistics.equivalence([seed_predictions(keras)], [seed_predictions(torch)], margin=0.05)
     assert statement.startswith("not shown equivalent within ±5 points") and p >= 0.05 and "+10.0 points" in statement
-    assert statistics.equivalence([_seed(keras)], [_seed(torch, "other")])[0] == "not tested: the frameworks' test images differ"
+    assert statistics.equivalence([seed_predictions(keras)], [seed_predictions(torch, "other")])[0] == "not tested: the frameworks' test images differ"
 
 
 def test_pareto_front_on_a_hand_made_table():
@@ -107,14 +100,6 @@ def test_pareto_front_on_a_hand_made_table():
 # ---- the leaderboard from a real MLflow store ----------------------------------------------------
 
 
-def _log_predictions(run_id: str, correct: np.ndarray, folder) -> None:
-    """The artifact a trial logs (``store.predictions``), with chosen per-image correctness."""
-    path = folder / run_id / store.ARTIFACT_PREDICTIONS
-    path.parent.mkdir(parents=True)
-    path.write_bytes(predictions.to_bytes(_seed(correct)))
-    store.client().log_artifact(run_id, str(path))
-
-
 def test_leaderboard_tiers_parity_and_pareto_from_the_record(project, tmp_path):
     leader, tied = _correctness(both=60, first_only=3, second_only=1, neither=16)
     _, worse = _correctness(both=50, first_only=13, second_only=1, neither=16)
@@ -122,7 +107,7 @@ def test_leaderboard_tiers_parity_and_pareto_from_the_record(project, tmp_path):
                 ("cnn", "keras", 0.75, leader)]  # fmt: skip
     for model, framework, val_acc, correct in recorded:
         run_id = recorded_trial("stats", model, framework, val_acc, 0.3, test_acc=float(correct.mean()))
-        _log_predictions(run_id, correct, tmp_path)
+        log_predictions(run_id, correct, tmp_path)
     recorded_trial("stats", "resnet50", "torch", 0.70, 0.3, test_acc=0.99)  # recorded before predictions were logged
     board = leaderboard.build("stats", parity_margin=0.05)
     table = board.leaders.set_index(board.leaders["framework"] + "/" + board.leaders["model"])

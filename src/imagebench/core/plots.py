@@ -162,6 +162,24 @@ def accuracy_vs_cost(table: pd.DataFrame, cost_column: str, label: str, on_front
     return figure
 
 
+def deltas(labels: Sequence[str], values: Sequence[float], lows: Sequence[float], highs: Sequence[float], colours: Sequence[str],
+           title: str = "") -> Figure:
+    """A forest plot: one row per label, its difference (a fraction, drawn in points) with the interval, zero marked."""
+    figure = Figure(figsize=(7, 1.2 + 0.4 * len(labels)), layout="constrained")
+    axis = figure.subplots()
+    positions = np.arange(len(labels))[::-1]
+    for position, value, low, high, colour in zip(positions, values, lows, highs, colours):
+        if np.isfinite(low) and np.isfinite(high):
+            axis.plot([100 * low, 100 * high], [position, position], color=colour, linewidth=2)
+        axis.scatter([100 * value], [position], color=colour, s=36, zorder=3)
+    axis.axvline(0, color="black", linewidth=0.8)
+    axis.set_yticks(positions, list(labels), fontsize=8)
+    axis.set_xlabel("difference in test accuracy (points)")
+    axis.set_title(title, fontsize=9)
+    axis.grid(axis="x", alpha=0.3)
+    return figure
+
+
 def leader_curves(curves: Mapping[str, Mapping[str, Sequence[float]]], metric: str = metrics.VAL_ACCURACY.key) -> Figure:
     """One line per leader, labelled "framework/model": colour = model, line style = framework."""
     figure = Figure(figsize=(9, 4.8), layout="constrained")

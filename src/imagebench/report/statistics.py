@@ -84,15 +84,10 @@ def seeds_comparison(reference_accuracies: Sequence[float], row_accuracies: Sequ
 
     samples = (np.asarray(reference_accuracies, dtype=float), np.asarray(row_accuracies, dtype=float))
     probability = float(_probability_better(*samples))
-    rng = np.random.default_rng(0)  # the same interval every time the leaderboard is rebuilt
-    with warnings.catch_warnings():  # a degenerate resample (all seeds equal) only widens nothing
-        warnings.simplefilter("ignore")
-        interval = stats.bootstrap(samples, _probability_better, vectorized=True, method="percentile",
-                                   n_resamples=BOOTSTRAP_RESAMPLES, random_state=rng).confidence_interval  # fmt: skip
+    low, high = _bootstrap_interval(samples, _probability_better, False, probability)
     centred = lambda x, y, axis=-1: _probability_better(x, y, axis) - 0.5  # noqa: E731 (0 = no difference)
     permutation = stats.permutation_test(samples, centred, permutation_type="independent", vectorized=True,
-                                         alternative="two-sided", random_state=rng)  # fmt: skip
-    low, high = (float(value) if np.isfinite(value) else probability for value in (interval.low, interval.high))
+                                         alternative="two-sided", random_state=np.random.default_rng(0))  # fmt: skip
     return Comparison(float(min(1.0, permutation.pvalue)), probability > 0.5, probability, low, high)
 
 
@@ -286,3 +281,77 @@ def row_labels(models: Sequence[str], frameworks: Sequence[str]) -> list[str]:
     if len(set(frameworks)) <= 1:
         return [str(model) for model in models]
     return [f"{framework}/{model}" for model, framework in zip(models, frameworks)]
+
+
+# ---- Deltas between two sweeps (``imagebench compare``) -----------------------------------------
+
+PAIRED, OVER_SEEDS, UNPAIRED = "McNemar, paired images", "permutation test over seeds", "two proportions, other test images"
+
+
+@dataclass(frozen=True)
+class Delta:
+    """B's test accuracy minus A's, with its 95% interval and a two-sided p (before Holm)."""
+
+    difference: float
+    low: float
+    high: float
+    p: float
+    method: str
+
+
+def _bootstrap_interval(samples: tuple, statistic, paired: bool, point: float) -> tuple[float, float]:
+    from scipy import stats
+
+    # seeded: the same interval every time a report is rebuilt
+    with warnings.catch_warnings():  # a degenerate resample (every value equal) has no width
+        warnings.simplefilter("ignore")
+        interval = stats.bootstrap(samples, statistic, paired=paired, vectorized=True, method="percentile",
+                                   n_resamples=BOOTSTRAP_RESAMPLES, random_state=np.random.default_rng(0)).confidence_interval  # fmt: skip
+    return tuple(float(value) if np.isfinite(value) else point for value in (interval.low, interval.high))
+
+
+def _mean_difference(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.mean(b, axis=axis) - np.mean(a, axis=axis)
+
+
+def paired_delta(a_correct: np.ndarray, b_correct: np.ndarray) -> Delta:
+    """Same test images: McNemar's exact test, and a paired bootstrap interval over the images."""
+    difference = float(np.mean(b_correct) - np.mean(a_correct))
+    low, high = _bootstrap_interval((a_correct.astype(float), b_correct.astype(float)), _mean_difference, True, difference)
+    return Delta(difference, low, high, mcnemar_comparison(a_correct, b_correct).p, PAIRED)
+
+
+def seeds_delta(a_accuracies: Sequence[float], b_accuracies: Sequence[float]) -> Delta:
+    """Several seeds on both sides: the difference of the mean accuracies with a bootstrap interval
+    over seeds, and the permutation test of the tiers (``seeds_comparison``)."""
+    a, b = np.asarray(a_accuracies, dtype=float), np.asarray(b_accuracies, dtype=float)
+    difference = float(b.mean() - a.mean())
+    low, high = _bootstrap_interval((a, b), _mean_difference, False, difference)
+    return Delta(difference, low, high, seeds_comparison(a, b).p, OVER_SEEDS)
+
+
+def unpaired_delta(a, b) -> Delta:
+    """Different test images (a new dataset version, another split): two independent proportions
+    (statsmodels' score test and Newcombe's interval)."""
+    from statsmodels.stats.proportion import confint_proportions_2indep, test_proportions_2indep
+
+    counts = [(int(seed.correct.sum()), len(seed.labels)) for seed in (b, a)]  # B first: the difference is B - A
+    arguments = (counts[0][0], counts[0][1], counts[1][0], counts[1][1])
+    with np.errstate(divide="ignore", invalid="ignore"):  # both perfect: zero variance, p = 1
+        p = float(test_proportions_2indep(*arguments, method="score").pvalue)
+    low, high = confint_proportions_2indep(*arguments, method="newcomb")
+    difference = b.accuracy - a.accuracy
+    return Delta(difference, float(low), float(high), 1.0 if math.isnan(p) else p, UNPAIRED)
+
+
+def delta(a_seeds: list, b_seeds: list) -> Delta:
+    """``a_seeds``, ``b_seeds``: one configuration's seeds' ``TestPredictions`` in each sweep. Both
+    with several seeds: over seeds; else the first pair of seeds on the same test images image by
+    image; else (other test images) two independent proportions."""
+    if len(a_seeds) > 1 and len(b_seeds) > 1:
+        return seeds_delta(_accuracies(a_seeds), _accuracies(b_seeds))
+    by_test_set = {seed.test_set: seed for seed in b_seeds}
+    shared = next(((seed, by_test_set[seed.test_set]) for seed in a_seeds if seed.test_set in by_test_set), None)
+    if shared:
+        return paired_delta(shared[0].correct, shared[1].correct)
+    return unpaired_delta(a_seeds[0], b_seeds[0])

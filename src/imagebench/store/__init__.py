@@ -45,6 +45,8 @@ from imagebench.store.keys import (  # noqa: F401
     EXPERIMENT_KIND,
     LOGGED_MODEL_NAME,
     TAG_COMMAND,
+    TAG_COMPARED_A,
+    TAG_COMPARED_B,
     TAG_CONFIG,
     TAG_DATASET_FINGERPRINT,
     TAG_EPOCH_BUDGET,
@@ -93,6 +95,7 @@ from imagebench.store.provenance import (  # noqa: F401
     process_owner,
 )
 from imagebench.store.runs import (  # noqa: F401
+    RUN_ID_LENGTH,
     RunNotFound,
     find_trial_run,
     create_trial_run,

@@ -29,6 +29,8 @@ TAG_NODE = "imagebench.node"  # where the executor ran the trial (a Ray node: ho
 TAG_CONFIG = "imagebench.config"  # fingerprint without the seed: repeats of one configuration share it
 TAG_REPRODUCES = "imagebench.reproduces"  # on a reproduction (role "reproduction"): the run it ran again
 TAG_REPRODUCTION = "imagebench.reproduction"  # its verdict: identical | within tolerance | different
+TAG_COMPARED_A = "imagebench.compared_a"  # on a comparison (role "comparison"): sweep A (its parent run id, else its experiment)
+TAG_COMPARED_B = "imagebench.compared_b"  # and sweep B
 TAG_RELOGGED = "imagebench.relogged"  # the record was replayed from a local journal (store was down)
 TAG_LEADER = "imagebench.leader"  # "true" on each leaderboard row's run: one UI search shows the leaderboard
 TAG_RANK = "imagebench.rank"  # its rank on the leaderboard (1 = the winner on validation)
