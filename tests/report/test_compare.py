@@ -13,6 +13,7 @@ from helpers import BIN, TINY, assert_refused, log_predictions, recorded_trial, 
 from readme_blocks import block
 
 from imagebench import store
+from imagebench.core.params import FIELD_NAMES
 from imagebench.report import compare, statistics
 
 # ---- hand-checked deltas -----------------------------------------------------------------------
@@ -53,6 +54,28 @@ def test_delta_on_other_test_images_is_two_independent_proportions():
     (l1, u1), (l2, u2) = (proportion_confint(hits, 100, method="wilson") for hits in (90, 75))
     low, high = 0.15 - np.sqrt((0.9 - l1) ** 2 + (u2 - 0.75) ** 2), 0.15 + np.sqrt((u1 - 0.9) ** 2 + (0.75 - l2) ** 2)
     assert (result.low, result.high) == (pytest.approx(low), pytest.approx(high))
+
+
+def _sweep_record(name: str, augment: str, learning_rates, versions: dict, commit: str, data: str) -> compare.Sweep:
+    params = {name: "x" for name in FIELD_NAMES}
+    configurations = [compare.Configuration("cnn", "torch", {**params, "augment": augment, "learning_rate": rate}, [f"{name}-{rate}"], {})
+                      for rate in learning_rates]  # fmt: skip
+    tags = {store.TAG_VERSIONS: json.dumps(versions), store.TAG_GIT_COMMIT: commit, store.TAG_DATASET_FINGERPRINT: data}
+    return compare.Sweep(name, name, None, configurations, [tags] * len(configurations))
+
+
+def test_matching_and_the_record_differences_of_two_sweeps():
+    """A TensorFlow upgrade with a new augmentation on a new dataset version, over a grown grid."""
+    a = _sweep_record("a", "none", ["0.001", "0.01"], {"tensorflow": "2.20.0", "numpy": "2.1.0"}, "abc1234", "data-v1")
+    b = _sweep_record("b", "light", ["0.001", "0.01", "0.1"], {"tensorflow": "2.21.0", "numpy": "2.1.0"}, "def5678", "data-v2")
+    assert compare.compared_parameters(a, b) == ["augment"]
+    pairs, only_a, only_b, axes = compare.match(a, b)
+    assert [(first.params["learning_rate"], second.params["learning_rate"]) for first, second in pairs] == [("0.001", "0.001"), ("0.01", "0.01")]
+    assert (only_a, [c.params["learning_rate"] for c in only_b], axes) == ([], ["0.1"], ["learning_rate"])
+    differences = compare.record_differences(a, b, ["augment"]).values.tolist()
+    assert differences == [["compared", "augment", "none", "light"], ["grid", "learning_rate", "0.001, 0.01", "0.001, 0.01, 0.1"],
+                           ["package", "tensorflow", "2.20.0", "2.21.0"], ["git commit", store.TAG_GIT_COMMIT, "abc1234", "def5678"],
+                           ["dataset", store.TAG_DATASET_FINGERPRINT, "data-v1", "data-v2"]]  # fmt: skip
 
 
 # ---- two real sweeps that differ in their epochs -------------------------------------------------
