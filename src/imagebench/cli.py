@@ -45,6 +45,15 @@ def _whole_number(text: str) -> int:
     return int(text)
 
 
+def _number(text: str) -> float:
+    """An amount of CPUs or GPUs (its range is checked with the sweep's options, naming the option)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number (e.g. 1, 2 or 0.25)") from None
+    return int(value) if value.is_integer() else value  # "2" stays 2 in every message
+
+
 def _parity_margin(text: str) -> float:
     """δ of the parity equivalence test: a fraction of test accuracy, 0 < δ < 1 (argparse exits 2 otherwise)."""
     try:
@@ -65,7 +74,7 @@ def _add_executor_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--executor", default=default, help="where trials run: " + " | ".join(
         f"{name} ({entry.help}{', default' if name == default else ''})" for name, entry in EXECUTORS.items()))
     for name, option in executor_options():
-        parser.add_argument(option.flag, dest=option.key, type=_whole_number if option.type is int else option.type,
+        parser.add_argument(option.flag, dest=option.key, type={int: _whole_number, float: _number}.get(option.type, option.type),
                             help=f"--executor {name}: " + option.help.format(default=option.default))  # fmt: skip
 
 

@@ -25,8 +25,11 @@ def test_sweep_help_lists_each_executor_option_with_its_executor_and_default(tmp
     done = run_imagebench("sweep", "--help", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     for line in ("--address ADDRESS --executor ray: the cluster to join (auto = the one `ray start` made here, or HOST:PORT of its "
-                 "head; default auto)", "--cpus-per-trial CPUS_PER_TRIAL --executor ray: CPUs each trial asks Ray for (default 1)",
-                 "--gpus-per-trial GPUS_PER_TRIAL --executor ray: GPUs each trial asks Ray for (default 0); a trial only starts where they are",
+                 "head; default auto)",
+                 "--cpus-per-trial CPUS_PER_TRIAL --executor ray: CPUs each trial asks Ray for (default 1; a fraction such as 0.5 packs two "
+                 "trials per CPU)",
+                 "--gpus-per-trial GPUS_PER_TRIAL --executor ray: GPUs each trial asks Ray for (default 0); a trial only starts where they are; "
+                 "a fraction such as 0.25 puts 4 trials on one GPU",
                  "where trials run: local (worker processes on this machine, default) | ray (Ray actors on the nodes of a Ray cluster)"):  # fmt: skip
         assert line in _words(done.stdout), line
 
@@ -34,8 +37,12 @@ def test_sweep_help_lists_each_executor_option_with_its_executor_and_default(tmp
 @pytest.mark.parametrize("executor, given, message", [
     ("local", {"gpus_per_trial": 1}, "--gpus-per-trial 1 needs --executor ray (this sweep runs on --executor local)"),
     ("local", {"address": "127.0.0.1:6379"}, "--address 127.0.0.1:6379 needs --executor ray"),
-    ("ray", {"cpus_per_trial": 0}, "--cpus-per-trial 0 is invalid: it must be a whole number of at least 1"),
-    ("ray", {"gpus_per_trial": -1}, "--gpus-per-trial -1 is invalid: it must be a whole number of at least 0"),
+    ("ray", {"cpus_per_trial": 0}, "--cpus-per-trial 0 is invalid: it must be more than 0 (a fraction such as 0.25 lets 4 trials share one)"),
+    ("ray", {"gpus_per_trial": -1}, "--gpus-per-trial -1 is invalid: it must be 0 or more"),
+    ("ray", {"gpus_per_trial": -0.25}, "--gpus-per-trial -0.25 is invalid: it must be 0 or more"),
+    ("ray", {"gpus_per_trial": 1.5}, "--gpus-per-trial 1.5 is invalid: above 1 it must be a whole number"),
+    ("ray", {"cpus_per_trial": 0.00001}, "--cpus-per-trial 1e-05 is invalid: Ray counts in steps of 0.0001"),
+    ("ray", {"gpus_per_trial": "half"}, "--gpus-per-trial 'half' is invalid: it must be a number"),
     ("ray", {"address": 6379}, "--address 6379 is invalid: it must be str"),
     ("ray", {"queue": "gpu"}, "unknown executor option 'queue': the executors take address, cpus_per_trial, gpus_per_trial"),
 ])
@@ -43,6 +50,11 @@ def test_an_executor_option_is_checked_by_the_executor_that_declares_it(executor
     with pytest.raises(ParamsError) as raised:
         SweepOptions(executor=executor, executor_options=given)
     assert message in str(raised.value)
+
+
+@pytest.mark.parametrize("given", [{"gpus_per_trial": 0.25}, {"gpus_per_trial": 0.3}, {"gpus_per_trial": 2}, {"cpus_per_trial": 0.5}])
+def test_fractions_of_one_unit_and_whole_numbers_are_accepted(given):
+    assert SweepOptions(executor="ray", executor_options=given).executor_options == given
 
 
 @dataclass

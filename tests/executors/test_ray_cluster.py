@@ -228,8 +228,9 @@ def _gone(pid: int) -> bool:
 @pytest.mark.parametrize("args, message", [
     (["--executor", "spark"], "--executor 'spark' is unknown: use one of local"),
     (["--gpus-per-trial", "1"], "--gpus-per-trial 1 needs --executor ray"),
-    (["--executor", "ray", "--cpus-per-trial", "-1"], "argument --cpus-per-trial: '-1' is not a whole number"),
-    (["--executor", "ray", "--gpus-per-trial", "0.5"], "argument --gpus-per-trial: '0.5' is not a whole number"),
+    (["--executor", "ray", "--cpus-per-trial", "-1"], "--cpus-per-trial -1 is invalid: it must be more than 0"),
+    (["--executor", "ray", "--gpus-per-trial", "a quarter"], "argument --gpus-per-trial: 'a quarter' is not a number"),
+    (["--executor", "ray", "--gpus-per-trial", "1.5"], "--gpus-per-trial 1.5 is invalid: above 1 it must be a whole number"),
 ])
 @slow
 def test_bad_executor_options_are_named_before_anything_runs(project, args, message):

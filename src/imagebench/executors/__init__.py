@@ -16,6 +16,7 @@ entry in ``EXECUTORS``: its module (imported only when chosen) and the options o
 from __future__ import annotations
 
 import importlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Protocol
@@ -89,13 +90,35 @@ def check_whole_number(flag: str, value: object, least: int) -> None:
         raise ParamsError(f"{flag} {value} is invalid: it must be a whole number of at least {least}")
 
 
+RESOURCE_PRECISION = 4  # decimals: Ray counts resources in units of 0.0001
+
+
+def check_resource_amount(flag: str, value: object, zero_allowed: bool) -> None:
+    """CPUs or GPUs a trial asks for, by Ray's rule: a fraction of one unit (several trials share it)
+    or a whole number of units, never 1.5 of one; None: not given."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ParamsError(f"{flag} {value!r} is invalid: it must be a number, e.g. 1, 2 or 0.25")
+    if value < 0 or (value == 0 and not zero_allowed):
+        raise ParamsError(f"{flag} {value:g} is invalid: it must be {'0 or more' if zero_allowed else 'more than 0'} "
+                          f"(a fraction such as 0.25 lets 4 trials share one)")  # fmt: skip
+    if value > 1 and value != int(value):
+        raise ParamsError(f"{flag} {value:g} is invalid: above 1 it must be a whole number (Ray shares one unit "
+                          f"between trials, it never gives a trial part of a second one); use e.g. 0.5, 1 or 2")  # fmt: skip
+    if round(value, RESOURCE_PRECISION) != value:
+        raise ParamsError(f"{flag} {value:g} is invalid: Ray counts in steps of 0.0001; round it (e.g. 0.3333)")
+
+
 @dataclass(frozen=True)
 class ExecutorOption:
     """An option of ``imagebench sweep`` that only one executor takes: the CLI adds it from the
     registry, ``SweepOptions.executor_options`` holds it by ``key``, the executor gets its value."""
 
     flag: str  # "--cpus-per-trial"
-    type: type  # int: a whole number (of at least ``least``); str: text
+    # int: a whole number (of at least ``least``); float: an amount of a resource (``check_resource_amount``,
+    # 0 allowed when ``least`` is 0); str: text
+    type: type
     default: Any  # what the executor uses when it is not given
     help: str  # for `imagebench sweep --help`; "{default}" is replaced by the default
     least: int = 0
@@ -108,6 +131,8 @@ class ExecutorOption:
     def check(self, value: object) -> None:
         if self.type is int:
             check_whole_number(self.flag, value, self.least)
+        elif self.type is float:
+            check_resource_amount(self.flag, value, zero_allowed=self.least == 0)
         elif not isinstance(value, self.type):
             raise ParamsError(f"{self.flag} {value!r} is invalid: it must be {self.type.__name__}")
 
@@ -129,9 +154,10 @@ EXECUTORS = {
     "ray": ExecutorEntry("imagebench.executors.ray_cluster", "RayExecutor", "Ray actors on the nodes of a Ray cluster", (
         ExecutorOption("--address", str, "auto", "the cluster to join (auto = the one `ray start` made here, or HOST:PORT of its "
                                                  "head; default {default})"),
-        ExecutorOption("--cpus-per-trial", int, 1, "CPUs each trial asks Ray for (default {default})", least=1),
-        ExecutorOption("--gpus-per-trial", int, 0, "GPUs each trial asks Ray for (default {default}); a trial only starts where "
-                                                   "they are"),
+        ExecutorOption("--cpus-per-trial", float, 1, "CPUs each trial asks Ray for (default {default}; a fraction such as 0.5 "
+                                                     "packs two trials per CPU)", least=1),
+        ExecutorOption("--gpus-per-trial", float, 0, "GPUs each trial asks Ray for (default {default}); a trial only starts where "
+                                                     "they are; a fraction such as 0.25 puts 4 trials on one GPU"),
     )),
 }  # fmt: skip
 

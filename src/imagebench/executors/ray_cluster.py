@@ -33,7 +33,7 @@ import ray
 
 from imagebench import store
 from imagebench.core.contract import ENV_CACHE, ENV_ROOT, SHARED_WITH_NODES, TRACKING_URI
-from imagebench.executors import Job, JobEnd
+from imagebench.executors import RESOURCE_PRECISION, Job, JobEnd
 from imagebench.executors.local import LocalExecutor
 from imagebench.core.params import ParamsError
 from imagebench.executors.worker import error_file, status_file
@@ -115,16 +115,32 @@ def connect(address: Optional[str]) -> str:
     return resolved
 
 
-def trials_at_once(nodes: list[dict], cpus: int, gpus: int) -> int:
-    """How many trials asking ``cpus``/``gpus`` the alive nodes hold side by side."""
+def _fits(available: float, asked: float) -> int:
+    """How many ``asked`` fit in ``available``, counted in Ray's units of 0.0001 (0.7 / 0.1 is 6.999... in floats)."""
+    unit = 10**RESOURCE_PRECISION
+    return int(round(available * unit)) // int(round(asked * unit))
+
+
+def trials_at_once(nodes: list[dict], cpus: float, gpus: float) -> int:
+    """How many trials asking ``cpus``/``gpus`` (fractions share one unit) the alive nodes hold side by side."""
     total = 0
     for node in nodes:
         resources = node.get("Resources", {})
-        fits = int(resources.get("CPU", 0) // cpus)
+        fits = _fits(resources.get("CPU", 0), cpus)
         if gpus:
-            fits = min(fits, int(resources.get("GPU", 0) // gpus))
+            fits = min(fits, _fits(resources.get("GPU", 0), gpus))
         total += fits
     return total
+
+
+# TensorFlow takes a whole GPU's memory by default; trials sharing one must each take what they use
+SHARED_GPU_ENVIRONMENT = {"TF_FORCE_GPU_ALLOW_GROWTH": "true"}
+
+
+def trial_environment(base: dict[str, str], gpus: float) -> dict[str, str]:
+    """What a trial's kernel gets on the node: ``base``, and memory growth where a GPU is shared (torch
+    allocates as it goes already)."""
+    return {**base, **(SHARED_GPU_ENVIRONMENT if 0 < gpus < 1 else {})}
 
 
 def _alive_nodes() -> list[dict]:
@@ -326,7 +342,7 @@ def _write(path: Path, data: Optional[bytes]) -> None:
 
 
 class RayExecutor:
-    def __init__(self, address: Optional[str], workers: Optional[int], cpus_per_trial: int, gpus_per_trial: int,
+    def __init__(self, address: Optional[str], workers: Optional[int], cpus_per_trial: float, gpus_per_trial: float,
                  fresh_kernels: bool):  # fmt: skip
         self.address = connect(address)
         self.cpus, self.gpus, self.fresh_kernels = cpus_per_trial, gpus_per_trial, fresh_kernels
@@ -336,13 +352,14 @@ class RayExecutor:
             ray.shutdown()
             have = ", ".join(f"{n.get('NodeManagerAddress')}: {n['Resources'].get('CPU', 0):g} CPU, {n['Resources'].get('GPU', 0):g} GPU"
                              for n in nodes)  # fmt: skip
-            raise ParamsError(f"no node of the Ray cluster at {self.address} has {self.cpus} CPU(s) and {self.gpus} GPU(s) for one "
+            raise ParamsError(f"no node of the Ray cluster at {self.address} has {self.cpus:g} CPU(s) and {self.gpus:g} GPU(s) for one "
                               f"trial (nodes: {have or 'none'}); lower --cpus-per-trial/--gpus-per-trial or add nodes")  # fmt: skip
         self.nodes, self.capacity = nodes, capacity
         self.slots = workers or capacity
         self.notebook_text = (store.project_root() / "notebooks" / "train.ipynb").read_text(encoding="utf-8")
         self.environment = {name: os.environ[name] for name in SHARED_WITH_NODES if os.environ.get(name)}
         self.environment[TRACKING_URI] = store.tracking_uri()
+        self.environment = trial_environment(self.environment, self.gpus)
         self._slots = [Slot() for _ in range(self.slots)]
         self.waiting_since: Optional[float] = None
 
@@ -355,7 +372,7 @@ class RayExecutor:
         cpus = sum(node["Resources"].get("CPU", 0) for node in self.nodes)
         gpus = sum(node["Resources"].get("GPU", 0) for node in self.nodes)
         lines = [f"ray: cluster {self.address}, {len(self.nodes)} node(s), {cpus:g} CPUs, {gpus:g} GPUs; {self.slots} trial(s) at "
-                 f"once (room for {self.capacity}), each asking {self.cpus} CPU(s) and {self.gpus} GPU(s)"]  # fmt: skip
+                 f"once (room for {self.capacity}), each asking {self.cpus:g} CPU(s) and {self.gpus:g} GPU(s)"]  # fmt: skip
         uri = store.tracking_uri()
         if not uri.startswith(("http://", "https://")):
             lines.append(f"ray: note: trials write to {uri}, which only nodes on this machine reach; "
@@ -366,7 +383,8 @@ class RayExecutor:
     def _place(self, slot: Slot) -> None:
         actor_class = ray.remote(TrialActor).options(num_cpus=self.cpus, num_gpus=self.gpus, max_restarts=0,
                                                      max_task_retries=0, max_concurrency=3)  # fmt: skip
-        slot.actor = actor_class.remote(self.notebook_text, self.cpus, self.fresh_kernels, self.environment)
+        # framework threads: the whole CPUs asked, at least one (trials sharing a CPU each keep one thread)
+        slot.actor = actor_class.remote(self.notebook_text, max(1, int(self.cpus)), self.fresh_kernels, self.environment)
         slot.ready = slot.actor.where.remote()
 
     def _is_ready(self, slot: Slot) -> bool:
@@ -399,7 +417,7 @@ class RayExecutor:
         if now - self.waiting_since > WAIT_NOTE_SECONDS:
             nodes = ", ".join(f"{n.get('NodeManagerAddress')}: {n['Resources'].get('CPU', 0):g} CPU, {n['Resources'].get('GPU', 0):g} GPU"
                               for n in _alive_nodes())  # fmt: skip
-            print(f"ray: waiting for a node with {self.cpus} CPU(s) and {self.gpus} GPU(s) free for the next trial "
+            print(f"ray: waiting for a node with {self.cpus:g} CPU(s) and {self.gpus:g} GPU(s) free for the next trial "
                   f"(alive: {nodes or 'none'}); add a node or stop with Ctrl-C (the sweep resumes where it stopped)", flush=True)  # fmt: skip
             self.waiting_since = now + 10 * WAIT_NOTE_SECONDS  # then again only every few minutes
 
