@@ -1,4 +1,4 @@
-"""``imagebench sweep | leaderboard | trial | check-data | models | relog | reproduce | diff | compare | server``.
+"""``imagebench sweep | leaderboard | trial | check-data | models | relog | reproduce | diff | compare | cache | server``.
 
 Imports stay light here: TensorFlow and torch load only in a trial (its own kernel/process) or in
 ``models`` for the one framework asked for.
@@ -319,6 +319,24 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_cache(args: argparse.Namespace) -> int:
+    from imagebench.executors import node_storage
+
+    if args.address:
+        from imagebench.executors.ray_cluster import storage_on_nodes
+
+        machines = storage_on_nodes(args.address, args.clear)  # a cluster that does not answer: ParamsError
+    else:
+        found = node_storage.clear_places() if args.clear else node_storage.places()
+        machines = [(f"{node_storage.machine_name()} (this machine)", found)]
+    for where, found in machines:
+        print("\n".join(node_storage.report_lines(where, found, args.clear)))
+    if not args.clear:
+        print(f"clear with: imagebench cache --clear{' --address ' + args.address if args.address else ''} "
+              "(caches are rebuilt when needed; a running actor's folder is never removed)")
+    return EXIT_OK
+
+
 def _cmd_server(args: argparse.Namespace) -> int:
     from imagebench import server
 
@@ -417,6 +435,12 @@ def build_parser() -> argparse.ArgumentParser:
     against.add_argument("b", metavar="B", help="the other sweep (deltas are B minus A)")
     against.add_argument("--output", help="the report folder (default results/comparisons/<A>-vs-<B>/)")
     against.set_defaults(func=_cmd_compare)
+
+    kept = commands.add_parser("cache", help="what imagebench keeps on this machine or on every node of a Ray cluster (decode and "
+                                             "feature caches, Ray actors' scratch folders), and --clear to remove it")
+    kept.add_argument("--clear", action="store_true", help="remove every cache entry and every dead actor's scratch folder")
+    kept.add_argument("--address", help="a Ray cluster (auto, or HOST:PORT of its head): every alive node instead of this machine")
+    kept.set_defaults(func=_cmd_cache)
 
     tracking_server = commands.add_parser("server", add_help=False,
                                           help="the shared MLflow tracking server on PostgreSQL: start | stop | status (see --help)")

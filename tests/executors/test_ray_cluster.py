@@ -23,7 +23,7 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 import psutil  # noqa: E402
 import pytest  # noqa: E402
 
-from helpers import copy_project, tiny_values  # noqa: E402
+from helpers import copy_project, run_shell, tiny_values  # noqa: E402
 from imagebench.report import leaderboard
 from imagebench import server
 from imagebench import store  # noqa: E402
@@ -254,6 +254,19 @@ def test_a_cluster_that_does_not_answer_or_lacks_gpus_stops_before_any_run(proje
     assert "nocluster" not in {experiment.name for experiment in experiments}  # nothing was created in MLflow
 
 
+@slow
+def test_imagebench_cache_looks_at_and_clears_every_node(project, cluster):
+    here, every_node, clear = block("node-cache").commands(**{"HEAD:6379": cluster.address})  # docs/guides/cluster.md
+    local = run_shell(here, project)
+    assert local.returncode == 0 and "(this machine):" in local.stdout, local.stderr
+    shown = run_shell(every_node, project)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert shown.stdout.count("(127.0.0.1, node ") == 3  # the head and both nodes answered, each for itself
+    assert shown.stdout.count("Ray actors' scratch folders: ") == 3 and "total kept: " in shown.stdout
+    cleared = run_shell(clear, project)
+    assert cleared.returncode == 0 and cleared.stdout.count("total removed: ") == 3, cleared.stderr[-2000:]
+
+
 # --- the cluster guide's one-machine quick start (docs/guides/cluster.md), as a user types it
 LOOPBACK_IPS = ("127.0.0.1", "::1", "::ffff:127.0.0.1")
 
@@ -410,9 +423,9 @@ def test_a_new_actor_removes_the_scratch_folders_of_dead_actors_only(tmp_path):
     import sys
     import time
 
-    from imagebench.executors.ray_cluster import SCRATCH_OWNER, SCRATCH_PREFIX, remove_abandoned_scratch
+    from imagebench.executors.node_storage import SCRATCH_OWNER, SCRATCH_PREFIX, remove_abandoned_scratch
 
-    holder = ("import sys, time\nfrom pathlib import Path\nfrom imagebench.executors.ray_cluster import hold_scratch\n"
+    holder = ("import sys, time\nfrom pathlib import Path\nfrom imagebench.executors.node_storage import hold_scratch\n"
               "owner = hold_scratch(Path(sys.argv[1]))\nprint('held', flush=True)\ntime.sleep(600)\n")
     folders = {name: tmp_path / f"{SCRATCH_PREFIX}{name}" for name in ("live", "killed", "old-unowned", "new-unowned")}
     for folder in folders.values():

@@ -33,10 +33,11 @@ TRACKING_URI = "MLFLOW_TRACKING_URI"
 ENV_STORE_PATIENCE = "IMAGEBENCH_STORE_PATIENCE"  # seconds a write waits for an unreachable store
 ENV_FEATURE_CACHE = "IMAGEBENCH_FEATURE_CACHE"  # "off": frozen backbones run on every image, every epoch
 ENV_CACHE = "IMAGEBENCH_CACHE"  # the decode and feature caches' root; "off" disables them
+ENV_CACHE_MAX_GB = "IMAGEBENCH_CACHE_MAX_GB"  # the caches' size limit: least recently used entries go first
 
 # Settings of the machine that typed `imagebench sweep` that its trials must share wherever they run
 # (a Ray node has its own environment): the store and how patiently to wait for it, the feature
-# cache switch, the kernel memory limit.
+# cache switch and size limit, the kernel memory limit.
 SHARED_WITH_NODES = (
     TRACKING_URI,
     ENV_STORE_PATIENCE,
@@ -44,6 +45,7 @@ SHARED_WITH_NODES = (
     "MLFLOW_HTTP_REQUEST_TIMEOUT",
     ENV_FEATURE_CACHE,
     ENV_KERNEL_MAX_MB,
+    ENV_CACHE_MAX_GB,
 )
 
 

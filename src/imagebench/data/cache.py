@@ -10,6 +10,10 @@ Writers build an entry in a private temporary folder and rename it into place (a
 system): several workers may build the same entry at once, the first rename wins and the others
 discard theirs. ``meta.json`` is written last and checked on every read with the array's size, so a
 half-written or damaged entry is never used: it is removed and decoded again.
+
+The caches do not grow without bound: after each new entry, the least recently used entries (by
+their meta.json's time, renewed on every read) are removed until all fit in
+``$IMAGEBENCH_CACHE_MAX_GB`` (default 20 GB); ``imagebench cache`` shows and clears them.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from imagebench.core.contract import ENV_CACHE  # cache root; "off" disables the cache
+from imagebench.core.contract import ENV_CACHE, ENV_CACHE_MAX_GB  # cache root ("off" disables it), its size limit
 
 CACHE_VERSION = 2  # bump whenever decoding changes (resampling, colour handling, EXIF, 16-bit scaling)
 
@@ -41,16 +45,97 @@ class DecodedImages:
 Decoder = Callable[[list[Path], int], tuple[np.ndarray, list[int], list[str]]]
 
 
-def cache_root(kind: str = "decoded") -> Optional[Path]:
-    """Where entries of ``kind`` ("decoded", "features") live; None when caching is off."""
+KINDS = ("decoded", "features")  # <cache base>/<kind>/<entry key>/
+
+
+def cache_base() -> Optional[Path]:
+    """The folder holding every kind of entry: ``$IMAGEBENCH_CACHE``, else the project's ``.cache``; None when off."""
     setting = os.environ.get(ENV_CACHE, "").strip()
     if setting.lower() == "off":
         return None
     if setting:
-        return Path(setting).expanduser() / kind
+        return Path(setting).expanduser()
     from imagebench.store import project_root
 
-    return project_root() / ".cache" / kind
+    return project_root() / ".cache"
+
+
+def cache_root(kind: str = "decoded") -> Optional[Path]:
+    """Where entries of ``kind`` ("decoded", "features") live; None when caching is off."""
+    base = cache_base()
+    return None if base is None else base / kind
+
+
+# ---- the size limit: least recently used entries go first ---------------------------------------
+
+DEFAULT_LIMIT_GB = 20.0
+
+
+def cache_limit_bytes() -> int:
+    """``$IMAGEBENCH_CACHE_MAX_GB`` (default 20) in bytes; a value that is no number > 0 is named once and ignored."""
+    text = os.environ.get(ENV_CACHE_MAX_GB, "").strip()
+    try:
+        gigabytes = float(text) if text else DEFAULT_LIMIT_GB
+        if not gigabytes > 0:
+            raise ValueError(text)
+    except ValueError:
+        warnings.warn(f"{ENV_CACHE_MAX_GB}={text!r} is not a size in GB > 0; using {DEFAULT_LIMIT_GB:g}", stacklevel=2)
+        gigabytes = DEFAULT_LIMIT_GB
+    return int(gigabytes * 1024**3)
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    path: Path
+    size: int  # bytes
+    last_used: float  # when it was last written or read (its meta.json's time)
+
+
+def folder_size(folder: Path) -> int:
+    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+
+
+def cache_entries(base: Path) -> list[CacheEntry]:
+    """The complete entries under ``base``, least recently used first (an entry being staged is not one yet)."""
+    found = []
+    for kind in KINDS:
+        for folder in (base / kind).glob("[!.]*"):
+            try:
+                found.append(CacheEntry(folder, folder_size(folder), (folder / "meta.json").stat().st_mtime))
+            except OSError:
+                continue  # incomplete, or removed meanwhile
+    return sorted(found, key=lambda entry: entry.last_used)
+
+
+def mark_used(folder: Path) -> None:
+    try:
+        os.utime(folder / "meta.json")
+    except OSError:
+        pass
+
+
+def evict(base: Path, limit: int, keep: Optional[Path] = None) -> list[CacheEntry]:
+    """Remove the least recently used entries until the rest fit in ``limit`` bytes; never ``keep`` (the
+    entry just written). A trial reading a removed entry keeps its memory map (the data stays until it closes)."""
+    entries = cache_entries(base)
+    total, removed = sum(entry.size for entry in entries), []
+    for entry in entries:
+        if total <= limit:
+            break
+        if keep is not None and entry.path == keep:
+            continue
+        shutil.rmtree(entry.path, ignore_errors=True)
+        total -= entry.size
+        removed.append(entry)
+    return removed
+
+
+def clear(base: Path) -> list[CacheEntry]:
+    """Remove every entry under ``base`` (each is decoded again when a trial needs it)."""
+    entries = cache_entries(base)
+    for entry in entries:
+        shutil.rmtree(entry.path, ignore_errors=True)
+    return entries
 
 
 def entry_key(fingerprint: str, size: int) -> str:
@@ -80,6 +165,7 @@ def read_arrays(folder: Path, names: tuple[str, ...], expected: dict,
             _expected_bytes(path) == path.stat().st_size for path in paths.values()
         ) and all((folder / name).is_file() for name in files)
         if valid:
+            mark_used(folder)
             return {name: np.load(path, mmap_mode="r") for name, path in paths.items()}, meta
     except (OSError, ValueError, KeyError):
         pass
@@ -105,6 +191,7 @@ def write_arrays(folder: Path, arrays: dict[str, np.ndarray], meta: dict, files:
             write(staging / name)
         (staging / "meta.json").write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
         os.rename(staging, folder)
+        evict(folder.parent.parent, cache_limit_bytes(), keep=folder)  # <base>/<kind>/<key>
     except OSError:
         # Another worker renamed its copy first (the entry now exists), or the disk is full: either
         # way ours is not needed; a full disk is reported and the trial goes on without the cache.

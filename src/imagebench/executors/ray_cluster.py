@@ -18,7 +18,6 @@ kills them, and each actor's worker kills its kernel when its parent goes (``wor
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import shutil
@@ -35,6 +34,14 @@ from imagebench import store
 from imagebench.core.contract import ENV_CACHE, ENV_ROOT, SHARED_WITH_NODES, TRACKING_URI
 from imagebench.executors import RESOURCE_PRECISION, Job, JobEnd
 from imagebench.executors.local import LocalExecutor
+from imagebench.executors.node_storage import (
+    SCRATCH_PREFIX,
+    clear_places,
+    hold_scratch,
+    node_cache_base,
+    places,
+    remove_abandoned_scratch,
+)
 from imagebench.core.params import ParamsError
 from imagebench.executors.worker import error_file, status_file
 
@@ -210,42 +217,6 @@ def remove_job_files(job: Job) -> None:
     shutil.rmtree(job.record_dir, ignore_errors=True)
 
 
-SCRATCH_PREFIX = "imagebench-node-"  # an actor's scratch project in the node's temp folder
-SCRATCH_OWNER = ".owner"  # locked by the actor while it lives
-ABANDONED_AFTER = 60.0  # seconds: a folder without its owner file is older than any actor's start-up
-
-
-def hold_scratch(folder: Path):
-    """Lock the scratch folder's owner file for this process's lifetime (the open file keeps it)."""
-    owner = open(folder / SCRATCH_OWNER, "w")
-    fcntl.flock(owner, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    return owner
-
-
-def remove_abandoned_scratch(temp_dir: Path) -> list[Path]:
-    """Scratch folders whose actor is gone: a killed actor never runs ``shutdown``, so each new actor
-    removes what dead ones left on its node. An owner lock that can be taken has no living holder
-    (a lock, not a pid: it holds across PID namespaces and pid reuse)."""
-    removed = []
-    for folder in temp_dir.glob(f"{SCRATCH_PREFIX}*"):
-        owner_file = folder / SCRATCH_OWNER
-        try:
-            if not owner_file.exists():
-                abandoned = time.time() - folder.stat().st_mtime > ABANDONED_AFTER
-            else:
-                with open(owner_file) as owner:
-                    fcntl.flock(owner, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises while its actor lives
-                    abandoned = True
-        except BlockingIOError:
-            continue
-        except OSError:
-            continue  # another actor removed it meanwhile, or it is not ours to read
-        if abandoned:
-            shutil.rmtree(folder, ignore_errors=True)
-            removed.append(folder)
-    return removed
-
-
 class TrialActor:
     """One slot on a node: a local executor with one worker (its warm kernel) in a scratch folder."""
 
@@ -261,9 +232,7 @@ class TrialActor:
         self.runs = self.folder / "runs"
         self.runs.mkdir()
         environment = {**environment, ENV_ROOT: str(self.folder)}
-        # the node's own decode cache (shared by its actors) unless its environment names one
-        environment.setdefault(ENV_CACHE, os.environ.get(ENV_CACHE)
-                               or str(Path(tempfile.gettempdir()) / f"imagebench-cache-{os.getuid()}"))  # fmt: skip
+        environment.setdefault(ENV_CACHE, str(node_cache_base()))  # the node's own, shared by its actors
         self.executor = LocalExecutor(workers=1, threads=threads, fresh_kernels=fresh_kernel, root=self.folder,
                                       environment=environment, where=self.node)  # fmt: skip
         self.job: Optional[Job] = None
@@ -510,4 +479,24 @@ class RayExecutor:
         for slot in self._slots:
             if slot.actor is not None:
                 ray.kill(slot.actor, no_restart=True)
+        ray.shutdown()
+
+
+# --- what the nodes keep (``imagebench cache --address``)
+def _storage_of_this_node(clear: bool) -> tuple[str, list]:
+    return node_name(), clear_places(with_project=False) if clear else places(with_project=False)
+
+
+def storage_on_nodes(address: Optional[str], clear: bool) -> list[tuple[str, list]]:
+    """(node, its ``node_storage.Place`` list) for every alive node of the cluster, each looked at (or
+    cleared) by a task pinned to that node; 0 CPUs asked, so busy nodes answer too."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    connect(address)
+    try:
+        task = ray.remote(num_cpus=0, max_retries=0)(_storage_of_this_node)
+        answers = [task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote(clear)
+                   for node in _alive_nodes()]  # fmt: skip
+        return ray.get(answers, timeout=120)
+    finally:
         ray.shutdown()
