@@ -74,8 +74,12 @@ def _add_executor_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--executor", default=default, help="where trials run: " + " | ".join(
         f"{name} ({entry.help}{', default' if name == default else ''})" for name, entry in EXECUTORS.items()))
     for name, option in executor_options():
+        described = f"--executor {name}: " + option.help.format(default=option.default)
+        if option.type is bool:  # a switch; None when not given, so another executor's sweep is not refused for it
+            parser.add_argument(option.flag, dest=option.key, action="store_const", const=True, default=None, help=described)
+            continue
         parser.add_argument(option.flag, dest=option.key, type={int: _whole_number, float: _number}.get(option.type, option.type),
-                            help=f"--executor {name}: " + option.help.format(default=option.default))  # fmt: skip
+                            help=described)  # fmt: skip
 
 
 def _print_plan(plan, options) -> None:

@@ -62,7 +62,7 @@ def test_imagebench_cache_shows_and_clears_what_is_kept_but_never_a_live_actors_
     try:
         shown = run_imagebench("cache", cwd=project, env=environment)
         assert shown.returncode == 0, shown.stderr
-        assert f"decode and feature cache: {caches}: 2 entries kept, 19.8 KB (limit 20 GB)" in shown.stdout
+        assert f"data caches (decoded, features, shipped): {caches}: 2 entries kept, 19.8 KB (limit 20 GB)" in shown.stdout
         assert f"Ray actors' scratch folders: {temp_dir}/{SCRATCH_PREFIX}*: 2 folders kept" in shown.stdout
         assert "(1 in use by a running actor)" in shown.stdout and "clear with: imagebench cache --clear" in shown.stdout
         cleared = run_imagebench("cache", "--clear", cwd=project, env=environment)

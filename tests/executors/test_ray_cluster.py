@@ -7,6 +7,7 @@ that does not answer or lacks the GPUs asked for, refused before any MLflow run 
 guide's one-machine quick start run as written (`ray start`, `make server`, the sweep, `ray stop`). Fast:
 a node's clean-up after a job, and which Ray errors mean a lost node."""
 
+import json
 import os
 import shutil
 import signal
@@ -216,6 +217,56 @@ def test_a_hanging_trial_times_out_and_a_dataset_missing_on_the_node_fails_namin
     assert f"dataset {flowers} does not exist on Ray node" in error and "same absolute path" in error
 
 
+@slow
+def test_ship_data_sends_the_dataset_to_nodes_that_never_read_its_folder(project, cluster, tmp_path):
+    from PIL import Image
+
+    flowers = tmp_path / "flowers"
+    for name in ("daisy", "rose"):
+        (flowers / name).mkdir(parents=True)
+        for index in range(8):
+            Image.new("RGB", (20, 20), (index * 30, 80, 40 if name == "daisy" else 200)).save(flowers / name / f"{index}.png")
+    inject_cell(project, f"import time, pathlib\nwhile not pathlib.Path({str(tmp_path / 'go')!r}).exists():\n    time.sleep(0.2)\n")
+    sweep_file = write_sweep_file(project, "shipped", "{learning_rate: [0.001, 0.002]}", epochs=1)
+    sweep_file.write_text(sweep_file.read_text().replace("dataset: digits", f"dataset: {flowers}"))
+    log = tmp_path / "sweep.log"
+    # docs/guides/cluster.md; no models published: this machine will not have the folder either when the sweep ends
+    line = block("ship-data").commands(**{"params/flowers.yaml": str(sweep_file), "HEAD:6379": cluster.address,
+                                          "--ship-data": "--ship-data --no-models"})[0]  # fmt: skip
+    with log.open("w") as output:
+        sweep = subprocess.Popen(line, shell=True, cwd=project, stdout=output, stderr=subprocess.STDOUT,
+                                 env={**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"})  # fmt: skip
+        wait_for(lambda: "ray: shipping" in log.read_text(), timeout=180)  # packed on this machine, put in the object store
+        flowers.rename(tmp_path / "elsewhere")  # from now on no node (nor this machine) has the folder
+        (tmp_path / "go").touch()
+        assert sweep.wait(timeout=300) == 0, log.read_text()[-3000:]
+    text = log.read_text()
+    assert f"ray: shipping {flowers} at 32 px to the nodes (--ship-data): " in text and "2 finished, 0 failed" in text
+    runs = trial_runs("shipped")
+    assert len(runs) == 2 and {run.info.status for run in runs} == {"FINISHED"}
+    arrivals = [json.loads(run.data.tags[store.TAG_DATA_SHIPPED]) for run in runs]
+    planned = {run.data.tags[store.TAG_DATASET_FINGERPRINT] for run in runs}
+    assert {arrival["fingerprint"] for arrival in arrivals} == planned and any(arrival["first_on_node"] for arrival in arrivals)
+    assert all(arrival["bytes"] > 0 and "127.0.0.1, node " in arrival["node"] for arrival in arrivals)
+    assert all(run.data.metrics["test/accuracy"] >= 0 and run.data.params["dataset"] == str(flowers) for run in runs)
+
+
+@slow
+def test_nodes_lacking_a_folder_are_found_on_every_node(cluster, tmp_path):
+    """What makes shipping automatic: each alive node asked whether the folder is there."""
+    import ray
+
+    from imagebench.executors.ray_cluster import connect, nodes_lacking
+
+    connect(cluster.address)
+    try:
+        assert nodes_lacking(str(tmp_path)) == []
+        missing = nodes_lacking(str(tmp_path / "nowhere"))
+        assert len(missing) == 3 and all("127.0.0.1, node " in name for name in missing)
+    finally:
+        ray.shutdown()
+
+
 def _gone(pid: int) -> bool:
     """Killed: no such process, or a zombie (its exit not yet collected by whichever process Linux
     handed the orphan to; a killed kernel whose worker was killed with it can linger so briefly)."""
@@ -369,6 +420,43 @@ def test_the_readme_cluster_quickstart_runs_as_written_and_stays_on_loopback(mon
             assert notebooks == [f"{store.ARTIFACT_NOTEBOOK_DIR}/{trial}.ipynb"]
             name = store.registered_model_name("ray-quickstart", run.data.params["model"], "torch")
             assert [version.run_id for version in client.search_model_versions(f"name = '{name}'")] == [run.info.run_id]
+    finally:
+        server.stop(root / ".server")
+        shutil.rmtree(root.parent, ignore_errors=True)
+
+
+@slow
+def test_a_sweep_submitted_as_a_ray_job_records_into_the_server_and_its_leaderboard_comes_back(monkeypatch):
+    """docs/guides/cluster.md "As a Ray job": the driver on the head, the project as the job's working dir."""
+    ray_port, dashboard_port, server_port, db_port = free_port(), free_port(), free_port(), free_port()
+    commands = block("ray-job").commands(**{"6379": str(ray_port), "8265": str(dashboard_port), "127.0.0.1:5000": f"127.0.0.1:{server_port}"})
+    root = _quickstart_project()
+    shutil.copy2(REPO / ".gitignore", root / ".gitignore")  # what the job's working dir leaves out (the venv above all)
+    environment = {name: value for name, value in os.environ.items()
+                   if name not in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_ADDRESS", "MLFLOW_TRACKING_URI", "IMAGEBENCH_ROOT")}
+    environment.update(PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", IMAGEBENCH_SERVER_PORT=str(server_port),
+                       IMAGEBENCH_SERVER_DB_PORT=str(db_port))
+    shell = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", "bash", "-ex", "-c", "\n".join(commands)],
+                             cwd=root, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    watch = SocketWatch(shell.pid)
+    try:
+        output, _ = shell.communicate(timeout=900)
+    finally:
+        watch.stop()
+        if shell.poll() is None:
+            shell.kill()
+    try:
+        assert shell.returncode == 0, output[-6000:]
+        assert "Running entrypoint for job raysubmit_" in output and "Job 'raysubmit_" in output and "' succeeded" in output
+        assert "1 finished, 0 failed of 1 trials run" in output and "runtime_resources/working_dir_files" in output  # ran on the head
+        assert not watch.off_loopback, watch.off_loopback
+        assert (root / "results" / "ray-job" / "leaderboard.csv").is_file()  # rebuilt here from the tracking server
+        assert not (root / "results" / "ray-job" / "runs").exists()  # the job's own results/ stayed on the head
+        running = server.start(root / ".server", port=server_port, db_port=db_port)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", running.uri)
+        runs = trial_runs("ray-job")
+        assert len(runs) == 1 and runs[0].info.status == "FINISHED" and store.TAG_ERROR not in runs[0].data.tags
+        assert store.client().list_artifacts(runs[0].info.run_id, store.ARTIFACT_NOTEBOOK_DIR)  # the notebook is in the record
     finally:
         server.stop(root / ".server")
         shutil.rmtree(root.parent, ignore_errors=True)

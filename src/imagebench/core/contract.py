@@ -22,6 +22,7 @@ ENV_RUN_ID = "IMAGEBENCH_RUN_ID"  # the child run the sweep created; the trial f
 ENV_EPOCH_BUDGET = "IMAGEBENCH_EPOCH_BUDGET"  # halving: train up to this many epochs in all
 ENV_CHECKPOINT = "IMAGEBENCH_CHECKPOINT"  # halving: continue from / save to this file
 ENV_RECORD_DIR = "IMAGEBENCH_RECORD_DIR"  # where the trial journals what the store does not take
+ENV_SHIPPED_DATA = "IMAGEBENCH_SHIPPED_DATA"  # --ship-data: the package of the dataset on this node (data.shipping)
 
 # --- per worker (set in the worker's environment when it starts)
 ENV_ROOT = "IMAGEBENCH_ROOT"  # the project root: train.ipynb, default store, decode cache
@@ -50,13 +51,14 @@ SHARED_WITH_NODES = (
 
 
 def job_environment(run_id: str, record_dir: Path, epoch_budget: Optional[int] = None,
-                    checkpoint: Optional[Path] = None) -> dict[str, Optional[str]]:  # fmt: skip
+                    checkpoint: Optional[Path] = None, shipped_data: Optional[Path] = None) -> dict[str, Optional[str]]:  # fmt: skip
     """The per-job variables, every one present (None = unset) so a warm kernel forgets the last job's."""
     return {
         ENV_RUN_ID: run_id,
         ENV_RECORD_DIR: str(record_dir),
         ENV_EPOCH_BUDGET: None if epoch_budget is None else str(epoch_budget),
         ENV_CHECKPOINT: None if checkpoint is None else str(checkpoint),
+        ENV_SHIPPED_DATA: None if shipped_data is None else str(shipped_data),
     }
 
 

@@ -45,7 +45,7 @@ class DecodedImages:
 Decoder = Callable[[list[Path], int], tuple[np.ndarray, list[int], list[str]]]
 
 
-KINDS = ("decoded", "features")  # <cache base>/<kind>/<entry key>/
+KINDS = ("decoded", "features", "shipped")  # <cache base>/<kind>/<entry key>/ (shipped: data.shipping)
 
 
 def cache_base() -> Optional[Path]:

@@ -6,6 +6,7 @@ The user's files are only ever opened for reading.
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -205,16 +206,43 @@ def discover(root: Path) -> tuple[dict[str, ImageList], list[str]]:
     return listings, class_names
 
 
-def _load_presplit(root: Path, listings: dict[str, ImageList], class_names: list[str], params: TrialParams) -> TrialData:
-    decoded = {split: _decode_split(listing, class_names, params.image_size, root) for split, listing in listings.items()}
-    parts = {split: Split(images=d[0], labels=d[1]) for split, d in decoded.items()}
-    if "val" not in parts or "test" not in parts:
-        parts = _split_missing(parts, params, class_names)
+@dataclass
+class DecodedFolder:
+    """A folder dataset decoded at one size, before any trial's subsampling and splits: what
+    ``--ship-data`` sends to nodes without the folder (``data.shipping``)."""
+
+    source: str  # the folder, as the trials name it
+    size: int
+    fingerprint: str  # ``dataset_fingerprint`` of the folder
+    class_names: list[str]
+    parts: dict[str, Split]  # "all", or the folder's own splits ("train", and "val"/"test" where present)
+    skipped_files: list[str] = field(default_factory=list)
+
+
+def decode_folder(root: Path, size: int) -> DecodedFolder:
+    """Discover and decode (through the decode cache) a folder dataset at ``size`` px."""
+    listings, class_names = discover(root)
+    decoded = {split: _decode_split(listing, class_names, size, root) for split, listing in listings.items()}
     all_files = [f for listing in listings.values() for f in listing.files]
-    skipped = [s for d in decoded.values() for s in d[2]]
-    return TrialData(
-        class_names=class_names, fingerprint=folder_fingerprint(all_files, root), source=str(root), skipped_files=skipped, **parts
-    )
+    return DecodedFolder(str(root), size, folder_fingerprint(all_files, root), class_names,
+                         {split: Split(images=d[0], labels=d[1]) for split, d in decoded.items()}, [s for d in decoded.values() for s in d[2]])  # fmt: skip
+
+
+def folder_trial_data(folder: DecodedFolder, params: TrialParams) -> TrialData:
+    """The trial's splits of a decoded folder: one folder of classes is subsampled and split, a
+    folder with its own splits keeps them (a missing val or test is carved from train)."""
+    if "all" in folder.parts:
+        whole = folder.parts["all"]
+        kept = cap_per_class(whole.labels, params.max_per_class, params.seed)
+        images, labels = whole.images[kept], whole.labels[kept]
+        splits = stratified_split(labels, params.val_fraction, params.test_fraction, params.seed, folder.class_names)
+        parts = {name: _subset(images, labels, idx) for name, idx in splits.items()}
+    else:
+        parts = dict(folder.parts)
+        if "val" not in parts or "test" not in parts:
+            parts = _split_missing(parts, params, folder.class_names)
+    return TrialData(class_names=folder.class_names, fingerprint=folder.fingerprint, source=folder.source,
+                     skipped_files=folder.skipped_files, **parts)  # fmt: skip
 
 
 def _split_missing(parts: dict[str, Split], params: TrialParams, class_names: list[str]) -> dict[str, Split]:
@@ -231,16 +259,6 @@ def _split_missing(parts: dict[str, Split], params: TrialParams, class_names: li
     return {name: _subset(train.images, train.labels, idx) for name, idx in splits.items()}
 
 
-def _load_class_folders(root: Path, listing: ImageList, class_names: list[str], params: TrialParams) -> TrialData:
-    images, labels, skipped = _decode_split(listing, class_names, params.image_size, root)
-    kept = cap_per_class(labels, params.max_per_class, params.seed)
-    splits = stratified_split(labels[kept], params.val_fraction, params.test_fraction, params.seed, class_names)
-    parts = {name: _subset(images[kept], labels[kept], idx) for name, idx in splits.items()}
-    return TrialData(
-        class_names=class_names, fingerprint=folder_fingerprint(listing.files, root), source=str(root), skipped_files=skipped, **parts
-    )
-
-
 def dataset_fingerprint(dataset: str) -> str:
     """Cheap content identity (no decoding): used by sweep planning and resume."""
     if dataset in BUILTIN_DATASETS:
@@ -253,10 +271,12 @@ def dataset_fingerprint(dataset: str) -> str:
 
 
 def load_trial_data(params: TrialParams) -> TrialData:
+    """The trial's data: built in, shipped to this node with the job (``--ship-data``), or its folder."""
     if params.dataset in BUILTIN_DATASETS:
         return _load_builtin(params)
-    root = resolve_dataset_path(params.dataset)
-    listings, class_names = discover(root)
-    if "all" in listings:
-        return _load_class_folders(root, listings["all"], class_names, params)
-    return _load_presplit(root, listings, class_names, params)
+    from imagebench.data import shipping
+
+    shipped = shipping.shipped_for(params.dataset, params.image_size)
+    if shipped is not None:
+        return folder_trial_data(shipped, params)
+    return folder_trial_data(decode_folder(resolve_dataset_path(params.dataset), params.image_size), params)

@@ -36,6 +36,7 @@ class Job:
     epoch_budget: Optional[int] = None
     checkpoint: Optional[Path] = None
     run_id: str = ""
+    shipped_data: Optional[Path] = None  # --ship-data: the dataset's package on the node that runs it
 
     @property
     def label(self) -> str:
@@ -47,7 +48,7 @@ class Job:
         return self.output.parent / f"{self.trial.name}.record"
 
     def environment(self) -> dict[str, Optional[str]]:
-        return job_environment(self.run_id, self.record_dir, self.epoch_budget, self.checkpoint)
+        return job_environment(self.run_id, self.record_dir, self.epoch_budget, self.checkpoint, self.shipped_data)
 
 
 @dataclass
@@ -117,7 +118,7 @@ class ExecutorOption:
 
     flag: str  # "--cpus-per-trial"
     # int: a whole number (of at least ``least``); float: an amount of a resource (``check_resource_amount``,
-    # 0 allowed when ``least`` is 0); str: text
+    # 0 allowed when ``least`` is 0); bool: a switch (no value); str: text
     type: type
     default: Any  # what the executor uses when it is not given
     help: str  # for `imagebench sweep --help`; "{default}" is replaced by the default
@@ -133,6 +134,8 @@ class ExecutorOption:
             check_whole_number(self.flag, value, self.least)
         elif self.type is float:
             check_resource_amount(self.flag, value, zero_allowed=self.least == 0)
+        elif self.type is bool and not isinstance(value, bool):
+            raise ParamsError(f"{self.flag} takes no value (it is a switch)")
         elif not isinstance(value, self.type):
             raise ParamsError(f"{self.flag} {value!r} is invalid: it must be {self.type.__name__}")
 
@@ -158,6 +161,9 @@ EXECUTORS = {
                                                      "packs two trials per CPU)", least=1),
         ExecutorOption("--gpus-per-trial", float, 0, "GPUs each trial asks Ray for (default {default}); a trial only starts where "
                                                      "they are; a fraction such as 0.25 puts 4 trials on one GPU"),
+        ExecutorOption("--ship-data", bool, False, "send the dataset, decoded, to the nodes through Ray's object store (once per "
+                                                   "node) instead of reading it at the same path there; automatic for a node "
+                                                   "without the dataset's folder"),
     )),
 }  # fmt: skip
 

@@ -105,10 +105,10 @@ def _cache_bases(with_project: bool) -> list[tuple[str, Path]]:
     bases = []
     project = cache.cache_base() if with_project else None
     if project is not None:
-        bases.append(("decode and feature cache", project))
+        bases.append(("data caches (decoded, features, shipped)", project))
     node = node_cache_base()
     if node.is_dir() and node != project:
-        bases.append(("Ray actors' decode and feature cache", node))
+        bases.append(("Ray actors' data caches (decoded, features, shipped)", node))
     return bases
 
 

@@ -18,6 +18,7 @@ kills them, and each actor's worker kills its kernel when its parent goes (``wor
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -38,6 +39,7 @@ from imagebench.executors.node_storage import (
     SCRATCH_PREFIX,
     clear_places,
     hold_scratch,
+    human_size,
     node_cache_base,
     places,
     remove_abandoned_scratch,
@@ -194,7 +196,50 @@ def dataset_problem(dataset: str, node: str) -> Optional[str]:
     if path.is_absolute() and path.is_dir():
         return None
     return (f"dataset {dataset} does not exist on Ray node {node}: every node needs the dataset at the same absolute path "
-            f"(copy it there or mount a shared folder), then run the sweep again")  # fmt: skip
+            f"(copy it there or mount a shared folder), or run the sweep with --ship-data")  # fmt: skip
+
+
+# --- --ship-data: the dataset decoded once here, sent once to each node that runs a trial on it
+@dataclass(frozen=True)
+class ShippedDataset:
+    """What a job carries of a shipped dataset: the object's ref (in a list, so Ray hands the actor the
+    ref and not the bytes: a node fetches them only when it does not have the package yet) and what
+    the node checks them against."""
+
+    ref: list
+    dataset: str
+    size: int
+    digest: str
+    fingerprint: str
+    size_bytes: int
+
+
+def nodes_lacking(dataset: str) -> list[str]:
+    """The alive nodes on which ``dataset`` is no folder (a task pinned to each, asking for no CPU)."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    task = ray.remote(num_cpus=0, max_retries=0)(lambda path: (node_name(), Path(path).expanduser().is_dir()))
+    answers = ray.get([task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote(dataset)
+                       for node in _alive_nodes()], timeout=120)  # fmt: skip
+    return [name for name, present in answers if not present]
+
+
+def receive_on_node(shipped: ShippedDataset, expected_fingerprint: str) -> tuple[Path, dict[str, Any]]:
+    """The package as a file in this node's cache (fetched and checked the first time), and what that cost."""
+    from imagebench.data import shipping
+    from imagebench.data.folders import DatasetError
+
+    started = time.monotonic()
+    if shipped.fingerprint != expected_fingerprint:
+        raise DatasetError(f"the shipped {shipped.dataset} has fingerprint {shipped.fingerprint}, the trial was planned on "
+                           f"{expected_fingerprint}: the folder changed during the sweep; run it again")  # fmt: skip
+    path = node_cache_base() / shipping.SHIPPED_DIR / shipped.digest
+    first = not (path / "meta.json").is_file()
+    if first:
+        package = shipping.Package(ray.get(shipped.ref[0]), shipped.digest, shipped.fingerprint, shipped.dataset, shipped.size)
+        path, first = shipping.receive(package, node_cache_base())
+    return path, {"bytes": shipped.size_bytes, "seconds": round(time.monotonic() - started, 3), "first_on_node": first,
+                  "node": node_name(), "fingerprint": shipped.fingerprint}  # fmt: skip
 
 
 def _read(path: Path) -> Optional[bytes]:
@@ -242,12 +287,21 @@ class TrialActor:
         return self.node, self.node_id
 
     def run(self, trial, label: str, run_id: str, epoch_budget: Optional[int], checkpoint: Optional[bytes],
-            continues: bool) -> dict[str, Any]:  # fmt: skip
-        problem = dataset_problem(trial.params.dataset, self.node)
-        if problem:
-            return {"error": problem, "where": self.node}
+            continues: bool, shipped: Optional[ShippedDataset] = None) -> dict[str, Any]:  # fmt: skip
+        from imagebench.data.folders import DatasetError
+
+        package, arrival = None, None
+        if shipped is not None:
+            try:
+                package, arrival = receive_on_node(shipped, trial.dataset_fingerprint)
+            except DatasetError as exc:  # the trial's data cannot be trusted: it fails, the actor stays
+                return {"error": str(exc), "where": self.node}
+        else:
+            problem = dataset_problem(trial.params.dataset, self.node)
+            if problem:
+                return {"error": problem, "where": self.node}
         job = Job(trial, lambda: run_id, self.runs / f"{label}.ipynb", epoch_budget,
-                  self.runs / f"{trial.name}.pkl" if continues else None, run_id)  # fmt: skip
+                  self.runs / f"{trial.name}.pkl" if continues else None, run_id, shipped_data=package)  # fmt: skip
         shutil.rmtree(job.record_dir, ignore_errors=True)  # the sweep keeps the record folder; this is a scratch copy
         if checkpoint is not None:
             job.checkpoint.write_bytes(checkpoint)
@@ -262,6 +316,7 @@ class TrialActor:
             "checkpoint": _read(job.checkpoint) if job.checkpoint else None,
             "record": {str(path.relative_to(job.record_dir)): path.read_bytes()
                        for path in job.record_dir.rglob("*") if path.is_file()} if job.record_dir.is_dir() else {},
+            "data_shipped": arrival,
         }  # fmt: skip
         remove_job_files(job)
         return result
@@ -312,9 +367,10 @@ def _write(path: Path, data: Optional[bytes]) -> None:
 
 class RayExecutor:
     def __init__(self, address: Optional[str], workers: Optional[int], cpus_per_trial: float, gpus_per_trial: float,
-                 fresh_kernels: bool):  # fmt: skip
+                 fresh_kernels: bool, ship_data: bool = False):  # fmt: skip
         self.address = connect(address)
-        self.cpus, self.gpus, self.fresh_kernels = cpus_per_trial, gpus_per_trial, fresh_kernels
+        self.cpus, self.gpus, self.fresh_kernels, self.ship_data = cpus_per_trial, gpus_per_trial, fresh_kernels, ship_data
+        self._shipped: dict[tuple[str, int], Optional[ShippedDataset]] = {}
         nodes = _alive_nodes()
         capacity = trials_at_once(nodes, self.cpus, self.gpus)
         if capacity == 0:
@@ -334,8 +390,9 @@ class RayExecutor:
 
     @classmethod
     def from_options(cls, options, settings: dict) -> "RayExecutor":
-        """``settings``: --address, --cpus-per-trial, --gpus-per-trial (``EXECUTORS``), defaults filled in."""
-        return cls(settings["address"], options.workers, settings["cpus_per_trial"], settings["gpus_per_trial"], options.fresh_kernels)
+        """``settings``: --address, --cpus-per-trial, --gpus-per-trial, --ship-data (``EXECUTORS``), defaults filled in."""
+        return cls(settings["address"], options.workers, settings["cpus_per_trial"], settings["gpus_per_trial"], options.fresh_kernels,
+                   settings["ship_data"])  # fmt: skip
 
     def describe(self) -> list[str]:
         cpus = sum(node["Resources"].get("CPU", 0) for node in self.nodes)
@@ -390,12 +447,37 @@ class RayExecutor:
                   f"(alive: {nodes or 'none'}); add a node or stop with Ctrl-C (the sweep resumes where it stopped)", flush=True)  # fmt: skip
             self.waiting_since = now + 10 * WAIT_NOTE_SECONDS  # then again only every few minutes
 
+    def _shipped_dataset(self, params) -> Optional[ShippedDataset]:
+        """The dataset shipped for this (dataset, image size), put in the object store once: always
+        with --ship-data, else when a node lacks the folder; None for built-in datasets."""
+        from imagebench.data.folders import BUILTIN_DATASETS
+
+        key = (params.dataset, params.image_size)
+        if params.dataset in BUILTIN_DATASETS:
+            return None
+        if key not in self._shipped:
+            lacking = [] if self.ship_data else nodes_lacking(params.dataset)
+            self._shipped[key] = self._ship(*key, lacking) if self.ship_data or lacking else None
+        return self._shipped[key]
+
+    def _ship(self, dataset: str, size: int, lacking: list[str]) -> ShippedDataset:
+        from imagebench.data import shipping
+
+        started = time.monotonic()
+        package = shipping.pack_folder(dataset, size)
+        shipped = ShippedDataset([ray.put(package.data)], dataset, size, package.digest, package.fingerprint, len(package.data))
+        why = f"missing on {len(lacking)} node(s): {', '.join(lacking)}" if lacking else "--ship-data"
+        print(f"ray: shipping {dataset} at {size} px to the nodes ({why}): {human_size(len(package.data))} compressed, "
+              f"packed in {time.monotonic() - started:.1f} s; each node fetches it once", flush=True)  # fmt: skip
+        return shipped
+
     def submit(self, job: Job) -> None:
         slot = next(slot for slot in self._slots if slot.job is None and slot.node)
         continues = job.checkpoint is not None
         checkpoint = job.checkpoint.read_bytes() if continues and job.checkpoint.is_file() else None
+        shipped = self._shipped_dataset(job.trial.params)
         slot.job, slot.epoch_text, slot.stop_reason = job, "starting", ""
-        slot.result = slot.actor.run.remote(job.trial, job.label, job.run_id, job.epoch_budget, checkpoint, continues)
+        slot.result = slot.actor.run.remote(job.trial, job.label, job.run_id, job.epoch_budget, checkpoint, continues, shipped)
 
     def _slot_of(self, job: Job) -> Optional[Slot]:
         return next((slot for slot in self._slots if slot.job is job), None)
@@ -426,6 +508,8 @@ class RayExecutor:
             _write(job.record_dir / relative, data)
         if job.checkpoint is not None:
             _write(job.checkpoint, result.get("checkpoint"))
+        if result.get("data_shipped"):  # the run says its data came with it, and what that cost
+            store.set_tags(job.run_id, {store.TAG_DATA_SHIPPED: json.dumps(result["data_shipped"])})
         slot.job, slot.result, slot.progress_ref = None, None, None
         return JobEnd(slot.stop_reason or result["error"], result["where"])
 

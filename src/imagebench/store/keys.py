@@ -26,6 +26,7 @@ TAG_RUNG = "imagebench.rung"
 TAG_FEATURE_CACHE = "imagebench.feature_cache"  # "hit" / "computed" when the head trained on cached features
 TAG_KERNEL = "imagebench.kernel"  # host:pid of the process that trained it (a sweep's warm kernel serves several)
 TAG_NODE = "imagebench.node"  # where the executor ran the trial (a Ray node: host, address and node id)
+TAG_DATA_SHIPPED = "imagebench.data_shipped"  # --ship-data: the dataset came with the job (JSON: bytes, seconds, first on its node)
 TAG_CONFIG = "imagebench.config"  # fingerprint without the seed: repeats of one configuration share it
 TAG_REPRODUCES = "imagebench.reproduces"  # on a reproduction (role "reproduction"): the run it ran again
 TAG_REPRODUCTION = "imagebench.reproduction"  # its verdict: identical | within tolerance | different
@@ -35,6 +36,7 @@ TAG_RELOGGED = "imagebench.relogged"  # the record was replayed from a local jou
 TAG_LEADER = "imagebench.leader"  # "true" on each leaderboard row's run: one UI search shows the leaderboard
 TAG_RANK = "imagebench.rank"  # its rank on the leaderboard (1 = the winner on validation)
 TAG_COMMAND = "imagebench.command"  # on the parent run: the command that reproduces the sweep
+PARAM_SWEEP_CLAIM = "imagebench.sweep_claim"  # on the parent run, ".N" = host:pid of the Nth sweep that drove it (params never change: one winner per N)
 TAG_NOTE = "mlflow.note.content"  # a run's description, shown on its overview page in the UI
 TAG_EXPERIMENT_KIND = "mlflow.experimentKind"  # MLflow 3's UI opens "custom_model_development" on the runs table
 EXPERIMENT_KIND = "custom_model_development"
