@@ -13,7 +13,7 @@ def test_each_key_and_column_is_defined_once():
     assert metrics.EPOCH_METRICS == ("train/loss", "train/accuracy", "val/loss", "val/accuracy", "lr")  # the recorded names
     assert set(metrics.FINAL_METRICS) == {"test/accuracy", "test/loss", "test/macro_f1", "test/top5_accuracy", "best_epoch",
                                           "best/val_accuracy", "best/val_loss", "epochs_run", "cost/params", "cost/trainable_params",
-                                          "cost/train_seconds", "cost/latency_ms", "cost/flops"}  # fmt: skip
+                                          "cost/train_seconds", "cost/latency_ms", "cost/flops", "cost/store_seconds"}  # fmt: skip
 
 
 def test_the_ranking_follows_the_directions_in_the_table():

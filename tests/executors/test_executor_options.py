@@ -37,6 +37,8 @@ def test_sweep_help_lists_each_executor_option_with_its_executor_and_default(tmp
 @pytest.mark.parametrize("executor, given, message", [
     ("local", {"gpus_per_trial": 1}, "--gpus-per-trial 1 needs --executor ray (this sweep runs on --executor local)"),
     ("local", {"address": "127.0.0.1:6379"}, "--address 127.0.0.1:6379 needs --executor ray"),
+    ("local", {"ship_data": True}, "--ship-data needs --executor ray (this sweep runs on --executor local)"),
+    ("ray", {"ship_data": "yes"}, "--ship-data takes no value (it is a switch)"),
     ("ray", {"cpus_per_trial": 0}, "--cpus-per-trial 0 is invalid: it must be more than 0 (a fraction such as 0.25 lets 4 trials share one)"),
     ("ray", {"gpus_per_trial": -1}, "--gpus-per-trial -1 is invalid: it must be 0 or more"),
     ("ray", {"gpus_per_trial": -0.25}, "--gpus-per-trial -0.25 is invalid: it must be 0 or more"),
@@ -44,7 +46,7 @@ def test_sweep_help_lists_each_executor_option_with_its_executor_and_default(tmp
     ("ray", {"cpus_per_trial": 0.00001}, "--cpus-per-trial 1e-05 is invalid: Ray counts in steps of 0.0001"),
     ("ray", {"gpus_per_trial": "half"}, "--gpus-per-trial 'half' is invalid: it must be a number"),
     ("ray", {"address": 6379}, "--address 6379 is invalid: it must be str"),
-    ("ray", {"queue": "gpu"}, "unknown executor option 'queue': the executors take address, cpus_per_trial, gpus_per_trial"),
+    ("ray", {"queue": "gpu"}, "unknown executor option 'queue': the executors take address, cpus_per_trial, gpus_per_trial, ship_data"),
 ])
 def test_an_executor_option_is_checked_by_the_executor_that_declares_it(executor, given, message):
     with pytest.raises(ParamsError) as raised:

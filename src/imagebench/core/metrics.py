@@ -55,11 +55,13 @@ FLOPS = Metric("cost/flops", "flops", "FLOPs / image", GFLOPS, LOWER, count=True
 TRAINABLE_PARAMS = Metric("cost/trainable_params", "trainable_params", format=MILLIONS, count=True)
 TRAIN_SECONDS = Metric("cost/train_seconds", "train_seconds", "train s", better=LOWER, timing=True)
 LATENCY_MS = Metric("cost/latency_ms", "latency_ms", "latency", MILLISECONDS, LOWER, timing=True)
+# the trial's own writes to the MLflow store (every request, retries included; not the last, its end)
+STORE_SECONDS = Metric("cost/store_seconds", better=LOWER, timing=True)
 EPOCHS_RUN = Metric("epochs_run")  # epochs trained (fewer than asked after early stopping)
 
 METRICS = (TRAIN_LOSS, TRAIN_ACCURACY, VAL_LOSS, VAL_ACCURACY, LEARNING_RATE,
            TEST_ACCURACY, TEST_LOSS, TEST_MACRO_F1, TEST_TOP5_ACCURACY, BEST_VAL_ACCURACY, BEST_VAL_LOSS, BEST_EPOCH,
-           PARAMS, FLOPS, TRAINABLE_PARAMS, TRAIN_SECONDS, LATENCY_MS, EPOCHS_RUN)  # fmt: skip
+           PARAMS, FLOPS, TRAINABLE_PARAMS, TRAIN_SECONDS, LATENCY_MS, STORE_SECONDS, EPOCHS_RUN)  # fmt: skip
 EPOCH_METRICS = tuple(metric.key for metric in METRICS if metric.per_epoch)
 FINAL_METRICS = tuple(metric.key for metric in METRICS if not metric.per_epoch)
 LEADERBOARD_METRICS = tuple(metric for metric in METRICS if metric.column)  # in column order

@@ -191,7 +191,8 @@ def check_executor_options(name: str, given: dict[str, Any]) -> None:
             accepted[key].check(value)
             continue
         owner, option = _owner_of(key)
-        raise ParamsError(f"{option.flag} {value} needs --executor {owner} (this sweep runs on --executor {name})")
+        given_as = option.flag if option.type is bool else f"{option.flag} {value}"  # a switch has no value to show
+        raise ParamsError(f"{given_as} needs --executor {owner} (this sweep runs on --executor {name})")
 
 
 def _owner_of(key: str) -> tuple[str, ExecutorOption]:

@@ -115,6 +115,7 @@ class RunRecorder:
         self.store_error = store_error  # set: the store is down, every write goes to the journal
         self._held: list[dict[str, Any]] = []  # epoch metrics not sent yet (also in UNSENT)
         self._last_sent = float("-inf")  # monotonic time of the last held metrics sent
+        self.store_seconds = 0.0  # wall time of this recorder's writes to the store (a store under load shows here)
 
     @property
     def offline(self) -> bool:
@@ -128,12 +129,15 @@ class RunRecorder:
         """Write ``entry`` to the store; False once the store is down (the caller journals it)."""
         if self.offline:
             return False
+        started = time.perf_counter()
         try:
             _apply(self.run_id, entry, self.folder)
             return True
         except StoreUnavailable as exc:
             self.store_error = exc  # one patience spent is enough: the rest of the run goes to the journal
             return False
+        finally:
+            self.store_seconds += time.perf_counter() - started
 
     def _write(self, entry: dict[str, Any]) -> None:
         self.send_held()  # the store sees the run's writes in the order the trial made them

@@ -55,7 +55,8 @@ def start_sweep_run(experiment: str, source: str) -> str:
     run = client().create_run(
         experiment_id(experiment),
         run_name=f"sweep-{experiment}",
-        tags={TAG_ROLE: "sweep", TAG_SWEEP: experiment, TAG_GIT_COMMIT: git_commit(), "imagebench.sweep_file": source},
+        tags={TAG_ROLE: "sweep", TAG_SWEEP: experiment, TAG_GIT_COMMIT: git_commit(), "imagebench.sweep_file": source,
+              TAG_OWNER: process_owner()},  # from its first moment: a second sweep started at once sees whose it is
     )
     return run.info.run_id
 

@@ -29,6 +29,7 @@ from imagebench.core.metrics import BEST_VAL_ACCURACY, EPOCHS_RUN, RANKING, TEST
 from imagebench.executors import Executor, Job, check_executor_options, check_whole_number, make_executor
 from imagebench.core.planned import Trial
 from imagebench.sweep.grid import SweepPlan, make_trial
+from imagebench.sweep.lock import SweepLock
 from imagebench.sweep.outcomes import JOURNALED, TrialOutcome
 from imagebench.core.params import ParamsError
 from imagebench.sweep.scheduler import Display, Scheduler
@@ -191,7 +192,8 @@ class SweepRunner:
         self.checkpoints_dir = store.results_dir(plan.experiment) / "checkpoints"
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         self.executor = executor or make_executor(options.executor, options)
-        self.parent_run_id = store.start_sweep_run(plan.experiment, plan.source)
+        self.lock = SweepLock(plan.experiment).acquire()  # a second sweep of the experiment refuses (sweep.lock)
+        self.parent_run_id = self.lock.start_parent_run(plan.source)
         store.set_tags(self.parent_run_id, {store.TAG_STRATEGY: options.strategy, store.TAG_OWNER: store.process_owner(),
                                                store.TAG_EXECUTOR: options.executor, store.TAG_COMMAND: _command(plan)})  # fmt: skip
         self.summary = SweepSummary(plan.experiment, self.parent_run_id, options.strategy)
@@ -319,6 +321,7 @@ class SweepRunner:
         self.summary.seconds = time.perf_counter() - started
         if not self.summary.store_error:  # nothing more can be written; the parent run is reused on resume
             self._close()
+        self.lock.release()
         return self.summary
 
     def _close(self) -> None:

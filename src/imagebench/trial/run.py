@@ -275,6 +275,12 @@ def _train_and_test(recorder: RunRecorder, params: TrialParams, verbose: bool,
     return result
 
 
+def _end(recorder: RunRecorder, status: str, error: Optional[str] = None) -> None:
+    """End the run, first recording how long the trial's own store writes took (a loaded server shows there)."""
+    recorder.log_batch(metrics={metrics.STORE_SECONDS.key: recorder.store_seconds})
+    recorder.end(status, error)
+
+
 def run_trial(
     params: TrialParams | dict[str, Any],
     run_id: Optional[str] = None,
@@ -298,12 +304,12 @@ def run_trial(
     try:
         result = _train_and_test(recorder, params, verbose, epoch_budget, Path(checkpoint) if checkpoint else None)
     except KeyboardInterrupt:
-        recorder.end("KILLED", "interrupted (KeyboardInterrupt)")
+        _end(recorder, "KILLED", "interrupted (KeyboardInterrupt)")
         raise
     except BaseException as exc:
-        recorder.end("FAILED", f"{type(exc).__name__}: {exc}")
+        _end(recorder, "FAILED", f"{type(exc).__name__}: {exc}")
         raise
-    recorder.end("FINISHED")
+    _end(recorder, "FINISHED")
     if verbose:
         shown = {key: round(value, 4) for key, value in result.metrics.items() if key.startswith(("test/", "best"))}
         print(f"finished run {recorder.run_id}: {shown}", file=sys.stdout, flush=True)
