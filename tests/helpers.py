@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import unicodedata  # noqa: F401  (make_tree's NFD spelling)
 from pathlib import Path
 
+import psutil
 from PIL import Image
 
 from imagebench import store
@@ -240,3 +244,94 @@ def log_predictions(run_id: str, correct, folder, class_names=("a", "b")) -> Non
     path.parent.mkdir(parents=True)
     path.write_bytes(predictions.to_bytes(seed_predictions(correct, class_names=class_names)))
     store.client().log_artifact(run_id, str(path))
+
+
+def flower_folder(root: Path, per_class: int = 8) -> Path:
+    """A tiny 2-class folder dataset (daisy, rose) of distinct 20-px PNGs."""
+    for name in ("daisy", "rose"):
+        (root / name).mkdir(parents=True)
+        for index in range(per_class):
+            Image.new("RGB", (20, 20), (index * 30, 80, 40 if name == "daisy" else 200)).save(root / name / f"{index}.png")
+    return root
+
+
+# --- documented cluster blocks run as a user's shell runs them
+LOOPBACK_IPS = ("127.0.0.1", "::1", "::ffff:127.0.0.1")
+
+
+def ray_process(process: psutil.Process) -> bool:
+    """A Ray process (GCS, raylet, dashboard, agents, actor workers) or the sweep's driver (--executor ray)."""
+    command = " ".join(process.cmdline())
+    return any(word in command for word in ("ray", "raylet", "gcs_server"))
+
+
+class SocketWatch:
+    """Every listening and connected socket of the Ray processes under ``root``, looked at every
+    half second while the block runs: what is off loopback, and which Ray processes were seen."""
+
+    def __init__(self, root: int):
+        self.root, self.off_loopback, self.seen = root, set(), set()
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+        self.thread.start()
+
+    def _watch(self) -> None:
+        while not self.done.wait(0.5):
+            try:
+                family = psutil.Process(self.root).children(recursive=True)
+            except psutil.NoSuchProcess:
+                return
+            for process in family:
+                try:
+                    if not ray_process(process):
+                        continue
+                    name = process.name()
+                    sockets = process.net_connections(kind="inet")
+                except psutil.Error:
+                    continue  # it ended while we looked
+                self.seen.add(name)
+                for sock in sockets:
+                    for address in (sock.laddr, sock.raddr):
+                        if address and address.ip not in LOOPBACK_IPS:
+                            self.off_loopback.add((name, sock.status, sock.laddr, sock.raddr))
+
+    def stop(self) -> None:
+        self.done.set()
+        self.thread.join(timeout=10)
+
+
+def quickstart_project() -> Path:
+    """A scratch project `make` works in (the Makefile, pyproject.toml with its time kept so the
+    venv counts as installed, the venv linked). Not under pytest's tmp_path: PostgreSQL runs as the
+    postgres user, who cannot pass pytest's private folders."""
+    base = Path(tempfile.mkdtemp(prefix="ib-quick-"))
+    os.chmod(base, 0o755)
+    root = copy_project(base / "project")
+    for name in ("Makefile", "pyproject.toml"):
+        shutil.copy2(REPO / name, root / name)
+    (root / ".venv").symlink_to(REPO / ".venv")
+    return root
+
+
+def user_shell_environment(**extra: str) -> dict[str, str]:
+    """A user's shell for a documented block: no Ray or MLflow settings of the test process (the
+    commands must keep to loopback by themselves), the venv first on PATH, and ``extra``."""
+    environment = {name: value for name, value in os.environ.items()
+                   if name not in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_ADDRESS", "MLFLOW_TRACKING_URI", "IMAGEBENCH_ROOT")}
+    return {**environment, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **extra}
+
+
+def run_in_own_pid_namespace(commands: list[str], cwd: Path, environment: dict[str, str], timeout: int = 900) -> tuple[int, str, "SocketWatch"]:
+    """The lines in ``bash -ex`` in a PID namespace of their own (`ray stop` stops every Ray process
+    it can see and must not see another test's cluster; what is left dies with the shell), every
+    Ray socket watched: (exit status, output, the watch)."""
+    shell = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", "bash", "-ex", "-c", "\n".join(commands)],
+                             cwd=cwd, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    watch = SocketWatch(shell.pid)
+    try:
+        output, _ = shell.communicate(timeout=timeout)
+    finally:
+        watch.stop()
+        if shell.poll() is None:
+            shell.kill()
+    return shell.returncode, output, watch

@@ -28,7 +28,19 @@ def _start_sweep(project: Path, sweep_file: Path, **env) -> subprocess.Popen:
 
 
 def _both_at_once(first: tuple, second: tuple) -> list[tuple[subprocess.Popen, str, str]]:
+    """Both sweeps started together; every trial waits until one of the two has exited (the refused
+    one, within seconds) or 120 s have passed, so the winner surely still runs when the other
+    looks, however slowly either starts on a loaded machine."""
+    release = first[0].parent / "release-trials"
+    for project in {first[0], second[0]}:
+        inject_cell(project, f"import pathlib, time\nfor _ in range(600):\n    if pathlib.Path({str(release)!r}).exists():\n"
+                             "        break\n    time.sleep(0.2)\n")  # fmt: skip
     sweeps = [_start_sweep(*first), _start_sweep(*second)]
+    try:
+        wait_for(lambda: any(sweep.poll() is not None for sweep in sweeps), timeout=120)
+    except AssertionError:
+        pass  # neither refused: both run their trials now, and the assertions say so
+    release.touch()
     return [(sweep, *sweep.communicate(timeout=600)) for sweep in sweeps]
 
 

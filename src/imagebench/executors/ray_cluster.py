@@ -460,7 +460,18 @@ class RayExecutor:
             self._shipped[key] = self._ship(*key, lacking) if self.ship_data or lacking else None
         return self._shipped[key]
 
-    def _ship(self, dataset: str, size: int, lacking: list[str]) -> ShippedDataset:
+    def _ship(self, dataset: str, size: int, lacking: list[str]) -> Optional[ShippedDataset]:
+        """None when this machine cannot read the folder either (gone since the data check): each
+        trial on it then fails on its node, naming node and path, and the sweep goes on."""
+        from imagebench.data.folders import DatasetError
+
+        try:
+            return self._pack_and_put(dataset, size, lacking)
+        except DatasetError as exc:
+            print(f"ray: cannot ship {dataset} at {size} px ({exc}); its trials run on nodes as they are", flush=True)
+            return None
+
+    def _pack_and_put(self, dataset: str, size: int, lacking: list[str]) -> ShippedDataset:
         from imagebench.data import shipping
 
         started = time.monotonic()
