@@ -325,7 +325,9 @@ def run_in_own_pid_namespace(commands: list[str], cwd: Path, environment: dict[s
     """The lines in ``bash -ex`` in a PID namespace of their own (`ray stop` stops every Ray process
     it can see and must not see another test's cluster; what is left dies with the shell), every
     Ray socket watched: (exit status, output, the watch)."""
-    shell = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", "bash", "-ex", "-c", "\n".join(commands)],
+    # --kill-child: if the test kills unshare (a timeout), the namespace's init and with it every
+    # process it started (Ray, PostgreSQL, mlflow server) die too, instead of living on orphaned
+    shell = subprocess.Popen(["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", "bash", "-ex", "-c", "\n".join(commands)],
                              cwd=cwd, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
     watch = SocketWatch(shell.pid)
     try:
