@@ -32,6 +32,17 @@ def pytest_ignore_collect(collection_path, config):
     return None
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_scratch_folder_left_behind():
+    """A Ray actor killed with its test cluster (a node stopped, a PID namespace ended) never runs its
+    shutdown: after the session its scratch folder is removed the way the node's next actor would
+    (``remove_abandoned_scratch``: only folders whose actor is dead; a live one stays)."""
+    yield
+    from imagebench.executors.node_storage import remove_abandoned_scratch
+
+    remove_abandoned_scratch(Path(tempfile.gettempdir()))
+
+
 @pytest.fixture(autouse=True)
 def private_decode_cache(tmp_path, monkeypatch):
     """Each test decodes into its own cache: no test sees another's entries or writes into the repo."""

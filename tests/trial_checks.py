@@ -19,9 +19,23 @@ def check_in_process_trial(framework: str) -> None:
     from imagebench import store
     from imagebench.trial import run_trial
 
+    import time
+
+    from imagebench.core import metrics
+
+    started = time.perf_counter()
     result = run_trial(tiny_values(framework=framework, model="cnn_attention", epochs=2, experiment="inproc"), verbose=False)
+    wall = time.perf_counter() - started
     assert_documented_record(result.run_id, num_classes=10)
     run = store.client().get_run(result.run_id)
+    # the cost ledger: every part measured, none counted twice (a store write inside a part counts
+    # once, as a store write), so the parts and the epochs fit in the trial's wall time
+    ledger = {metric.key: run.data.metrics[metric.key] for metric in metrics.TRIAL_COSTS}
+    measured = (metrics.DATA_SECONDS, metrics.MODEL_BUILD_SECONDS, metrics.TEST_EVAL_SECONDS, metrics.LATENCY_SECONDS,
+                metrics.FIGURES_SECONDS, metrics.WEIGHTS_SAVE_SECONDS, metrics.STORE_SECONDS)  # fmt: skip
+    assert all(ledger[metric.key] > 0 for metric in measured) and ledger[metrics.CHECKPOINT_SECONDS.key] == 0, ledger
+    assert sum(ledger.values()) + run.data.metrics[metrics.TRAIN_SECONDS.key] <= wall, (ledger, wall)
+    assert not set(run.data.metrics) & {metric.key for metric in metrics.SWEEP_COSTS}  # no sweep ran it
     assert run.data.params["framework"] == framework and run.data.params["head_units"] == "128"
     class_map = json.loads(Path(store.client().download_artifacts(result.run_id, store.ARTIFACT_CLASS_MAP)).read_text())
     assert class_map == {str(i): str(i) for i in range(10)}
@@ -39,6 +53,7 @@ def check_failing_trial_recorded(framework: str, missing_folder: Path) -> None:
     runs = store.client().search_runs([store.experiment_id("inproc")])
     assert len(runs) == 1 and runs[0].info.status == "FAILED"
     assert "neither a built-in name" in runs[0].data.tags[store.TAG_ERROR]
+    assert "cost/data_seconds" in runs[0].data.metrics  # a failed trial's time is on record too
 
 
 def check_continued_trial_equals_uninterrupted(framework: str, tmp_path: Path) -> None:

@@ -13,7 +13,13 @@ def test_each_key_and_column_is_defined_once():
     assert metrics.EPOCH_METRICS == ("train/loss", "train/accuracy", "val/loss", "val/accuracy", "lr")  # the recorded names
     assert set(metrics.FINAL_METRICS) == {"test/accuracy", "test/loss", "test/macro_f1", "test/top5_accuracy", "best_epoch",
                                           "best/val_accuracy", "best/val_loss", "epochs_run", "cost/params", "cost/trainable_params",
-                                          "cost/train_seconds", "cost/latency_ms", "cost/flops", "cost/store_seconds"}  # fmt: skip
+                                          "cost/train_seconds", "cost/latency_ms", "cost/flops", "cost/store_seconds",
+                                          "cost/data_seconds", "cost/model_build_seconds", "cost/checkpoint_seconds",
+                                          "cost/test_eval_seconds", "cost/latency_seconds", "cost/figures_seconds",
+                                          "cost/weights_save_seconds", "cost/other_seconds"}  # fmt: skip
+    # the ledger's parts a sweep adds around the kernel (a trial run on its own has none)
+    assert {metric.key for metric in metrics.SWEEP_COSTS} == {"cost/kernel_seconds", "cost/papermill_seconds", "cost/notebook_seconds"}
+    assert set(metrics.COSTS) == set(metrics.SWEEP_COSTS) | set(metrics.TRIAL_COSTS) and all(m.timing and m.header for m in metrics.COSTS)
 
 
 def test_the_ranking_follows_the_directions_in_the_table():

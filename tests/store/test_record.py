@@ -244,3 +244,26 @@ def test_a_run_that_journaled_asks_the_store_once_and_at_once(project, store_dow
     recorder.ask_store_after([job])
     assert "still unavailable after 30s" in str(recorder.store_error)
     assert time.monotonic() - started < 2  # asked, not waited for: the trial already waited a patience
+
+
+def test_a_trials_first_batch_rides_with_its_next_write_and_survives_a_kernel_dying_before_it(project):
+    """The params and tags a trial writes as it starts are held (one round trip fewer per trial):
+    sent with the next write in the same request, or by the sweep if the kernel dies first."""
+    run_id = store.create_trial_run("first", "001-trial", {}, None)
+    folder = project / "results" / "first" / "runs" / "001-trial.record"
+    recorder = record.RunRecorder(run_id, folder)
+    recorder.log_batch_later(params={"learning_rate": 0.01}, tags={"imagebench.kernel": "host:1"})
+    assert not store.client().get_run(run_id).data.params and (folder / record.UNSENT).exists()
+    sent = recorder.store_seconds
+    recorder.log_batch(metrics={"data/classes": 10}, tags={"imagebench.model": "cnn"})
+    run = store.client().get_run(run_id).data
+    assert run.params == {"learning_rate": "0.01"} and run.metrics == {"data/classes": 10.0}
+    assert run.tags["imagebench.kernel"] == "host:1" and run.tags["imagebench.model"] == "cnn"
+    assert not (folder / record.UNSENT).exists() and recorder.store_seconds > sent
+
+    # a kernel killed before its next write: the sweep's recorder sends the held batch
+    other = store.create_trial_run("first", "002-trial", {}, None)
+    dying = record.RunRecorder(other, project / "results" / "first" / "runs" / "002-trial.record")
+    dying.log_batch_later(params={"learning_rate": 0.02})
+    assert record.RunRecorder(other, dying.folder).send_unsent() == 1
+    assert store.client().get_run(other).data.params == {"learning_rate": "0.02"}

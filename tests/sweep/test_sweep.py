@@ -8,11 +8,14 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 from helpers import assert_documented_record
 from PIL import Image
 
 from imagebench import store
+from imagebench.core import metrics
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -84,6 +87,18 @@ def test_sweep_runs_trials_in_papermill_and_survives_a_failing_trial(project):
               for name in (store.ARTIFACT_CURVES_PNG, store.ARTIFACT_CONFUSION_PNG)]  # fmt: skip
     assert shown == logged
     assert (project / "results" / "e2e" / "leaderboard.md").exists()
+    # the cost ledger: in the trials view (a column per part, their sum, one stacked bar per trial)
+    # and summed in the parent run, the failed trial's time included
+    trials = pd.read_csv(project / "results" / "e2e" / "trials.csv")
+    parts = [metric.key.split("/", 1)[1] for metric in metrics.COSTS]
+    finished = trials[trials["status"].eq("FINISHED")]
+    assert len(finished) == 2 and finished[parts].notna().all().all() and (finished[parts] >= 0).all().all()
+    assert np.allclose(finished[parts].sum(axis=1), finished["fixed_seconds"])
+    assert (project / "results" / "e2e" / "trial_costs.png").exists()
+    assert "![trial_costs](trial_costs.png)" in (project / "results" / "e2e" / "leaderboard.md").read_text()
+    summed = client.get_run(parent).data.metrics
+    for metric in (*metrics.COSTS, metrics.TRAIN_SECONDS):
+        assert summed[metric.key] == pytest.approx(sum(run.data.metrics.get(metric.key, 0.0) for run in children), rel=1e-6), metric.key
     assert "epoch 1/2" in next(runs_dir.glob("*-torch-cnn-*.log")).read_text()
 
     # the leaderboard notebook builds the same board from MLflow

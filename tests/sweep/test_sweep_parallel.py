@@ -115,6 +115,10 @@ def test_halving_continues_survivors_from_checkpoints_then_repeats_the_best(proj
     steps = [m.step for m in client.get_metric_history(survivor, "val/accuracy")]
     assert steps == [1, 2, 3]  # epoch 1 from rung 1, epochs 2-3 continued from the checkpoint, none repeated
     assert [m.value for m in client.get_metric_history(survivor, "halving/epoch_budget")] == [1, 3]
+    # the cost ledger adds up the rungs, like cost/train_seconds: each rung's record is the total so far
+    for metric in (metrics.CHECKPOINT_SECONDS, metrics.FIGURES_SECONDS, metrics.TEST_EVAL_SECONDS, metrics.KERNEL_SECONDS):
+        per_rung = [m.value for m in sorted(client.get_metric_history(survivor, metric.key), key=lambda m: m.timestamp)]
+        assert len(per_rung) == 2 and 0 < per_rung[0] < per_rung[1], (metric.key, per_rung)
     others = [r for r in runs if r.data.tags.get(store.TAG_RUNG) == "1/2"]
     assert len(others) == 3 and all(r.data.metrics["epochs_run"] == 1 for r in others)
     assert not list((project / "results" / "halve" / "checkpoints").glob("*.pkl"))  # cleaned up when done
@@ -136,6 +140,9 @@ def test_a_worker_keeps_its_kernel_warm_and_replaces_it_after_a_failure(project)
     assert kernel["001"] == kernel["002"]  # the second trial ran in the first one's kernel: no imports again
     assert kernel["003"] != kernel["002"]  # a failed trial's kernel is replaced: its state is unknown
     assert kernel["003"] == kernel["004"]
+    # the cost ledger tells a kernel's start from its reuse
+    started = {r.data.tags[store.TAG_TRIAL][:3]: r.data.metrics[metrics.KERNEL_SECONDS.key] for r in trial_runs("warm")}
+    assert started["002"] < started["001"] and started["004"] < started["003"], started
     statuses = sorted(r.info.status for r in trial_runs("warm"))
     assert statuses == ["FAILED", "FINISHED", "FINISHED", "FINISHED"]
 

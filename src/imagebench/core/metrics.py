@@ -56,14 +56,39 @@ TRAINABLE_PARAMS = Metric("cost/trainable_params", "trainable_params", format=MI
 TRAIN_SECONDS = Metric("cost/train_seconds", "train_seconds", "train s", better=LOWER, timing=True)
 LATENCY_MS = Metric("cost/latency_ms", "latency_ms", "latency", MILLISECONDS, LOWER, timing=True)
 # the trial's own writes to the MLflow store (every request, retries included; not the last, its end)
-STORE_SECONDS = Metric("cost/store_seconds", better=LOWER, timing=True)
+STORE_SECONDS = Metric("cost/store_seconds", header="store writes", better=LOWER, timing=True)
 EPOCHS_RUN = Metric("epochs_run")  # epochs trained (fewer than asked after early stopping)
+
+# The cost ledger: where a trial's wall time outside its epochs went, in seconds. Disjoint: a store
+# write inside any phase (an artifact, the epoch metrics sent while training) counts in STORE_SECONDS
+# only, and OTHER_SECONDS is what is left of the trial's wall time. A trial continued in rungs
+# (halving) sums its rungs, like TRAIN_SECONDS. Costs recorded in the trial's kernel:
+DATA_SECONDS = Metric("cost/data_seconds", header="data", better=LOWER, timing=True)  # weights check, decode cache, splits
+MODEL_BUILD_SECONDS = Metric("cost/model_build_seconds", header="model build / imports", better=LOWER, timing=True)  # frozen: + features
+CHECKPOINT_SECONDS = Metric("cost/checkpoint_seconds", header="rung checkpoint", better=LOWER, timing=True)  # halving only
+TEST_EVAL_SECONDS = Metric("cost/test_eval_seconds", header="test evaluation", better=LOWER, timing=True)
+LATENCY_SECONDS = Metric("cost/latency_seconds", header="latency and FLOPs", better=LOWER, timing=True)
+FIGURES_SECONDS = Metric("cost/figures_seconds", header="figures", better=LOWER, timing=True)
+WEIGHTS_SAVE_SECONDS = Metric("cost/weights_save_seconds", header="kept weights", better=LOWER, timing=True)
+OTHER_SECONDS = Metric("cost/other_seconds", header="other", better=LOWER, timing=True)
+TRIAL_COSTS = (DATA_SECONDS, MODEL_BUILD_SECONDS, CHECKPOINT_SECONDS, TEST_EVAL_SECONDS, LATENCY_SECONDS,
+               FIGURES_SECONDS, WEIGHTS_SAVE_SECONDS, STORE_SECONDS, OTHER_SECONDS)  # fmt: skip
+# ... and by the sweep around the kernel (a trial run on its own has none): the kernel's start (or
+# its reuse: a kept kernel's ~ms), papermill's own work between and around the cells (parameters,
+# the notebook's other cells, messages), and writing the executed notebook (to disk while it runs,
+# then attached to the run).
+KERNEL_SECONDS = Metric("cost/kernel_seconds", header="kernel start", better=LOWER, timing=True)
+PAPERMILL_SECONDS = Metric("cost/papermill_seconds", header="papermill", better=LOWER, timing=True)
+NOTEBOOK_SECONDS = Metric("cost/notebook_seconds", header="notebook write-back", better=LOWER, timing=True)
+SWEEP_COSTS = (KERNEL_SECONDS, PAPERMILL_SECONDS, NOTEBOOK_SECONDS)
+COSTS = SWEEP_COSTS + TRIAL_COSTS  # the ledger, in the order a trial spends it (the stacked bar's order)
 
 METRICS = (TRAIN_LOSS, TRAIN_ACCURACY, VAL_LOSS, VAL_ACCURACY, LEARNING_RATE,
            TEST_ACCURACY, TEST_LOSS, TEST_MACRO_F1, TEST_TOP5_ACCURACY, BEST_VAL_ACCURACY, BEST_VAL_LOSS, BEST_EPOCH,
-           PARAMS, FLOPS, TRAINABLE_PARAMS, TRAIN_SECONDS, LATENCY_MS, STORE_SECONDS, EPOCHS_RUN)  # fmt: skip
+           PARAMS, FLOPS, TRAINABLE_PARAMS, TRAIN_SECONDS, LATENCY_MS, EPOCHS_RUN, *TRIAL_COSTS, *SWEEP_COSTS)  # fmt: skip
 EPOCH_METRICS = tuple(metric.key for metric in METRICS if metric.per_epoch)
-FINAL_METRICS = tuple(metric.key for metric in METRICS if not metric.per_epoch)
+# what every trial records when it ends (the sweep adds SWEEP_COSTS to a trial it ran)
+FINAL_METRICS = tuple(metric.key for metric in METRICS if not metric.per_epoch and metric not in SWEEP_COSTS)
 LEADERBOARD_METRICS = tuple(metric for metric in METRICS if metric.column)  # in column order
 
 # Not recorded: the leaderboard derives it from the seeds' test accuracies (Student's t half-width)

@@ -7,9 +7,11 @@ import io
 from pathlib import Path
 from typing import Mapping, Sequence
 
+import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from imagebench.core import metrics
 
@@ -67,9 +69,48 @@ def learning_curves(history: Mapping[str, Sequence[float]], title: str = "", bes
         axis.set_xlabel("epoch")
         axis.set_ylabel(label)
         axis.grid(alpha=0.3)
+        # whole epochs, and fewer ticks than the default ~10: each is a text to lay out on every trial's figure
+        axis.xaxis.set_major_locator(MaxNLocator(6, integer=True))
+        axis.yaxis.set_major_locator(MaxNLocator(5))
     axes[0].legend(fontsize=8)  # one legend: both panels draw train, validation and the best epoch alike
     figure.suptitle(title)
     return figure
+
+
+class _CurvesTemplate:
+    """``learning_curves`` built once per process and redrawn with each trial's numbers: building a
+    figure's axes, ticks and legend costs about a third of drawing it, and every trial draws one.
+    Only its PNG leaves (``learning_curves_png``): no caller ever holds the figure that is reused."""
+
+    def __init__(self) -> None:
+        self.figure = learning_curves({}, " ", 1)
+        self.legend_best = self.figure.axes[0].get_legend().get_texts()[2]
+
+    def png(self, history: Mapping[str, Sequence[float]], title: str, best_epoch: int) -> bytes:
+        for axis, (_label, train_key, val_key) in zip(self.figure.axes, CURVE_PAIRS):
+            train, validation, best = axis.get_lines()
+            for line, key in ((train, train_key), (validation, val_key)):
+                values = history.get(key, [])
+                line.set_data(range(1, len(values) + 1), values)
+            best.set_xdata([best_epoch, best_epoch])
+            axis.relim()
+            axis.autoscale_view()
+        self.legend_best.set_text(f"best epoch {best_epoch}")
+        self.figure.texts[0].set_text(title)  # the suptitle
+        return png_bytes(self.figure)
+
+
+_curves_template: _CurvesTemplate | None = None
+
+
+def learning_curves_png(history: Mapping[str, Sequence[float]], title: str = "", best_epoch: int | None = None) -> bytes:
+    """The PNG of ``learning_curves(history, title, best_epoch)``, drawn on a figure kept for the next call."""
+    global _curves_template
+    if not best_epoch:  # (a trial always has one; a figure without the line is drawn afresh)
+        return png_bytes(learning_curves(history, title, best_epoch))
+    if _curves_template is None:
+        _curves_template = _CurvesTemplate()
+    return _curves_template.png(history, title, best_epoch)
 
 
 def confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], title: str = "") -> Figure:
@@ -83,18 +124,57 @@ def confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], title: str 
     axis.set_yticks(range(len(class_names)), class_names, fontsize=8)
     axis.set_xlabel("predicted")
     axis.set_ylabel("true")
-    if len(class_names) <= 30:  # numbers stay readable up to about this many classes
-        threshold = matrix.max() / 2 if matrix.size else 0
-        # Zeros are left blank (the white cell says it): the eye finds the errors at once, and each
-        # number is a text to lay out and render (100 of them were half of this figure's cost).
-        for (row, col), count in np.ndenumerate(matrix):
-            if count:
-                axis.text(col, row, str(count), ha="center", va="center", fontsize=7,
-                          color="white" if count > threshold else "black")  # fmt: skip
-    else:  # no numbers: the colour scale is how a count is read (with numbers it would repeat them, at ~20 ms a figure)
+    if not _write_counts(axis, matrix, len(class_names)):
+        # no numbers: the colour scale is how a count is read (with numbers it would repeat them, at ~20 ms a figure)
         figure.colorbar(image, ax=axis, shrink=0.7)
     axis.set_title(title)
     return figure
+
+
+def _write_counts(axis, matrix: np.ndarray, classes: int) -> bool:
+    """Each non-zero count in its cell, when numbers stay readable (up to about 30 classes)."""
+    if classes > 30:
+        return False
+    threshold = matrix.max() / 2 if matrix.size else 0
+    # Zeros are left blank (the white cell says it): the eye finds the errors at once, and each
+    # number is a text to lay out and render (100 of them were half of this figure's cost).
+    for (row, col), count in np.ndenumerate(matrix):
+        if count:
+            axis.text(col, row, str(count), ha="center", va="center", fontsize=7,
+                      color="white" if count > threshold else "black")  # fmt: skip
+    return True
+
+
+class _ConfusionTemplate:
+    """``confusion_matrix`` for one list of class names, built once per process and redrawn with each
+    trial's counts (see ``_CurvesTemplate``): a sweep's trials share their classes."""
+
+    def __init__(self, class_names: Sequence[str]) -> None:
+        self.class_names = list(class_names)
+        self.figure = confusion_matrix(np.zeros((len(class_names),) * 2, dtype=int), class_names, " ")
+        self.axis = self.figure.axes[0]
+        self.image = self.axis.images[0]
+
+    def png(self, matrix: np.ndarray, title: str) -> bytes:
+        self.image.set_data(matrix)
+        self.image.autoscale()  # the colour scale of this matrix, as imshow sets it
+        for text in list(self.axis.texts):
+            text.remove()
+        _write_counts(self.axis, matrix, len(self.class_names))
+        self.axis.set_title(title)
+        return png_bytes(self.figure)
+
+
+_confusion_template: _ConfusionTemplate | None = None
+
+
+def confusion_matrix_png(matrix: np.ndarray, class_names: Sequence[str], title: str = "") -> bytes:
+    """The PNG of ``confusion_matrix(matrix, class_names, title)``, drawn on a figure kept for the
+    next call with the same class names."""
+    global _confusion_template
+    if _confusion_template is None or _confusion_template.class_names != list(class_names):
+        _confusion_template = _ConfusionTemplate(class_names)
+    return _confusion_template.png(matrix, title)
 
 
 def accuracy_by_model(table: pd.DataFrame) -> Figure:
@@ -137,6 +217,34 @@ def accuracy_by_learning_rate(trials: pd.DataFrame) -> Figure:
         axis.legend(fontsize=7)
     for axis in axes[len(groups):]:
         axis.set_visible(False)
+    return figure
+
+
+TRIAL_COSTS_SHOWN = 100  # bars; a bigger sweep shows its most expensive trials
+
+
+def trial_costs(trials: pd.DataFrame, parts: Sequence[tuple[str, str]], total: str) -> Figure:
+    """One horizontal bar per trial: its time outside the epochs, each part of its cost ledger
+    (``parts``: column, label) stacked in the order a trial spends them; ``total`` is their sum."""
+    rows = trials.dropna(subset=[total])
+    title = f"where each trial's time outside its epochs went ({len(rows)} trials"
+    if len(rows) > TRIAL_COSTS_SHOWN:
+        rows = rows.nlargest(TRIAL_COSTS_SHOWN, total).sort_values("trial")
+        title += f"; the {TRIAL_COSTS_SHOWN} costliest shown"
+    figure = Figure(figsize=(10, 1.6 + 0.22 * len(rows)), layout="constrained")
+    axis = figure.subplots()
+    colours = matplotlib.colormaps["tab20"].colors
+    left = np.zeros(len(rows))
+    for index, (column, label) in enumerate(parts):
+        seconds = rows[column].fillna(0.0).to_numpy(float)
+        axis.barh(np.arange(len(rows)), seconds, left=left, height=0.75, label=label, color=colours[index % len(colours)])
+        left += seconds
+    axis.set_yticks(np.arange(len(rows)), rows["trial"].astype(str), fontsize=7)
+    axis.invert_yaxis()  # the first trial on top, as in the table
+    axis.set_xlabel("seconds (the trial's cost/… metrics; training itself is cost/train_seconds)")
+    axis.set_title(title + ")", fontsize=10)
+    axis.grid(axis="x", alpha=0.3)
+    axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return figure
 
 

@@ -23,6 +23,7 @@ import os
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -31,8 +32,10 @@ WARM_ENGINE = "imagebench-warm"  # papermill engine name of the worker's kept ke
 SAVE_EVERY_SECONDS = 2.0  # the output notebook is rewritten at most this often while a job runs
 # TensorFlow keeps ~110 MB per EfficientNet-B0 trial in a process even after clear_session and
 # gc (measured: RSS 1411 -> 1850 MB over 5 trials), so a kept kernel is replaced once it holds more
-from imagebench.core.contract import ENV_KERNEL_MAX_MB  # noqa: E402
+from imagebench.core.contract import ENV_KERNEL_MAX_MB, ENV_RECORD_DIR  # noqa: E402
 DEFAULT_KERNEL_MAX_MB = 4096.0
+TRIAL_CELL_TAG = "trial"  # train.ipynb's cell that runs the trial: the rest of a job is its cost
+COSTS_FILE = "sweep_costs.json"  # in the trial's record folder: the job's costs, for the sweep to record
 
 
 def error_file(output: Path) -> Path:
@@ -69,6 +72,57 @@ def _notebook_for(root: Path, env: dict[str, Optional[str]]):
     notebook = nbformat.read(root / "notebooks" / "train.ipynb", as_version=4)
     notebook.cells.insert(0, _environment_cell(env))
     return notebook
+
+
+@dataclass
+class JobCosts:
+    """Where a job's time around the trial went (``metrics.SWEEP_COSTS``), as the worker saw it."""
+
+    started: float = field(default_factory=time.perf_counter)
+    kernel: Optional[float] = None  # until the first cell started: the kernel's start, or its reuse
+    notebook: float = 0.0  # writing the output notebook
+    trial: Optional[float] = None  # the trial cell, start to end
+    _cell_started: float = 0.0
+
+    def watch_cells(self, nb_man) -> None:
+        """Time the cells through papermill's hooks (on this job's manager; the engine removes them)."""
+        cell_start, cell_complete = nb_man.cell_start, nb_man.cell_complete
+
+        def started(cell, *args, **kwargs):
+            self._cell_started = time.perf_counter()
+            if self.kernel is None:
+                self.kernel = self._cell_started - self.started
+            return cell_start(cell, *args, **kwargs)
+
+        def completed(cell, *args, **kwargs):
+            cell_complete(cell, *args, **kwargs)
+            if TRIAL_CELL_TAG in cell.get("metadata", {}).get("tags", []):
+                self.trial = time.perf_counter() - self._cell_started
+
+        nb_man.cell_start, nb_man.cell_complete = started, completed
+
+    def metrics(self) -> dict[str, float]:
+        """Seconds per ``metrics.SWEEP_COSTS`` key; papermill's is the job's rest (none if the trial
+        cell or the kernel's start was never seen: a notebook without the trial's tag, a dead kernel)."""
+        from imagebench.core import metrics
+
+        ended = time.perf_counter()
+        values = {metrics.NOTEBOOK_SECONDS.key: self.notebook}
+        if self.kernel is not None:
+            values[metrics.KERNEL_SECONDS.key] = self.kernel
+            if self.trial is not None:
+                values[metrics.PAPERMILL_SECONDS.key] = max(0.0, ended - self.started - self.kernel - self.notebook - self.trial)
+        return values
+
+    def write(self, env: dict[str, Optional[str]]) -> None:
+        """Into the trial's record folder (it travels back from a Ray node with the record)."""
+        folder = env.get(ENV_RECORD_DIR)
+        if folder:
+            try:
+                Path(folder).mkdir(parents=True, exist_ok=True)
+                (Path(folder) / COSTS_FILE).write_text(json.dumps(self.metrics()), encoding="utf-8")
+            except OSError:  # a full disk: the costs are the one thing of the record not worth failing for
+                pass
 
 
 class WarmKernel:
@@ -115,12 +169,13 @@ def _execute(kernel: WarmKernel, job: dict) -> int:
     """Run one job's notebook in the warm kernel; the kernel's output goes to OUTPUT.log."""
     import papermill
 
+    costs = JobCosts()
     output = Path(job["output"])
     params = json.loads(Path(job["params"]).read_text(encoding="utf-8"))
     notebook = _notebook_for(kernel.root, job["env"])
     with output.with_suffix(".log").open("w", encoding="utf-8") as log:
         try:
-            engine = _warm_engine(kernel, params.get("framework", ""))
+            engine = _warm_engine(kernel, params.get("framework", ""), costs)
             papermill.execute_notebook(
                 notebook, str(output), parameters=params, engine_name=engine, progress_bar=False,
                 log_output=True, stdout_file=log, stderr_file=log, cwd=str(kernel.root),
@@ -131,6 +186,8 @@ def _execute(kernel: WarmKernel, job: dict) -> int:
             except OSError:  # the disk is full: the sweep finds the reason itself when this worker exits
                 pass
             return 1
+        finally:
+            costs.write(job["env"])
     return 0
 
 
@@ -157,6 +214,7 @@ def _warm_engine_class():
         """papermill's nbclient engine, executing in the worker's kept kernel instead of a new one."""
 
         kernel: WarmKernel = None
+        costs: JobCosts = None  # this job's
 
         @classmethod
         def execute_managed_notebook(cls, nb_man, kernel_name, log_output=False, stdout_file=None, stderr_file=None,
@@ -171,10 +229,19 @@ def _warm_engine_class():
             # from an earlier job is ignored by nbclient (it keeps only replies to its own requests).
             client.kc = cls.kernel.client if client.km is not None else None
             _save_at_most_every(nb_man, SAVE_EVERY_SECONDS)
+            cls.costs.watch_cells(nb_man)
             try:
-                return client.execute(cleanup_kc=False)  # the kernel outlives this job
+                executed = client.execute(cleanup_kc=False)  # the kernel outlives this job
+            except BaseException:
+                del nb_man.save  # papermill's own again: its save in notebook_complete is the notebook's last
+                raise
+            else:
+                # papermill.execute_notebook writes the finished notebook itself right after the engine
+                # (or raise_for_execution_errors does): notebook_complete's save would write it twice
+                nb_man.save = lambda **kwargs: None
+                return executed
             finally:
-                del nb_man.save  # papermill's own again: its last save (notebook_complete) always writes
+                del nb_man.cell_start, nb_man.cell_complete
                 cls.kernel.manager, cls.kernel.client = client.km, client.kc  # started on first use, kept
 
     return Engine
@@ -183,7 +250,28 @@ def _warm_engine_class():
 _engine = None
 
 
-def _warm_engine(kernel: WarmKernel, framework: str) -> str:
+def _time_notebook_writes() -> None:
+    """Every write of an output notebook by papermill (as cells run, at their end, and once more
+    after its engine) is counted in the job's ``notebook`` cost."""
+    import papermill.engines
+    import papermill.execute
+
+    def timed(write):
+        def write_and_count(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return write(*args, **kwargs)
+            finally:
+                if _engine.costs is not None:
+                    _engine.costs.notebook += time.perf_counter() - started
+
+        return write_and_count
+
+    for module in (papermill.engines, papermill.execute):
+        module.write_ipynb = timed(module.write_ipynb)
+
+
+def _warm_engine(kernel: WarmKernel, framework: str, costs: JobCosts) -> str:
     """papermill's engine name for the worker's kernel (the class is made on first use: papermill
     is imported only when a job arrives)."""
     global _engine
@@ -192,7 +280,8 @@ def _warm_engine(kernel: WarmKernel, framework: str) -> str:
 
         _engine = _warm_engine_class()
         papermill_engines.register(WARM_ENGINE, _engine)
-    _engine.kernel, _engine.framework = kernel, framework
+        _time_notebook_writes()
+    _engine.kernel, _engine.framework, _engine.costs = kernel, framework, costs
     return WARM_ENGINE
 
 

@@ -95,17 +95,20 @@ body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
 table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ddd;padding:4px 8px;text-align:right}
 th{background:#f4f4f4;cursor:pointer;white-space:nowrap}th[data-order=asc]::after{content:' ▲'}th[data-order=desc]::after{content:' ▼'}
 td:nth-child(-n+3){text-align:left}.figures{display:flex;flex-wrap:wrap;gap:1em;max-width:1000px}
-figure{margin:0}figure img{max-width:480px}details{margin-top:1.5em}summary{cursor:pointer;font-weight:600}
+figure{margin:0}figure img{max-width:480px}figure.wide img{max-width:1000px}details{margin-top:1.5em}summary{cursor:pointer;font-weight:600}
 """
 
 
+def _picture(name: str, data: bytes) -> str:
+    return (f'<figure><img src="data:image/png;base64,{base64.b64encode(data).decode()}" alt="{name}">'
+            f"<figcaption>{html.escape(name.replace('_', ' '))}</figcaption></figure>")  # fmt: skip
+
+
 def render(experiment: str, leaders: pd.DataFrame, trials: pd.DataFrame, images: dict[str, bytes],
-           parity: pd.DataFrame | None = None, reading: str = "") -> str:  # fmt: skip
-    pictures = "".join(
-        f'<figure><img src="data:image/png;base64,{base64.b64encode(data).decode()}" alt="{name}">'
-        f"<figcaption>{html.escape(name.replace('_', ' '))}</figcaption></figure>"
-        for name, data in images.items()
-    )
+           parity: pd.DataFrame | None = None, reading: str = "", trial_images: dict[str, bytes] | None = None) -> str:  # fmt: skip
+    """``trial_images``: figures of the trials view (the cost ledger), shown with the trials' table."""
+    pictures = "".join(_picture(name, data) for name, data in images.items())
+    trial_pictures = "".join(_picture(name, data).replace("<figure>", "<figure class='wide'>") for name, data in (trial_images or {}).items())
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>imagebench leaderboard: {html.escape(experiment)}</title>"
         f"<style>{STYLE}</style></head><body><h1>Leaderboard: {html.escape(experiment)}</h1>"
@@ -117,6 +120,6 @@ def render(experiment: str, leaders: pd.DataFrame, trials: pd.DataFrame, images:
         + f"<div class='report'><div>{table(first_columns(leaders))}</div><div class='figures'>{pictures}</div></div>"
         + (f"<h2>Framework parity: Keras next to PyTorch</h2>{table(parity)}" if parity is not None and len(parity) else "")
         + f"<details><summary>Every column of the leaderboard</summary>{table(leaders)}</details>"
-        f"<details><summary>All {len(trials)} trials</summary>{table(trials)}</details>"
+        f"<details><summary>All {len(trials)} trials</summary>{trial_pictures}{table(trials)}</details>"
         f"<script>{SORT_SCRIPT}</script></body></html>"
     )

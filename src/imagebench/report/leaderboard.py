@@ -43,6 +43,10 @@ def run_column(key: str) -> str:
 LEADER_COLUMNS = {"model": "model", "framework": "framework",
                   **{run_column(metric.key): metric.column for metric in metrics.LEADERBOARD_METRICS}}  # fmt: skip
 TEST_ACCURACY, CI95 = metrics.TEST_ACCURACY.column, metrics.TEST_ACCURACY_CI95.column
+# the cost ledger in the trials table: each part's seconds (its key without "cost/"), then their sum
+COST_COLUMNS = {run_column(metric.key): metric.key.split("/", 1)[1] for metric in metrics.COSTS}
+FIXED_SECONDS = "fixed_seconds"  # a trial's time outside its epochs: the sum of its ledger
+TRIAL_COSTS_FIGURE = "trial_costs"  # the trials view's figure: one stacked bar of the ledger per trial
 
 
 class LeaderboardError(LookupError):
@@ -156,10 +160,33 @@ def trial_table(runs: pd.DataFrame) -> pd.DataFrame:
     runs = one_run_per_trial(runs)
     columns = ["trial", "model", "framework", "status"] + [c for c in LEADER_COLUMNS if c.startswith(METRIC_PREFIX) and c in runs]
     columns += [f"params.{name}" for name in HYPERPARAMETERS if f"params.{name}" in runs]
+    costs = [column for column in COST_COLUMNS if column in runs]
     error_column = f"tags.{store.TAG_ERROR}"
-    table = runs[columns + ([error_column] if error_column in runs else [])].copy()
+    table = runs[columns + costs + ([error_column] if error_column in runs else [])].copy()
+    table = table.rename(columns={**COST_COLUMNS, error_column: "error"})
     table.columns = [c.split(".", 1)[1] if c.startswith((METRIC_PREFIX, "params.")) else c for c in table.columns]
-    return table.rename(columns={error_column: "error"}).sort_values("trial").reset_index(drop=True)
+    if costs:  # (runs recorded before the ledger have none)
+        table.insert(table.columns.get_loc(COST_COLUMNS[costs[-1]]) + 1, FIXED_SECONDS,
+                     table[[COST_COLUMNS[column] for column in costs]].sum(axis=1, min_count=1))  # fmt: skip
+    return table.sort_values("trial").reset_index(drop=True)
+
+
+def _recorded(trials: pd.DataFrame, column: str) -> bool:
+    return column in trials and trials[column].notna().any()
+
+
+def cost_parts(trials: pd.DataFrame) -> list[tuple[str, str]]:
+    """(trials-table column, header) of each ledger part the trials recorded, in the ledger's order."""
+    parts = [(COST_COLUMNS[run_column(metric.key)], metric.header) for metric in metrics.COSTS]
+    return [(column, header) for column, header in parts if _recorded(trials, column)]
+
+
+def cost_sums(trials: pd.DataFrame) -> dict[str, float]:
+    """What the sweep spent on each part of the ledger and on training, over all its trials (the
+    parent run's ``cost/…`` metrics: the same keys as a trial's, summed)."""
+    columns = {metric.key: COST_COLUMNS[run_column(metric.key)] for metric in metrics.COSTS}
+    columns[metrics.TRAIN_SECONDS.key] = metrics.TRAIN_SECONDS.key  # (the trials table keeps the MLflow key)
+    return {key: float(trials[column].sum()) for key, column in columns.items() if _recorded(trials, column)}
 
 
 def metric_history(run_id: str, keys=metrics.EPOCH_METRICS) -> dict[str, list[float]]:
@@ -310,6 +337,9 @@ def _figures(table: pd.DataFrame, trials: pd.DataFrame) -> dict:
     figures["winner_confusion_matrix"] = plots.confusion_matrix(
         matrix, labels, f"winner on validation: {winner['framework']}/{winner['model']} (test set)"
     )
+    parts = cost_parts(trials)
+    if parts:
+        figures[TRIAL_COSTS_FIGURE] = plots.trial_costs(trials, parts, FIXED_SECONDS)
     return figures
 
 
@@ -331,7 +361,9 @@ def _rounded(table: pd.DataFrame) -> pd.DataFrame:
 def _html(board: Leaderboard, images: dict[str, bytes]) -> str:
     from imagebench.report.html_report import render
 
-    return render(board.experiment, board.leaders, board.trials, images, board.parity, board.reading)
+    board_images = {name: data for name, data in images.items() if name != TRIAL_COSTS_FIGURE}
+    trial_images = {name: data for name, data in images.items() if name == TRIAL_COSTS_FIGURE}
+    return render(board.experiment, board.leaders, board.trials, board_images, board.parity, board.reading, trial_images)
 
 
 def markdown_table(leaders: pd.DataFrame) -> str:
@@ -355,9 +387,11 @@ def _markdown(board: Leaderboard, image_names: list[str]) -> str:
         "",
         markdown_table(board.leaders),
         "",
-        *[f"![{name}]({name}.png)" for name in image_names],
+        *[f"![{name}]({name}.png)" for name in image_names if name != TRIAL_COSTS_FIGURE],
         "",
-        f"All {len(board.trials)} trials: `trials.csv`.",
+        f"All {len(board.trials)} trials: `trials.csv`"
+        + (f"; where each spent its time outside the epochs (`{FIXED_SECONDS}`, the `cost/…` metrics):" if TRIAL_COSTS_FIGURE in image_names else "."),
+        *([f"", f"![{TRIAL_COSTS_FIGURE}]({TRIAL_COSTS_FIGURE}.png)"] if TRIAL_COSTS_FIGURE in image_names else []),
     ]
     parity = board.parity
     if {parity_column(framework, TEST_ACCURACY) for framework in FRAMEWORKS} <= set(parity):

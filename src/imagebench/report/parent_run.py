@@ -21,6 +21,7 @@ import pandas as pd
 from imagebench import store
 from imagebench.core import metrics
 from imagebench.report.html_report import first_columns
+from imagebench.report.leaderboard import cost_sums
 
 ARTIFACT_DIR = "leaderboard"  # the parent run's folder of the leaderboard files and plots
 TABLE_FILE = f"{ARTIFACT_DIR}/leaderboard_table.json"  # MLflow's table format: the UI renders it
@@ -97,5 +98,8 @@ def publish(board, files: list[Path]) -> Optional[str]:
     if winner is not None:
         shown = (metrics.BEST_VAL_ACCURACY, metrics.TEST_ACCURACY)  # the winner's, as leader/val_accuracy, leader/test_accuracy
         store.log_metrics(parent, {f"leader/{metric.column}": winner[metric.column] for metric in shown})
+    sums = cost_sums(board.trials)
+    if sums:  # what the sweep spent where: each ledger part and training, summed over its trials
+        store.log_metrics(parent, sums)
     mark_leaders(board.experiment, board.leaders)
     return parent

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
-from imagebench.store.client import StoreUnavailable, check_store_now, client, using_store
+from imagebench.store.client import StoreUnavailable, check_store_now, client, using_store, with_retries
 from imagebench.store.keys import TAG_RELOGGED
 from imagebench.store.paths import runs_dir, tracking_uri
 from imagebench.store.runs import end_run, log_batch, log_batches, log_dataset, log_metrics, log_params, now_ms, param_text, set_tags
@@ -140,6 +140,10 @@ class RunRecorder:
             self.store_seconds += time.perf_counter() - started
 
     def _write(self, entry: dict[str, Any]) -> None:
+        if entry["op"] == "batch" and self._held:  # the held batches and this one in one round trip
+            self._held.append(entry)
+            self.send_held()
+            return
         self.send_held()  # the store sees the run's writes in the order the trial made them
         if not self._send(entry):
             self._append(entry)
@@ -149,8 +153,6 @@ class RunRecorder:
         with (self.folder / UNSENT).open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(entry) + "\n")  # no fsync: a dead kernel's writes stay with the OS
         self._held.append(entry)
-        if time.monotonic() - self._last_sent >= EPOCH_SEND_SECONDS:
-            self.send_held()
 
     def send_unsent(self) -> int:
         """Send the epoch metrics a trial held when its kernel died (its ``UNSENT`` file), or journal
@@ -186,6 +188,22 @@ class RunRecorder:
             handle.flush()
             os.fsync(handle.fileno())  # a kernel killed after this line still leaves it on disk
 
+    def recorded_metrics(self, keys: Iterable[Any]) -> dict[str, float]:
+        """The run's latest values of ``keys`` (metric keys, or ``Metric``s) in the store; {} once the
+        store is down (a later rung's ledger then counts from zero rather than wait for it)."""
+        if self.offline:
+            return {}
+        started = time.perf_counter()
+        try:
+            recorded = with_retries(lambda: client().get_run(self.run_id)).data.metrics
+        except StoreUnavailable as exc:
+            self.store_error = exc
+            return {}
+        finally:
+            self.store_seconds += time.perf_counter() - started
+        wanted = [getattr(key, "key", key) for key in keys]
+        return {key: recorded[key] for key in wanted if key in recorded}
+
     # --- what a trial writes
     def log_batch(self, metrics: Optional[dict[str, float]] = None, params: Optional[dict[str, Any]] = None,
                   tags: Optional[dict[str, Any]] = None, step: int = 0) -> None:
@@ -196,6 +214,18 @@ class RunRecorder:
         """An epoch's metrics, stamped now and held: sent with the next write, or with later epochs'
         after EPOCH_SEND_SECONDS (``UNSENT``)."""
         entry = _batch_entry(values, None, None, step)
+        if self.offline:
+            self._append(entry)
+        else:
+            self._hold(entry)
+            if time.monotonic() - self._last_sent >= EPOCH_SEND_SECONDS:
+                self.send_held()
+
+    def log_batch_later(self, metrics: Optional[dict[str, float]] = None, params: Optional[dict[str, Any]] = None,
+                        tags: Optional[dict[str, Any]] = None) -> None:
+        """A batch held like epoch metrics (``UNSENT`` meanwhile) and sent with the run's next write,
+        in the same round trip: what a trial writes as it starts needs no write of its own."""
+        entry = _batch_entry(metrics, params, tags, 0)
         if self.offline:
             self._append(entry)
         else:

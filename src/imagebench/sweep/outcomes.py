@@ -9,6 +9,7 @@ While the store is down the same goes to the trial's journal instead (``record``
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,9 @@ from typing import Optional
 
 from imagebench.store import record
 from imagebench import store
+from imagebench.core import metrics
 from imagebench.executors import Job, JobEnd
+from imagebench.executors.worker import COSTS_FILE
 from imagebench.core.planned import Trial
 
 JOURNALED = "JOURNALED"  # outcome of a job that ended while the store was down: its record is in its journal
@@ -52,6 +55,23 @@ def notebook_problem(path: Path) -> Optional[str]:
     return None
 
 
+def log_job_costs(recorder: record.RunRecorder, job: Job, attach_seconds: float, tags: dict[str, str]) -> None:
+    """The job's ``metrics.SWEEP_COSTS`` as its worker measured them (``COSTS_FILE``), the notebook's
+    attaching to the run added to its write-back (a later rung of halving adds to the earlier rungs'),
+    in one write with the job's ``tags``."""
+    path = job.record_dir / COSTS_FILE
+    try:
+        costs = {key: float(value) for key, value in json.loads(path.read_text(encoding="utf-8")).items()}
+    except (OSError, ValueError, AttributeError):  # no worker got that far (it died first): the attaching only
+        costs = {}
+    costs[metrics.NOTEBOOK_SECONDS.key] = costs.get(metrics.NOTEBOOK_SECONDS.key, 0.0) + attach_seconds
+    if job.checkpoint is not None:
+        earlier = recorder.recorded_metrics(metrics.SWEEP_COSTS)
+        costs = {key: value + earlier.get(key, 0.0) for key, value in costs.items()}
+    recorder.log_batch(metrics=costs, tags=tags)
+    path.unlink(missing_ok=True)  # recorded: a rerun of the job must not count it twice
+
+
 def _without_store_error(error: Optional[str]) -> Optional[str]:
     """A trial that raised only because the store was down did not fail: its journal holds its real end."""
     return None if error and error.startswith(store.StoreUnavailable.__name__) else error
@@ -84,19 +104,20 @@ class OutcomeRecorder:
 
     def _in_store(self, job: Job, end: JobEnd, started: float) -> TrialOutcome:
         error = end.error
-        record.RunRecorder(job.run_id, job.record_dir).send_unsent()  # epochs a killed kernel still held
+        recorder = record.RunRecorder(job.run_id, job.record_dir)
+        recorder.send_unsent()  # epochs a killed kernel still held
         journal = job.record_dir / record.JOURNAL
         if journal.is_file():  # the store was down during the trial and answers again: complete the record now
             record.relog(journal)
             error = _without_store_error(error)
         problem = notebook_problem(job.output)
+        attaching, tags = time.perf_counter(), {store.TAG_NODE: end.where} if end.where else {}
         if problem is None:
             store.client().log_artifact(job.run_id, str(job.output), store.ARTIFACT_NOTEBOOK_DIR)
-            store.set_tags(job.run_id, {store.TAG_NOTEBOOK: str(job.output)})
+            tags[store.TAG_NOTEBOOK] = str(job.output)
         elif job.output.exists() or job.output.is_symlink():
             error = f"{error}; {problem}" if error else problem
-        if end.where:
-            store.set_tags(job.run_id, {store.TAG_NODE: end.where})
+        log_job_costs(recorder, job, time.perf_counter() - attaching, tags)
         status = store.run_status(job.run_id)
         if status == "RUNNING":  # the kernel died or never reached the trial code: close the record here
             status = "FAILED" if error else "FINISHED"
@@ -110,9 +131,11 @@ class OutcomeRecorder:
         outcome go to the trial's journal, replayed later by ``imagebench relog``."""
         recorder = record.RunRecorder(job.run_id, job.record_dir, self.store_error)
         recorder.send_unsent()  # (into the journal)
+        attaching, tags = time.perf_counter(), {}
         if notebook_problem(job.output) is None:
             recorder.log_artifact(job.output, store.ARTIFACT_NOTEBOOK_DIR)
-            recorder.set_tags({store.TAG_NOTEBOOK: str(job.output)})
+            tags[store.TAG_NOTEBOOK] = str(job.output)
+        log_job_costs(recorder, job, time.perf_counter() - attaching, tags)
         error = _without_store_error(end.error)  # the outage is said once, in the sweep's summary
         if not record.journal_has_end(job.record_dir):
             recorder.end("FAILED" if error else "FINISHED", error)

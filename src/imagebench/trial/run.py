@@ -21,6 +21,7 @@ from imagebench.core import plots
 from imagebench import store
 from imagebench.core import metrics
 from imagebench.trial import trained
+from imagebench.trial.ledger import TRAINING, CostLedger
 from imagebench.backends import get_backend, get_exporter
 from imagebench.data.arrays import TrialData
 from imagebench.data.load import load_trial_data
@@ -35,7 +36,7 @@ from imagebench.training.weights import require_weights
 PREDICT_BATCH = 256
 # How the sweep runs a trial (not what the trial is, so not parameters): halving gives a rung an
 # epoch budget and a checkpoint file to continue from and save to.
-from imagebench.core.contract import ENV_CHECKPOINT, ENV_EPOCH_BUDGET, ENV_RUN_ID, progress_line  # noqa: E402
+from imagebench.core.contract import ENV_CHECKPOINT, ENV_EPOCH_BUDGET, ENV_RECORD_DIR, ENV_RUN_ID, progress_line  # noqa: E402
 
 
 @dataclass
@@ -54,18 +55,25 @@ class TrialResult:
     def curves(self) -> dict[str, list[float]]:
         return {key: [record.as_metrics()[key] for record in self.history] for key in metrics.EPOCH_METRICS}
 
-    def learning_curves_figure(self):
+    def _curves_arguments(self) -> tuple:
         title = f"{self.params.framework} / {self.params.model}"
-        return plots.learning_curves(self.curves, title, int(self.metrics.get(metrics.BEST_EPOCH.key, 0)))
+        return self.curves, title, int(self.metrics.get(metrics.BEST_EPOCH.key, 0))
+
+    def _confusion_arguments(self) -> tuple:
+        return self.confusion, self.class_names, f"test confusion matrix ({self.params.model})"
+
+    def learning_curves_figure(self):
+        return plots.learning_curves(*self._curves_arguments())
 
     def confusion_figure(self):
-        return plots.confusion_matrix(self.confusion, self.class_names, f"test confusion matrix ({self.params.model})")
+        return plots.confusion_matrix(*self._confusion_arguments())
 
     def draw_figures(self) -> dict[str, bytes]:
-        """Learning curves, then the confusion matrix, as the PNGs the run's record keeps."""
+        """Learning curves, then the confusion matrix, as the PNGs the run's record keeps (the same
+        images as ``*_figure()``, drawn on figures this process keeps from one trial to the next)."""
         self.figures = {
-            store.ARTIFACT_CURVES_PNG: plots.png_bytes(self.learning_curves_figure()),
-            store.ARTIFACT_CONFUSION_PNG: plots.png_bytes(self.confusion_figure()),
+            store.ARTIFACT_CURVES_PNG: plots.learning_curves_png(*self._curves_arguments()),
+            store.ARTIFACT_CONFUSION_PNG: plots.confusion_matrix_png(*self._confusion_arguments()),
         }
         return self.figures
 
@@ -107,11 +115,15 @@ def _epoch_reporter(recorder: RunRecorder, params: TrialParams, verbose: bool):
     return report
 
 
-def _log_data(recorder: RunRecorder, params: TrialParams, data: TrialData) -> None:
+def _data_files(data: TrialData) -> dict[str, Any]:
+    """The data's artifacts (class map, skipped files), uploaded with the trial's results (one write)."""
     files = {store.ARTIFACT_CLASS_MAP: json_file(data.class_map())}
     if data.skipped_files:
         files[store.ARTIFACT_SKIPPED] = text_file("\n".join(data.skipped_files))
-    recorder.log_files(files)
+    return files
+
+
+def _log_data(recorder: RunRecorder, params: TrialParams, data: TrialData) -> None:
     sizes = {f"data/{split}_images": count for split, count in data.split_sizes().items()}
     recorder.log_batch(metrics={**sizes, "data/classes": data.num_classes, "data/skipped_files": len(data.skipped_files)},
                        tags={**trial_tags(params, data.fingerprint), "imagebench.dataset_source": data.source})  # fmt: skip
@@ -120,13 +132,15 @@ def _log_data(recorder: RunRecorder, params: TrialParams, data: TrialData) -> No
 
 
 def _log_results(recorder: RunRecorder, result: TrialResult, evaluation: Evaluation, tested: predictions.TestPredictions,
-                 tags: dict[str, Any]) -> None:
+                 tags: dict[str, Any], ledger: CostLedger, data_files: dict[str, Any]) -> None:
     # at the last epoch's step: a continued trial (halving) shows its final metrics per rung
     recorder.log_batch(metrics=result.metrics, step=len(result.history), tags=tags)
-    files = {store.ARTIFACT_REPORT: text_file(evaluation.report),
+    with ledger.phase(metrics.FIGURES_SECONDS.key):
+        figures = result.draw_figures()
+    files = {**data_files, store.ARTIFACT_REPORT: text_file(evaluation.report),
              store.ARTIFACT_CONFUSION_JSON: json_file({"labels": result.class_names, "matrix": evaluation.confusion.tolist()}),
              store.ARTIFACT_PREDICTIONS: bytes_file(predictions.to_bytes(tested))}
-    recorder.log_files({**files, **{name: bytes_file(png) for name, png in result.draw_figures().items()}})
+    recorder.log_files({**files, **{name: bytes_file(png) for name, png in figures.items()}})
 
 
 def _open_run(params: TrialParams, run_id: Optional[str]) -> RunRecorder:
@@ -144,8 +158,10 @@ def _open_run(params: TrialParams, run_id: Optional[str]) -> RunRecorder:
         tags = {store.TAG_MODEL: params.model, store.TAG_FRAMEWORK: params.framework}
         run_id = store.create_trial_run(params.experiment, name, tags, None)  # owned by this kernel
     recorder = RunRecorder(run_id, record_folder(params.experiment, name))
-    recorder.log_batch(params=params.tracked(),
-                       tags={store.TAG_VERSIONS: environment_versions(params.framework), store.TAG_KERNEL: store.process_owner()})
+    # Under a sweep these ride with the data's batch (one round trip fewer): if the kernel dies first,
+    # the sweep sends them from the record folder. A trial on its own has nobody to do that.
+    log = recorder.log_batch_later if os.environ.get(ENV_RECORD_DIR) else recorder.log_batch
+    log(params=params.tracked(), tags={store.TAG_VERSIONS: environment_versions(params.framework), store.TAG_KERNEL: store.process_owner()})
     return recorder
 
 
@@ -171,16 +187,21 @@ def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 def _fit(backend, model, params: TrialParams, data: TrialData, monitor: EpochMonitor,
-         epoch_budget: Optional[int], checkpoint: Optional[Path]) -> float:
+         epoch_budget: Optional[int], checkpoint: Optional[Path], ledger: CostLedger) -> float:
     """Train (continuing from ``checkpoint`` if it exists); return the trial's total training seconds."""
-    saved = _load_checkpoint(checkpoint)
+    saved = None
+    if checkpoint is not None:
+        with ledger.phase(metrics.CHECKPOINT_SECONDS.key):
+            saved = _load_checkpoint(checkpoint)
     if saved is not None:
         monitor.load_state(saved["monitor"])
     started = time.perf_counter()
-    state = backend.fit(model, params, data, monitor, epoch_budget, saved["backend"] if saved else None)
+    with ledger.phase(TRAINING):
+        state = backend.fit(model, params, data, monitor, epoch_budget, saved["backend"] if saved else None)
     train_seconds = time.perf_counter() - started + (saved["train_seconds"] if saved else 0.0)
     if checkpoint is not None:
-        _save_checkpoint(checkpoint, {"monitor": monitor.state(), "backend": state, "train_seconds": train_seconds})
+        with ledger.phase(metrics.CHECKPOINT_SECONDS.key):
+            _save_checkpoint(checkpoint, {"monitor": monitor.state(), "backend": state, "train_seconds": train_seconds})
     return train_seconds
 
 
@@ -233,23 +254,30 @@ def _models(recorder: RunRecorder, backend, params: TrialParams, data: TrialData
     return _Models(cached.model, head, cached.data, cached)
 
 
-def _train_and_test(recorder: RunRecorder, params: TrialParams, verbose: bool,
+def _train_and_test(recorder: RunRecorder, params: TrialParams, verbose: bool, ledger: CostLedger,
                     epoch_budget: Optional[int] = None, checkpoint: Optional[Path] = None) -> TrialResult:
-    require_weights([params])  # a clear error instead of a download attempt with no network
-    data = load_trial_data(params)
-    _log_data(recorder, params, data)
-    backend = get_backend(params.framework)
-    backend.configure(params)
-    models = _models(recorder, backend, params, data, verbose)
-    total_params, trainable_params = models.param_counts(backend)
+    with ledger.phase(metrics.DATA_SECONDS.key):
+        require_weights([params])  # a clear error instead of a download attempt with no network
+        data = load_trial_data(params)
+        _log_data(recorder, params, data)
+    with ledger.phase(metrics.MODEL_BUILD_SECONDS.key):  # a kernel's first trial: + the framework's import
+        backend = get_backend(params.framework)
+        backend.configure(params)
+        models = _models(recorder, backend, params, data, verbose)
+        total_params, trainable_params = models.param_counts(backend)
     if verbose:
         print(f"{params.framework}/{params.model}: {total_params:,} params ({trainable_params:,} trainable); data {data.split_sizes()}")
     monitor = EpochMonitor(params, on_epoch=_epoch_reporter(recorder, params, verbose))
     fit_model, fit_data = models.fit, models.data
-    train_seconds = _fit(backend, fit_model, params, fit_data, monitor, epoch_budget, checkpoint)
-    # val-best weights, restored by fit; on cached features when the backbone is frozen (the same numbers)
-    probabilities = backend.predict_proba(fit_model, fit_data.test.images, PREDICT_BATCH)
-    evaluation = evaluate(probabilities, data.test.labels, data.class_names)
+    train_seconds = _fit(backend, fit_model, params, fit_data, monitor, epoch_budget, checkpoint, ledger)
+    with ledger.phase(metrics.TEST_EVAL_SECONDS.key):
+        # val-best weights, restored by fit; on cached features when the backbone is frozen (the same numbers)
+        probabilities = backend.predict_proba(fit_model, fit_data.test.images, PREDICT_BATCH)
+        evaluation = evaluate(probabilities, data.test.labels, data.class_names)
+        tested = predictions.from_trial(data.test.images, data.test.labels, probabilities, data.class_names)
+    with ledger.phase(metrics.LATENCY_SECONDS.key):
+        latency_ms = models.latency_ms(backend)
+        flops = models.flops(backend, params)  # after latency: Keras counts on the graph the latency traced (no new trace)
     final = {
         **evaluation.metrics,
         metrics.BEST_EPOCH.key: monitor.best_epoch,
@@ -259,25 +287,25 @@ def _train_and_test(recorder: RunRecorder, params: TrialParams, verbose: bool,
         metrics.PARAMS.key: total_params,
         metrics.TRAINABLE_PARAMS.key: trainable_params,
         metrics.TRAIN_SECONDS.key: train_seconds,
-        metrics.LATENCY_MS.key: models.latency_ms(backend),
-        # after latency: Keras counts on the inference graph the latency just traced (no new trace)
-        metrics.FLOPS.key: models.flops(backend, params),
+        metrics.LATENCY_MS.key: latency_ms,
+        metrics.FLOPS.key: flops,
     }
     result = TrialResult(
         recorder.run_id, params, final, monitor.history, data.class_names, evaluation.confusion, evaluation.report, data.split_sizes()
     )
-    tested = predictions.from_trial(data.test.images, data.test.labels, probabilities, data.class_names)
-    _log_results(recorder, result, evaluation, tested, {store.TAG_EPOCH_BUDGET: monitor.last_epoch(epoch_budget)})
-    # kept until the sweep knows the leaders (publish): the whole model, or the head and the cached backbone
-    kept, backbone_weights = models.kept()
-    trained.save(recorder.folder, get_exporter(params.framework), kept, params, recorder.run_id, data.class_names, probabilities,
-                 backbone_weights)  # fmt: skip
+    _log_results(recorder, result, evaluation, tested, {store.TAG_EPOCH_BUDGET: monitor.last_epoch(epoch_budget)}, ledger,
+                 _data_files(data))
+    with ledger.phase(metrics.WEIGHTS_SAVE_SECONDS.key):
+        # kept until the sweep knows the leaders (publish): the whole model, or the head and the cached backbone
+        kept, backbone_weights = models.kept()
+        trained.save(recorder.folder, get_exporter(params.framework), kept, params, recorder.run_id, data.class_names,
+                     probabilities, backbone_weights)  # fmt: skip
     return result
 
 
-def _end(recorder: RunRecorder, status: str, error: Optional[str] = None) -> None:
-    """End the run, first recording how long the trial's own store writes took (a loaded server shows there)."""
-    recorder.log_batch(metrics={metrics.STORE_SECONDS.key: recorder.store_seconds})
+def _end(recorder: RunRecorder, ledger: CostLedger, status: str, error: Optional[str] = None) -> None:
+    """End the run, first recording its cost ledger (the store writes' part shows a loaded server)."""
+    recorder.log_batch(metrics=ledger.totals())
     recorder.end(status, error)
 
 
@@ -300,16 +328,21 @@ def run_trial(
     params = params if isinstance(params, TrialParams) else make_params(params)
     epoch_budget = epoch_budget or _env_budget()
     checkpoint = checkpoint or os.environ.get(ENV_CHECKPOINT) or None
-    recorder = _open_run(params, run_id)
+    checkpoint = Path(checkpoint) if checkpoint else None
+    ledger = CostLedger()
+    with ledger.phase(metrics.STORE_SECONDS.key):  # a trial on its own creates its run (a kernel's first: + connecting)
+        recorder = ledger.recorder = _open_run(params, run_id)
+    if checkpoint is not None and checkpoint.is_file():  # a later rung: its ledger adds to the earlier rungs'
+        ledger.earlier = recorder.recorded_metrics(metrics.TRIAL_COSTS)
     try:
-        result = _train_and_test(recorder, params, verbose, epoch_budget, Path(checkpoint) if checkpoint else None)
+        result = _train_and_test(recorder, params, verbose, ledger, epoch_budget, checkpoint)
     except KeyboardInterrupt:
-        _end(recorder, "KILLED", "interrupted (KeyboardInterrupt)")
+        _end(recorder, ledger, "KILLED", "interrupted (KeyboardInterrupt)")
         raise
     except BaseException as exc:
-        _end(recorder, "FAILED", f"{type(exc).__name__}: {exc}")
+        _end(recorder, ledger, "FAILED", f"{type(exc).__name__}: {exc}")
         raise
-    _end(recorder, "FINISHED")
+    _end(recorder, ledger, "FINISHED")
     if verbose:
         shown = {key: round(value, 4) for key, value in result.metrics.items() if key.startswith(("test/", "best"))}
         print(f"finished run {recorder.run_id}: {shown}", file=sys.stdout, flush=True)
