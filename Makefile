@@ -29,7 +29,7 @@ demo: $(STAMP)
 # TensorFlow and torch never share a process (importing both can segfault), so the framework
 # tests run in their own pytest sessions.
 test: $(STAMP)
-	$(PY) -m pytest tests --ignore=tests/backends/keras --ignore=tests/backends/torch --durations=15
+	$(PY) -m pytest tests --ignore=tests/backends/keras --ignore=tests/backends/torch --durations=40
 	$(PY) -m pytest tests/backends/keras
 	$(PY) -m pytest tests/backends/torch
 

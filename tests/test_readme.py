@@ -20,8 +20,11 @@ from imagebench.store import record
 from imagebench import store
 
 TESTS = Path(__file__).resolve().parent
-# what the tests add to each `imagebench sweep params/flowers.yaml` line of the README (said there)
+# what the tests add to each `imagebench sweep params/flowers.yaml` line of the README (said there):
+# one small trial, and no publishing after the sweep (the export block's lines publish; test_publish
+# proves the publishing a sweep does by itself)
 SMALL_SWEEP = " --models cnn --frameworks torch --set image_size=32"
+NO_MODELS = " --no-models"
 FLOWER_CLASSES = {"daisy": (230, 230, 60), "rose": (200, 30, 50), "tulip": (150, 60, 200)}
 
 
@@ -76,7 +79,9 @@ def _readme_yaml(project: Path, dataset: Path) -> Path:
 
 
 def _small(line: str) -> str:
-    return line + SMALL_SWEEP if line.startswith("imagebench sweep params/flowers.yaml") and "--dry-run" not in line else line
+    if not line.startswith("imagebench sweep params/flowers.yaml") or "--dry-run" in line:
+        return line
+    return line + SMALL_SWEEP + ("" if NO_MODELS in line else NO_MODELS)
 
 
 def _journal_a_run(project: Path, name: str) -> str:

@@ -47,8 +47,9 @@ def test_a_raising_a_dying_and_a_hanging_trial_fail_alone(project):
                           "if params.learning_rate == 0.0666: monitor.EpochMonitor.end_epoch = _dies_after_epoch_3\n"
                           "if params.learning_rate == 0.0777: time.sleep(600)\n"
                           "if params.learning_rate == 0.0888: raise RuntimeError('this trial raises on purpose')\n")
-    sweep_file = write_sweep_file(project, "faults", "{learning_rate: [0.001, 0.0666, 0.0777, 0.0888]}", epochs=4)
-    done = run_sweep(project, sweep_file, "--workers", "2", "--trial-timeout", "60", "--no-leaderboard")
+    # the hanging trial first: it waits out its timeout on one worker while the other runs the rest
+    sweep_file = write_sweep_file(project, "faults", "{learning_rate: [0.0777, 0.001, 0.0666, 0.0888]}", epochs=4)
+    done = run_sweep(project, sweep_file, "--workers", "2", "--trial-timeout", "35", "--no-leaderboard")
     assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
     assert "1 finished, 3 failed of 4 trials run" in done.stdout
     runs = {run.data.tags[store.TAG_TRIAL]: run for run in trial_runs("faults")}
@@ -56,7 +57,7 @@ def test_a_raising_a_dying_and_a_hanging_trial_fail_alone(project):
     errors = sorted(run.data.tags.get(store.TAG_ERROR, "") for run in runs.values() if run.info.status == "FAILED")
     assert len(errors) == 3
     assert any("kernel" in e.lower() and "died" in e.lower() for e in errors), errors
-    assert any("--trial-timeout 60" in e for e in errors), errors
+    assert any("--trial-timeout 35" in e for e in errors), errors
     assert any("this trial raises on purpose" in e for e in errors), errors
     for run in runs.values():  # every one, failed or not, has its (partial) notebook attached
         assert store.client().list_artifacts(run.info.run_id, store.ARTIFACT_NOTEBOOK_DIR)
