@@ -6,6 +6,13 @@ README's own `make demo` line with `MODELS=cnn` appended (the demo's two cnn tri
 in a scratch copy of the project and checks that their accuracies still equal it exactly. A code
 change that moves the demo's numbers fails here until `make demo` is run again and the README table
 rewritten from the new `results/demo/leaderboard.csv`.
+
+Exactly, on a CPU with the reference machine's vector instructions (the README says which). On the
+other kind (AVX-512 or not) the frameworks' oneDNN kernels differ and their float sums differ in the
+last bits, which can flip borderline images. Seen on an EPYC without AVX-512, with the reference's
+code and today's alike: the keras cnn's test accuracy 0.9278 instead of 0.9222 (val the same) in
+every run; the torch cnn equal in two runs and, in a third, one image off in val and in test. So
+there an accuracy may differ by at most two images of its split (1.1%), in either framework.
 """
 
 from __future__ import annotations
@@ -23,6 +30,9 @@ from readme_blocks import README, REPO, block
 REFERENCE = REPO / "results" / "demo" / "leaderboard.csv"
 README_SECTION = "## Reference leaderboard"
 ACCURACIES = ("val_accuracy", "test_accuracy")
+ONE_IMAGE = 1 / 180  # one image of the demo's val or test split (840/180/180, README)
+OTHER_CPU_IMAGES = 2  # how many images an accuracy may move on a CPU unlike the reference's (docstring)
+AVX512 = "AVX-512"  # how the README's "Regenerated on ..." line names the reference CPU's vector instructions
 DEMO_OUTPUTS = ("leaderboard.md", "leaderboard.csv", "leaderboard.html", "trials.csv", "leaderboard.ipynb")
 # What `make demo` needs in a project folder; src/ is not copied: the venv's editable install imports
 # this checkout's code, which is the code under test. pyproject.toml keeps its time stamp (copy2), so
@@ -35,12 +45,16 @@ def reference_rows() -> dict[tuple[str, str], dict[str, str]]:
     return _rows_by_model(csv.DictReader(REFERENCE.open()))
 
 
-def readme_table() -> dict[tuple[str, str], dict[str, str]]:
-    """The table under the README's "Reference leaderboard" heading, one row per (model, framework)."""
+def _readme_section() -> list[str]:
     lines = README.read_text().splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith(README_SECTION))
     end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-    table = [line for line in lines[start:end] if line.startswith("|")]
+    return lines[start:end]
+
+
+def readme_table() -> dict[tuple[str, str], dict[str, str]]:
+    """The table under the README's "Reference leaderboard" heading, one row per (model, framework)."""
+    table = [line for line in _readme_section() if line.startswith("|")]
     assert table, f"README.md: no table under '{README_SECTION}'"
     header, *body = ([cell.strip() for cell in line.strip("|").split("|")] for line in table)
     return _rows_by_model(dict(zip(header, cells)) for cells in body[1:])  # body[0] is the |---:| line
@@ -58,6 +72,22 @@ def _same_value(shown: str, recorded: str) -> bool:
     except ValueError:
         return shown == recorded
     return float(shown) in (value, float(f"{value:g}"))
+
+
+def _cpu_has_avx512() -> bool:
+    flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
+    return "avx512f" in flags.split()
+
+
+def _same_kind_of_cpu_as_the_reference() -> bool:
+    machine = next(line for line in _readme_section() if line.startswith("Regenerated on"))
+    return (AVX512 in machine) == _cpu_has_avx512()
+
+
+def _reproduced(measured: dict[str, float], reference: dict[str, float]) -> bool:
+    if _same_kind_of_cpu_as_the_reference():
+        return measured == reference
+    return all(abs(measured[column] - reference[column]) <= OTHER_CPU_IMAGES * ONE_IMAGE + 1e-9 for column in ACCURACIES)
 
 
 def test_readme_reference_table_is_results_demo_leaderboard():
@@ -124,7 +154,8 @@ def test_make_demo_cnn_gives_the_reference_accuracies(tmp_path):
     reference, readme = reference_rows(), readme_table()
     for key, row in fresh.items():
         measured = {column: float(row[column]) for column in ACCURACIES}
-        assert measured == {column: float(reference[key][column]) for column in ACCURACIES}, (
+        recorded = {column: float(reference[key][column]) for column in ACCURACIES}
+        assert _reproduced(measured, recorded), (
             f"{key}: `make demo` now gives {measured}, {REFERENCE.relative_to(REPO)} says otherwise: "
             "if the change is meant, run `make demo` and rewrite the README's reference table")
-        assert all(_same_value(readme[key][column], row[column]) for column in ACCURACIES), f"{key}: README table"
+        assert all(_same_value(readme[key][column], reference[key][column]) for column in ACCURACIES), f"{key}: README table"
