@@ -391,7 +391,7 @@ def _markdown(board: Leaderboard, image_names: list[str]) -> str:
         "",
         f"All {len(board.trials)} trials: `trials.csv`"
         + (f"; where each spent its time outside the epochs (`{FIXED_SECONDS}`, the `cost/…` metrics):" if TRIAL_COSTS_FIGURE in image_names else "."),
-        *([f"", f"![{TRIAL_COSTS_FIGURE}]({TRIAL_COSTS_FIGURE}.png)"] if TRIAL_COSTS_FIGURE in image_names else []),
+        *(["", f"![{TRIAL_COSTS_FIGURE}]({TRIAL_COSTS_FIGURE}.png)"] if TRIAL_COSTS_FIGURE in image_names else []),
     ]
     parity = board.parity
     if {parity_column(framework, TEST_ACCURACY) for framework in FRAMEWORKS} <= set(parity):

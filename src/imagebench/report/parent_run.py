@@ -94,12 +94,13 @@ def publish(board, files: list[Path]) -> Optional[str]:
     _log_table(parent, board.leaders)
     parent_tags = client.get_run(parent).data.tags
     store.set_tags(parent, {store.TAG_NOTE: description(board.experiment, board.leaders, board.trials, parent_tags, board.reading)})
+    # what the sweep spent where (each ledger part and training, summed over its trials), and the
+    # winner's val and test accuracy as leader/val_accuracy, leader/test_accuracy: one write
+    values = cost_sums(board.trials)
     winner = board.winner
     if winner is not None:
-        shown = (metrics.BEST_VAL_ACCURACY, metrics.TEST_ACCURACY)  # the winner's, as leader/val_accuracy, leader/test_accuracy
-        store.log_metrics(parent, {f"leader/{metric.column}": winner[metric.column] for metric in shown})
-    sums = cost_sums(board.trials)
-    if sums:  # what the sweep spent where: each ledger part and training, summed over its trials
-        store.log_metrics(parent, sums)
+        values.update({f"leader/{metric.column}": winner[metric.column] for metric in (metrics.BEST_VAL_ACCURACY, metrics.TEST_ACCURACY)})
+    if values:
+        store.log_metrics(parent, values)
     mark_leaders(board.experiment, board.leaders)
     return parent

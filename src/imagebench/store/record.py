@@ -154,6 +154,14 @@ class RunRecorder:
             handle.write(json.dumps(entry) + "\n")  # no fsync: a dead kernel's writes stay with the OS
         self._held.append(entry)
 
+    def _hold_or_journal(self, entry: dict[str, Any]) -> bool:
+        """Hold ``entry`` for the next write (True), or journal it at once while the store is down."""
+        if self.offline:
+            self._append(entry)
+            return False
+        self._hold(entry)
+        return True
+
     def send_unsent(self) -> int:
         """Send the epoch metrics a trial held when its kernel died (its ``UNSENT`` file), or journal
         them if the store is down; returns how many epochs' batches there were."""
@@ -213,23 +221,15 @@ class RunRecorder:
     def log_epoch_metrics(self, values: dict[str, float], step: int) -> None:
         """An epoch's metrics, stamped now and held: sent with the next write, or with later epochs'
         after EPOCH_SEND_SECONDS (``UNSENT``)."""
-        entry = _batch_entry(values, None, None, step)
-        if self.offline:
-            self._append(entry)
-        else:
-            self._hold(entry)
-            if time.monotonic() - self._last_sent >= EPOCH_SEND_SECONDS:
-                self.send_held()
+        held = self._hold_or_journal(_batch_entry(values, None, None, step))
+        if held and time.monotonic() - self._last_sent >= EPOCH_SEND_SECONDS:
+            self.send_held()
 
     def log_batch_later(self, metrics: Optional[dict[str, float]] = None, params: Optional[dict[str, Any]] = None,
                         tags: Optional[dict[str, Any]] = None) -> None:
         """A batch held like epoch metrics (``UNSENT`` meanwhile) and sent with the run's next write,
         in the same round trip: what a trial writes as it starts needs no write of its own."""
-        entry = _batch_entry(metrics, params, tags, 0)
-        if self.offline:
-            self._append(entry)
-        else:
-            self._hold(entry)
+        self._hold_or_journal(_batch_entry(metrics, params, tags, 0))
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         self.log_batch(tags=tags)
